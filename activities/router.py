@@ -1,0 +1,144 @@
+"""The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+from temporalio import activity
+
+from loyalty.db import connect
+from loyalty.inbox import INBOX_CHANNEL, next_retry_at
+from loyalty.models import RouterProgress, RouteSession
+from loyalty.processing import EventProcessor, process_batch
+from loyalty.settings import Settings
+
+# Heartbeats while idle keep the activity alive under its heartbeat timeout.
+IDLE_HEARTBEAT_SECONDS = 2.0
+
+
+class InboxListener:
+    """One LISTEN connection per worker process, shared by all router sessions.
+
+    Every notification bumps a per-program generation counter; a session remembers the
+    generation before it claims, so a notification that arrives between an empty claim
+    and the wait is never lost.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._generation: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Open the connection and LISTEN (again, after a lost connection)."""
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            self._conn = await connect(self._dsn)
+            await self._conn.add_listener(INBOX_CHANNEL, self._notified)
+
+    def _notified(self, conn: object, pid: int, channel: str, program: object) -> None:
+        assert isinstance(program, str)
+        self._generation[program] = self._generation.get(program, 0) + 1
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def generation(self, program: str) -> int:
+        """The number of notifications seen for the program so far."""
+        return self._generation.get(program, 0)
+
+    async def wait(self, program: str, seen: int, timeout: float) -> bool:
+        """Wait until a notification newer than ``seen`` arrives; False on timeout."""
+        if self._conn is None or self._conn.is_closed():
+            await self.start()
+
+        def newer() -> bool:
+            return self.generation(program) > seen
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(newer), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def close(self) -> None:
+        """Close the LISTEN connection."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class RouterActivities:
+    """Activities of the event router; dependencies come in through the constructor."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        listener: InboxListener,
+        processor: EventProcessor,
+        settings: Settings,
+    ) -> None:
+        self.pool = pool
+        self.listener = listener
+        self.processor = processor
+        self.settings = settings
+
+    @activity.defn(name="route_events")
+    async def route_events(self, session: RouteSession) -> RouterProgress:
+        """Apply batches of one partition until the session's time is up.
+
+        Heartbeats after every batch and every idle wait, so a retry after a crash starts
+        quickly; the claims themselves are in the database, so a retry loses nothing.
+        """
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.router_session_seconds
+        progress = RouterProgress()
+        await self.listener.start()
+        while loop.time() < deadline:
+            seen = self.listener.generation(session.program)
+            async with self.pool.acquire() as conn:
+                batch = await process_batch(
+                    conn,
+                    self.processor,
+                    program=session.program,
+                    partitions=session.partitions,
+                    partition=session.partition,
+                    batch_size=settings.router_batch_size,
+                    max_attempts=settings.event_max_attempts,
+                )
+                retry_at = (
+                    None
+                    if batch.events
+                    else await next_retry_at(
+                        conn, session.program, session.partitions, session.partition
+                    )
+                )
+            progress = progress + batch
+            activity.heartbeat(progress.model_dump())
+            if batch.events:
+                continue
+            idle = min(settings.router_idle_poll_seconds, deadline - loop.time())
+            if retry_at is not None:
+                idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))
+            await self._idle(session.program, seen, idle)
+        return progress
+
+    async def _idle(self, program: str, seen: int, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(0.0, seconds)
+        while True:
+            left = until - loop.time()
+            if left <= 0:
+                return
+            if await self.listener.wait(program, seen, min(left, IDLE_HEARTBEAT_SECONDS)):
+                return
+            activity.heartbeat()

@@ -1,0 +1,1 @@
+"""Example programs and flows; `loyalty dev --demo` loads `examples.demo:app`."""

@@ -1,0 +1,312 @@
+"""The `loyalty` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loyalty.app import LoyaltyApp, load_app
+from loyalty.errors import ConfigurationError, InvalidEvent, UnknownMember
+from loyalty.events import IncomingEvent, parse_event, parse_lines
+from loyalty.models import EmitResult
+from loyalty.settings import Settings
+
+# Inserted per statement; each chunk is atomic, all lines are validated before the first.
+EMIT_CHUNK = 5_000
+
+cli = typer.Typer(
+    name="loyalty",
+    help="loyalty-flows: exactly-once points, tiers and journeys on Temporal and PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _app(settings: Settings, spec: str | None) -> LoyaltyApp:
+    try:
+        return load_app(spec or settings.app)
+    except ConfigurationError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@cli.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None, typer.Option(help="Data folder of the embedded servers (LOYALTY_HOME).")
+    ] = None,
+) -> None:
+    """Load the settings once; every command receives them."""
+    try:
+        settings = Settings()
+    except Exception as exc:
+        errors.print(f"error: invalid settings: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
+    ctx.obj = settings
+
+
+@cli.command()
+def dev(
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option(help="The LoyaltyApp as module:attr.")] = None,
+    demo: Annotated[bool, typer.Option(help="Load the demo program from examples/.")] = False,
+) -> None:
+    """Start everything locally: PostgreSQL, Temporal dev server with Web UI, worker."""
+    from loyalty.dev import run_dev
+
+    settings = _settings(ctx)
+    spec = "examples.demo:app" if demo and not app else app
+    code = _run(run_dev(settings, _app(settings, spec), console))
+    raise typer.Exit(code)
+
+
+@cli.command()
+def worker(
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option(help="The LoyaltyApp as module:attr.")] = None,
+) -> None:
+    """Run only the worker, against the configured PostgreSQL and Temporal."""
+    from loyalty.dev import run_worker_only
+
+    settings = _settings(ctx)
+    raise typer.Exit(_run(run_worker_only(settings, _app(settings, app), console)))
+
+
+@cli.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply pending database migrations (safe to run twice, or from two processes)."""
+    from loyalty.db import Database, connect
+    from loyalty.migrate import migrate as apply
+
+    settings = _settings(ctx)
+
+    async def go() -> None:
+        async with Database(settings) as database:
+            conn = await connect(database.dsn)
+            try:
+                done = await apply(conn)
+            finally:
+                await conn.close()
+        if done:
+            for m in done:
+                console.print(f"applied {m.version:04d}_{m.name}")
+        else:
+            console.print("database is up to date")
+
+    _run(go())
+
+
+def _read_events(event: str | None) -> list[IncomingEvent]:
+    if event is not None:
+        text = event.strip()
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise InvalidEvent([f"invalid JSON: {exc}"]) from None
+        return [parse_event(text)]
+    return parse_lines(sys.stdin)
+
+
+@cli.command()
+def emit(
+    ctx: typer.Context,
+    event: Annotated[
+        str | None, typer.Argument(help="One JSON event; without it, JSON lines on stdin.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Return once the events were processed.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+) -> None:
+    """Send events to the inbox; prints each event id with accepted or duplicate.
+
+    With --wait, prints each outcome (applied, no_effect, duplicate, rejected: …) and
+    exits 1 if any event was rejected or failed. Invalid input exits 2, writing nothing.
+    """
+    from starter.client import LoyaltyClient
+
+    settings = _settings(ctx)
+    try:
+        events = _read_events(event)
+    except InvalidEvent as exc:
+        for problem in exc.problems:
+            errors.print(f"error: {problem}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+    async def go() -> int:
+        app = load_app(settings.app) if settings.app else None
+        async with await LoyaltyClient.connect(settings, app) as client:
+            results: list[EmitResult] = []
+            for start in range(0, len(events), EMIT_CHUNK):
+                results += await client.emit_many(events[start : start + EMIT_CHUNK])
+            if not wait:
+                for r in results:
+                    print(f"{r.event_id} {'accepted' if r.accepted else 'duplicate'}")
+                return 0
+            try:
+                outcomes = await client.wait(results, timeout)
+            except TimeoutError:
+                errors.print(
+                    f"error: events still pending after {timeout:.0f}s; "
+                    "is a worker running (loyalty dev or loyalty worker)?"
+                )
+                return 1
+            bad = False
+            for outcome in outcomes:
+                print(f"{outcome.event_id} {outcome.describe()}")
+                bad = bad or outcome.status in ("rejected", "dead")
+            return 1 if bad else 0
+
+    try:
+        code = _run(go())
+    except InvalidEvent as exc:
+        for problem in exc.problems:
+            errors.print(f"error: {problem}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@cli.command()
+def member(
+    ctx: typer.Context,
+    member_id: Annotated[str, typer.Argument(help="The member id.")],
+    program: Annotated[str, typer.Option(help="The program.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a member: tier, balances, upcoming expiries, latest ledger entries."""
+    from starter.client import LoyaltyClient
+
+    settings = _settings(ctx)
+
+    async def go() -> int:
+        async with await LoyaltyClient.connect(settings) as client:
+            try:
+                view = await client.member(member_id, program)
+            except UnknownMember as exc:
+                errors.print(f"error: {exc}", markup=False, highlight=False)
+                return 1
+        if as_json:
+            print(view.model_dump_json(indent=2, exclude={"profile"}))
+            return 0
+        console.print(
+            f"[bold]{view.member_id}[/] in program [bold]{view.program}[/], "
+            f"tier: {view.tier or '-'}"
+        )
+        balances = Table("currency", "available", "earned", "debt", title="Balances")
+        for currency, b in view.balances.items():
+            balances.add_row(currency, str(b.available), str(b.earned), str(b.debt))
+        console.print(balances)
+        if view.upcoming_expiries:
+            expiries = Table("currency", "points", "expires at", title="Upcoming expiries")
+            for x in view.upcoming_expiries:
+                expiries.add_row(x.currency, str(x.points), x.expires_at.isoformat())
+            console.print(expiries)
+        entries = Table(
+            "at", "currency", "kind", "points", "reason", "source", title="Latest entries"
+        )
+        for e in view.entries:
+            entries.add_row(
+                e.at.isoformat(timespec="seconds"),
+                e.currency,
+                e.kind,
+                f"{e.points:+d}",
+                e.reason,
+                e.source,
+            )
+        console.print(entries)
+        return 0
+
+    raise typer.Exit(_run(go()))
+
+
+@cli.command()
+def flows(ctx: typer.Context) -> None:
+    """List the flows of the app with trigger, entry policy and journey counts."""
+    settings = _settings(ctx)
+    app = _app(settings, None)
+    table = Table("flow", "trigger", "entry", "running", "completed", "failed", title="Flows")
+    for flow in app.flows:
+        table.add_row(getattr(flow, "__name__", str(flow)), "-", "-", "-", "-", "-")
+    console.print(table)
+    if not app.flows:
+        console.print("no flows defined")
+
+
+@cli.command()
+def events(
+    ctx: typer.Context,
+    failed: Annotated[bool, typer.Option(help="List dead-lettered events.")] = False,
+    program: Annotated[str | None, typer.Option(help="Only this program.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Inspect the inbox: `--failed` lists events that failed every attempt."""
+    from starter.client import LoyaltyClient
+
+    settings = _settings(ctx)
+    if not failed:
+        errors.print("error: say which events to list: --failed")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        async with await LoyaltyClient.connect(settings) as client:
+            rows = await client.failed_events(program)
+        if as_json:
+            for row in rows:
+                print(row.model_dump_json())
+            return
+        table = Table(
+            "program",
+            "event_id",
+            "type",
+            "member",
+            "attempts",
+            "failed at",
+            "error",
+            title="Dead-lettered events",
+        )
+        for r in rows:
+            table.add_row(
+                r.program,
+                r.event_id,
+                r.type,
+                r.member_id,
+                str(r.attempts),
+                r.failed_at.isoformat(timespec="seconds"),
+                r.error,
+            )
+        console.print(table)
+        if not rows:
+            console.print("no failed events")
+
+    _run(go())
+
+
+def main() -> None:
+    """Entry point of the `loyalty` console script."""
+    cli()

@@ -1,0 +1,46 @@
+"""Domain exceptions: every error the engine raises on purpose derives from LoyaltyError."""
+
+from __future__ import annotations
+
+
+class LoyaltyError(Exception):
+    """Base class of the engine's own errors."""
+
+
+class ConfigurationError(LoyaltyError):
+    """Settings, the app module or a local server cannot be used as configured."""
+
+
+class InvalidEvent(LoyaltyError):
+    """One or more events failed validation; nothing was written.
+
+    Attributes:
+        problems: one human-readable line per problem, each naming the field.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class UnknownMember(LoyaltyError):
+    """The member has no profile and no ledger entries in the program."""
+
+
+class LedgerRefusal(LoyaltyError):
+    """A business rule refuses a ledger movement; never retried.
+
+    Attributes:
+        code: stable machine-readable reason, e.g. ``insufficient_points``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InsufficientPoints(LedgerRefusal):
+    """Spending or withdrawing more than the balance of the account."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("insufficient_points", message)

@@ -1,0 +1,338 @@
+"""Event models: what other services send, and what the engine derives.
+
+Every event is a frozen pydantic model that rejects unknown fields; the ``type`` field
+selects the model (a discriminated union). The same models are used by the CLI, the
+starter and the worker, through the one pydantic data converter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+from loyalty.errors import InvalidEvent
+
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+# Points are stored as PostgreSQL bigint; one movement stays far below its limit so
+# that sums of many movements cannot overflow either.
+MAX_POINTS = 10**12
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+ProgramName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+CurrencyName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+Points = Annotated[StrictInt, Field(gt=0, le=MAX_POINTS)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+PositiveMoney = Annotated[
+    Decimal, Field(gt=0, max_digits=18, decimal_places=4, allow_inf_nan=False)
+]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+PointKind = Literal["available", "earned"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BaseEvent(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Identifier
+    member_id: Identifier
+    program: ProgramName = "default"
+    occurred_at: AwareDatetime = Field(default_factory=_now)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+        if size > MAX_ATTRIBUTES_BYTES:
+            raise ValueError(
+                f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
+            )
+        return value
+
+
+class Purchase(BaseEvent):
+    """A completed purchase, possibly paid partly with points."""
+
+    type: Literal["purchase"] = "purchase"
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode
+    points_redeemed: Annotated[StrictInt, Field(ge=0, le=MAX_POINTS)] = 0
+    discount: Money = Decimal(0)
+
+
+class Return(BaseEvent):
+    """Claw back the points earned by an order, proportionally to the amount returned."""
+
+    type: Literal["return"] = "return"
+    order_id: Identifier
+    amount: PositiveMoney
+
+
+class Activity(BaseEvent):
+    """Any member action that earn rules or flows react to (``web_login``, ...)."""
+
+    type: Literal["activity"] = "activity"
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Referral(BaseEvent):
+    """The member referred a friend."""
+
+    type: Literal["referral"] = "referral"
+    friend_id: Identifier
+
+
+class ReferralApproved(BaseEvent):
+    """The member (the friend) accepted a referral."""
+
+    type: Literal["referral_approved"] = "referral_approved"
+    referrer_id: Identifier
+
+
+class PointsDeposit(BaseEvent):
+    """Points given through the API."""
+
+    type: Literal["points_deposit"] = "points_deposit"
+    points: Points
+    kind: PointKind
+    account: CurrencyName = "points"
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PointsWithdrawal(BaseEvent):
+    """Points removed through the API."""
+
+    type: Literal["points_withdrawal"] = "points_withdrawal"
+    points: Points
+    kind: PointKind
+    account: CurrencyName = "points"
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class MemberUpdated(BaseEvent):
+    """Enrol or update a member; ``profile`` holds email, name, locale, consent flags."""
+
+    type: Literal["member_updated"] = "member_updated"
+    profile: dict[str, Any]
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+        if size > MAX_ATTRIBUTES_BYTES:
+            raise ValueError(
+                f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
+            )
+        return value
+
+
+class MemberDeleted(BaseEvent):
+    """Erase the member's profile data; the ledger keeps pseudonymous entries."""
+
+    type: Literal["member_deleted"] = "member_deleted"
+
+
+# Derived by the engine, never accepted from outside.
+
+
+class NewStage(BaseEvent):
+    """The member moved between tiers."""
+
+    type: Literal["new_stage"] = "new_stage"
+    from_tier: str | None
+    to_tier: str
+    direction: Literal["up", "down"]
+    cause: Literal["earn", "maintenance"]
+
+
+class PointsAbove(BaseEvent):
+    """The available balance crossed a threshold upwards."""
+
+    type: Literal["points_above"] = "points_above"
+    threshold: int
+    balance: int
+
+
+class BonusExpiring(BaseEvent):
+    """Points will expire soon."""
+
+    type: Literal["bonus_expiring"] = "bonus_expiring"
+    points: int
+    expires_at: AwareDatetime
+    days_left: int
+
+
+class PointsMatured(BaseEvent):
+    """Earned points became available."""
+
+    type: Literal["points_matured"] = "points_matured"
+    points: int
+    account: CurrencyName = "points"
+
+
+class ReferralFriendApproved(BaseEvent):
+    """A friend this member referred accepted the referral."""
+
+    type: Literal["referral_friend_approved"] = "referral_friend_approved"
+    friend_id: Identifier
+
+
+IncomingEvent = Annotated[
+    Purchase
+    | Return
+    | Activity
+    | Referral
+    | ReferralApproved
+    | PointsDeposit
+    | PointsWithdrawal
+    | MemberUpdated
+    | MemberDeleted,
+    Field(discriminator="type"),
+]
+DerivedEvent = Annotated[
+    NewStage | PointsAbove | BonusExpiring | PointsMatured | ReferralFriendApproved,
+    Field(discriminator="type"),
+]
+AnyEvent = Annotated[
+    Purchase
+    | Return
+    | Activity
+    | Referral
+    | ReferralApproved
+    | PointsDeposit
+    | PointsWithdrawal
+    | MemberUpdated
+    | MemberDeleted
+    | NewStage
+    | PointsAbove
+    | BonusExpiring
+    | PointsMatured
+    | ReferralFriendApproved,
+    Field(discriminator="type"),
+]
+
+INCOMING_TYPES = (
+    "purchase",
+    "return",
+    "activity",
+    "referral",
+    "referral_approved",
+    "points_deposit",
+    "points_withdrawal",
+    "member_updated",
+    "member_deleted",
+)
+DERIVED_TYPES = (
+    "new_stage",
+    "points_above",
+    "bonus_expiring",
+    "points_matured",
+    "referral_friend_approved",
+)
+
+incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
+any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem, naming the field (``points: must be greater than 0``)."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = list(item["loc"])
+        # The first element of a union location is the discriminator's value.
+        if loc and isinstance(loc[0], str) and loc[0] in INCOMING_TYPES + DERIVED_TYPES:
+            loc = loc[1:]
+        field = ".".join(str(part) for part in loc) or "event"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "union_tag_invalid":
+            field = "type"
+            given = item.get("input", {})
+            tag = given.get("type") if isinstance(given, dict) else None
+            message = f"unknown event type {tag!r}; expected one of: {', '.join(INCOMING_TYPES)}"
+        elif item["type"] == "union_tag_not_found":
+            field = "type"
+            message = "field required"
+        elif item["type"] == "missing":
+            message = "field required"
+        elif item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{prefix}{field}: {message}")
+    return lines
+
+
+def parse_event(data: str | bytes | dict[str, Any], prefix: str = "") -> IncomingEvent:
+    """Validate one incoming event from JSON text or a dict.
+
+    Raises:
+        InvalidEvent: with one line per problem.
+    """
+    try:
+        if isinstance(data, dict):
+            return incoming_adapter.validate_python(data)
+        return incoming_adapter.validate_json(data)
+    except ValidationError as exc:
+        problems = describe_errors(exc, prefix)
+        if any(p.startswith(f"{prefix}type: unknown event type") for p in problems):
+            given = _type_of(data)
+            if given in DERIVED_TYPES:
+                problems = [
+                    f"{prefix}type: {given!r} is derived by the engine and cannot be emitted"
+                ]
+        raise InvalidEvent(problems) from None
+
+
+def _type_of(data: str | bytes | dict[str, Any]) -> object:
+    if isinstance(data, dict):
+        return data.get("type")
+    try:
+        loaded = json.loads(data)
+    except ValueError:
+        return None
+    return loaded.get("type") if isinstance(loaded, dict) else None
+
+
+def parse_lines(lines: Iterable[str]) -> list[IncomingEvent]:
+    """Validate JSON lines (blank lines skipped); all problems of all lines are collected.
+
+    Raises:
+        InvalidEvent: if any line is invalid, with ``line N:`` before each problem.
+    """
+    events: list[IncomingEvent] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        prefix = f"line {number}: "
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            problems.append(f"{prefix}invalid JSON: {exc}")
+            continue
+        try:
+            events.append(parse_event(text, prefix))
+        except InvalidEvent as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise InvalidEvent(problems)
+    return events

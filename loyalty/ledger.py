@@ -1,0 +1,223 @@
+"""The points ledger: double-entry transactions over accounts, with lots.
+
+Every function here runs inside the caller's transaction on one connection, so the
+router can apply a whole batch of events atomically. Invariants live in the database
+(see ``migrations/0001_foundation.sql``): legs of a transaction sum to zero, member
+balances never go below zero, a ledger key is used once per program.
+
+Worked example: a member is given 120 points (``available``). Legs: member
+``available`` +120, program ``issued`` -120. The member withdraws 50: member
+``available`` -50, program ``redeemed`` +50; the oldest-expiring lots give up their
+points first. Outstanding liability is what members hold: 70.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from loyalty.db import Conn
+from loyalty.errors import InsufficientPoints
+from loyalty.models import LedgerReceipt
+
+MEMBER_KINDS = ("available", "earned", "debt")
+PROGRAM_KINDS = ("issued", "redeemed", "expired", "clawed_back", "forgiven")
+
+_ENSURE_ACCOUNTS = """
+WITH wanted AS (
+    SELECT * FROM unnest($2::text[], $4::text[]) AS w(member_id, kind)
+), created AS (
+    INSERT INTO accounts (program, member_id, currency, kind)
+    SELECT $1, member_id, $3, kind FROM wanted
+    ON CONFLICT DO NOTHING
+    RETURNING id, member_id, kind
+)
+SELECT id, member_id, kind FROM created
+UNION ALL
+SELECT a.id, a.member_id, a.kind
+FROM accounts AS a JOIN wanted AS w
+  ON a.member_id IS NOT DISTINCT FROM w.member_id AND a.kind = w.kind
+WHERE a.program = $1 AND a.currency = $3
+"""
+
+_INSERT_TRANSACTION = """
+INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason, source,
+                                 occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (program, idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+_AWARD = f"""
+WITH tx AS ({_INSERT_TRANSACTION}),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, leg.account_id, leg.amount
+    FROM tx, unnest($8::bigint[], $9::bigint[]) AS leg(account_id, amount)
+    RETURNING 1
+),
+lot AS (
+    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at, expires_at,
+                      order_id)
+    SELECT $10, tx.id, $11, $11, $12, $13, $14 FROM tx
+    RETURNING id
+)
+SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM legs) AS legs
+"""
+
+# Lots give up points soonest-expiring first (never-expiring last), oldest first on ties:
+# each lot gives min(remaining, what is still owed after the lots before it).
+_SPEND = f"""
+WITH tx AS ({_INSERT_TRANSACTION}),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, leg.account_id, leg.amount
+    FROM tx, unnest($8::bigint[], $9::bigint[]) AS leg(account_id, amount)
+    RETURNING 1
+),
+consumed AS (
+    UPDATE lots AS l
+    SET remaining = l.remaining - least(l.remaining, $11 - o.before)
+    FROM (
+        SELECT id,
+               sum(remaining) OVER (ORDER BY expires_at NULLS LAST, id) - remaining AS before
+        FROM lots
+        WHERE account_id = $10 AND remaining > 0
+    ) AS o
+    WHERE l.id = o.id AND o.before < $11 AND EXISTS (SELECT 1 FROM tx)
+    RETURNING l.id
+)
+SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM consumed) AS lots
+"""
+
+
+async def ensure_accounts(
+    conn: Conn,
+    program: str,
+    currency: str,
+    wanted: list[tuple[str | None, str]],
+) -> dict[tuple[str | None, str], int]:
+    """Get or create accounts; returns their ids keyed by (member_id or None, kind)."""
+    rows = await conn.fetch(
+        _ENSURE_ACCOUNTS,
+        program,
+        [member for member, _ in wanted],
+        currency,
+        [kind for _, kind in wanted],
+    )
+    return {(row["member_id"], row["kind"]): row["id"] for row in rows}
+
+
+async def _existing(conn: Conn, program: str, key: str, points: int) -> LedgerReceipt:
+    transaction_id = await conn.fetchval(
+        "SELECT id FROM ledger_transactions WHERE program = $1 AND idempotency_key = $2",
+        program,
+        key,
+    )
+    return LedgerReceipt(
+        transaction_id=transaction_id, idempotency_key=key, points=points, duplicate=True
+    )
+
+
+async def award(
+    conn: Conn,
+    *,
+    program: str,
+    member_id: str,
+    points: int,
+    kind: str,
+    currency: str,
+    reason: str,
+    source: str,
+    key: str,
+    occurred_at: datetime,
+    available_at: datetime | None,
+    expires_at: datetime | None = None,
+    order_id: str | None = None,
+) -> LedgerReceipt:
+    """Give a member points as a new lot: member account +points, ``issued`` -points.
+
+    ``kind`` is ``available`` (usable now) or ``earned`` (usable from ``available_at``).
+    A key already used returns the first transaction, without a second effect.
+    """
+    ids = await ensure_accounts(conn, program, currency, [(member_id, kind), (None, "issued")])
+    member_account = ids[(member_id, kind)]
+    row = await conn.fetchrow(
+        _AWARD,
+        program,
+        key,
+        member_id,
+        f"award_{kind}",
+        reason,
+        source,
+        occurred_at,
+        [member_account, ids[(None, "issued")]],
+        [points, -points],
+        member_account,
+        points,
+        available_at,
+        expires_at,
+        order_id,
+    )
+    assert row is not None
+    if row["transaction_id"] is None:
+        return await _existing(conn, program, key, points)
+    return LedgerReceipt(transaction_id=row["transaction_id"], idempotency_key=key, points=points)
+
+
+async def spend(
+    conn: Conn,
+    *,
+    program: str,
+    member_id: str,
+    points: int,
+    kind: str,
+    currency: str,
+    reason: str,
+    source: str,
+    key: str,
+    occurred_at: datetime,
+    counter: str = "redeemed",
+) -> LedgerReceipt:
+    """Take points from a member account into the program account ``counter``.
+
+    The member account row is locked first, which serializes every movement of that
+    account; the key is checked under that lock so that a retried spend returns its first
+    result instead of failing on the balance it already reduced.
+
+    Raises:
+        InsufficientPoints: the account holds fewer points than asked; nothing is written.
+    """
+    ids = await ensure_accounts(conn, program, currency, [(member_id, kind), (None, counter)])
+    member_account = ids[(member_id, kind)]
+    balance = await conn.fetchval(
+        "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", member_account
+    )
+    used = await conn.fetchval(
+        "SELECT 1 FROM ledger_transactions WHERE program = $1 AND idempotency_key = $2",
+        program,
+        key,
+    )
+    if used:
+        return await _existing(conn, program, key, points)
+    if balance < points:
+        raise InsufficientPoints(
+            f"member {member_id} has {balance} {kind} {currency}, cannot remove {points}"
+        )
+    row = await conn.fetchrow(
+        _SPEND,
+        program,
+        key,
+        member_id,
+        f"spend_{kind}",
+        reason,
+        source,
+        occurred_at,
+        [member_account, ids[(None, counter)]],
+        [-points, points],
+        member_account,
+        points,
+    )
+    assert row is not None
+    if row["transaction_id"] is None:
+        return await _existing(conn, program, key, points)
+    return LedgerReceipt(transaction_id=row["transaction_id"], idempotency_key=key, points=points)

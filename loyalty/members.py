@@ -1,0 +1,81 @@
+"""The member view: tier, balances, upcoming expiries and the latest ledger entries.
+
+Each part is one indexed query: balances come from the cached member account balances,
+entries from the legs index on (account_id, id), expiries from the open-lots index.
+"""
+
+from __future__ import annotations
+
+from loyalty.db import Conn
+from loyalty.errors import UnknownMember
+from loyalty.models import Balance, Entry, Expiry, MemberView
+
+ENTRY_LIMIT = 20
+
+
+async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
+    """Read one member.
+
+    Raises:
+        UnknownMember: the program has never seen this member.
+    """
+    member = await conn.fetchrow(
+        "SELECT tier, profile FROM members WHERE program = $1 AND member_id = $2",
+        program,
+        member_id,
+    )
+    accounts = await conn.fetch(
+        """SELECT id, currency, kind, balance FROM accounts
+           WHERE program = $1 AND member_id = $2 ORDER BY currency, kind""",
+        program,
+        member_id,
+    )
+    if member is None and not accounts:
+        raise UnknownMember(f"member {member_id!r} is unknown in program {program!r}")
+    sums: dict[str, dict[str, int]] = {}
+    for account in accounts:
+        sums.setdefault(account["currency"], {})[account["kind"]] = account["balance"]
+    balances = {currency: Balance(**kinds) for currency, kinds in sums.items()}
+    account_ids = [a["id"] for a in accounts]
+    expiries = await conn.fetch(
+        """SELECT a.currency, l.expires_at, sum(l.remaining)::bigint AS points
+           FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
+           WHERE l.account_id = ANY($1::bigint[]) AND l.remaining > 0
+             AND l.expires_at IS NOT NULL
+           GROUP BY a.currency, l.expires_at
+           ORDER BY l.expires_at, a.currency""",
+        account_ids,
+    )
+    entries = await conn.fetch(
+        """SELECT t.occurred_at, a.currency, a.kind, g.amount, t.reason, t.source
+           FROM ledger_legs AS g
+           JOIN accounts AS a ON a.id = g.account_id
+           JOIN ledger_transactions AS t ON t.id = g.transaction_id
+           WHERE g.account_id = ANY($1::bigint[])
+           ORDER BY g.id DESC
+           LIMIT $2""",
+        account_ids,
+        ENTRY_LIMIT,
+    )
+    return MemberView(
+        member_id=member_id,
+        program=program,
+        tier=member["tier"] if member else None,
+        profile=member["profile"] if member else {},
+        balances=balances,
+        upcoming_expiries=[
+            Expiry(currency=r["currency"], points=r["points"], expires_at=r["expires_at"])
+            for r in expiries
+        ],
+        entries=[
+            Entry(
+                at=r["occurred_at"],
+                currency=r["currency"],
+                kind=r["kind"],
+                points=r["amount"],
+                reason=r["reason"],
+                source=r["source"],
+            )
+            for r in entries
+        ],
+    )

@@ -1,0 +1,149 @@
+"""Models that cross a boundary: workflow and activity inputs and outputs, client results.
+
+Every model is frozen and forbids unknown fields, so a field added later is an explicit
+change and a typo is an error instead of a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    """Base of the boundary models."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RouterProgress(Model):
+    """Counts of what a router did, summed over sessions and runs."""
+
+    batches: int = 0
+    events: int = 0
+    applied: int = 0
+    no_effect: int = 0
+    rejected: int = 0
+    failed_attempts: int = 0
+    dead: int = 0
+
+    def __add__(self, other: RouterProgress) -> RouterProgress:
+        return RouterProgress(
+            **{name: getattr(self, name) + getattr(other, name) for name in type(self).model_fields}
+        )
+
+
+class RouterInput(Model):
+    """Input of the EventRouter workflow: one per program and partition."""
+
+    program: str
+    partition: int = Field(ge=0)
+    partitions: int = Field(ge=1)
+    # Activity sessions per workflow run before continue-as-new; the run also ends
+    # early when Temporal suggests it.
+    sessions_per_run: int = Field(100, ge=1)
+    totals: RouterProgress = RouterProgress()
+
+
+class RouteSession(Model):
+    """Input of one router activity session: claim and apply batches until it ends."""
+
+    program: str
+    partition: int
+    partitions: int
+
+
+class LedgerReceipt(Model):
+    """The result of one ledger transaction; a repeated key returns the first result."""
+
+    transaction_id: int
+    idempotency_key: str
+    points: int
+    duplicate: bool = False
+
+
+class EmitResult(Model):
+    """Whether an emitted event was accepted into the inbox or already there."""
+
+    program: str
+    event_id: str
+    accepted: bool
+
+
+Status = Literal["pending", "processed", "rejected", "dead"]
+
+
+class EventOutcome(Model):
+    """What the router did with an event."""
+
+    program: str
+    event_id: str
+    status: Status | Literal["duplicate"]
+    outcome: str | None = None
+    detail: str | None = None
+
+    def describe(self) -> str:
+        """One word or phrase for the CLI: applied, no_effect, duplicate, rejected: …"""
+        if self.status == "duplicate":
+            return "duplicate"
+        if self.status == "processed":
+            return self.outcome or "applied"
+        if self.status == "rejected":
+            return f"rejected: {self.outcome}: {self.detail}"
+        if self.status == "dead":
+            return f"failed: {self.detail}"
+        return "pending"
+
+
+class FailedEvent(Model):
+    """An event moved to the dead-letter state after its last attempt."""
+
+    program: str
+    event_id: str
+    type: str
+    member_id: str
+    attempts: int
+    error: str
+    received_at: datetime
+    failed_at: datetime
+
+
+class Balance(Model):
+    """Balances of one currency for one member."""
+
+    available: int = 0
+    earned: int = 0
+    debt: int = 0
+
+
+class Expiry(Model):
+    """Points that expire together."""
+
+    currency: str
+    points: int
+    expires_at: datetime
+
+
+class Entry(Model):
+    """One ledger leg on a member account, with its transaction's reason and source."""
+
+    at: datetime
+    currency: str
+    kind: str
+    points: int
+    reason: str
+    source: str
+
+
+class MemberView(Model):
+    """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns."""
+
+    member_id: str
+    program: str
+    tier: str | None
+    profile: dict[str, object] = {}
+    balances: dict[str, Balance]
+    upcoming_expiries: list[Expiry]
+    entries: list[Entry]

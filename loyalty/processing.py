@@ -1,0 +1,216 @@
+"""Applying inbox events, one batch per transaction.
+
+`process_batch` is what the router's activity runs: it takes the partition's advisory
+lock (so that a retried attempt waits for a stale one instead of overtaking it, which
+keeps each member's events in order), claims the oldest pending events, applies each in
+a savepoint and records every outcome in one statement, all in one transaction.
+
+Outcomes: ``processed`` (``applied`` or ``no_effect``), ``rejected`` (a business
+refusal such as ``insufficient_points``: final, never retried), ``pending`` again with a
+back-off after an unexpected error, ``dead`` after the last allowed attempt.
+"""
+
+from __future__ import annotations
+
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from loyalty import ledger
+from loyalty.app import LoyaltyApp
+from loyalty.db import Conn
+from loyalty.errors import LedgerRefusal
+from loyalty.events import (
+    AnyEvent,
+    MemberDeleted,
+    MemberUpdated,
+    PointsDeposit,
+    PointsWithdrawal,
+    any_event_adapter,
+)
+from loyalty.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
+from loyalty.models import RouterProgress
+
+# Errors that say "try the whole batch again", not "this event is bad".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    OSError,
+)
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """Back-off before the next attempt of a failing event: 1 s, 2 s, 4 s … at most 5 min."""
+    return timedelta(seconds=min(300, 2 ** max(0, attempt - 1)))
+
+
+class EventProcessor:
+    """Applies one event inside the caller's transaction."""
+
+    def __init__(self, app: LoyaltyApp) -> None:
+        self.app = app
+
+    async def apply(self, conn: Conn, event: AnyEvent) -> str:
+        """Apply the event; returns ``applied`` or ``no_effect``.
+
+        Raises:
+            LedgerRefusal: the event is refused for a business reason.
+        """
+        program = self.app.program(event.program)
+        if program is None:
+            raise LedgerRefusal(
+                "unknown_program", f"program {event.program!r} is not defined by the app"
+            )
+        if isinstance(event, PointsDeposit | PointsWithdrawal) and (
+            event.account not in program.currencies
+        ):
+            raise LedgerRefusal(
+                "unknown_currency",
+                f"program {program.name!r} has no currency {event.account!r}; "
+                f"it has {', '.join(program.currencies)}",
+            )
+        key = f"event:{event.event_id}"
+        if isinstance(event, PointsDeposit):
+            available_at = event.occurred_at
+            if event.kind == "earned":
+                available_at = event.occurred_at + program.earned_waiting_period
+            await ledger.award(
+                conn,
+                program=event.program,
+                member_id=event.member_id,
+                points=event.points,
+                kind=event.kind,
+                currency=event.account,
+                reason=event.reason,
+                source=key,
+                key=key,
+                occurred_at=event.occurred_at,
+                available_at=available_at,
+            )
+            return "applied"
+        if isinstance(event, PointsWithdrawal):
+            await ledger.spend(
+                conn,
+                program=event.program,
+                member_id=event.member_id,
+                points=event.points,
+                kind=event.kind,
+                currency=event.account,
+                reason=event.reason,
+                source=key,
+                key=key,
+                occurred_at=event.occurred_at,
+            )
+            return "applied"
+        if isinstance(event, MemberUpdated):
+            await conn.execute(
+                """UPDATE members SET profile = profile || $3::jsonb, erased_at = NULL,
+                                      updated_at = now()
+                   WHERE program = $1 AND member_id = $2""",
+                event.program,
+                event.member_id,
+                event.profile,
+            )
+            return "applied"
+        if isinstance(event, MemberDeleted):
+            await conn.execute(
+                """UPDATE members SET profile = '{}'::jsonb, erased_at = now(), updated_at = now()
+                   WHERE program = $1 AND member_id = $2""",
+                event.program,
+                event.member_id,
+            )
+            return "applied"
+        return "no_effect"
+
+
+async def process_batch(
+    conn: Conn,
+    processor: EventProcessor,
+    *,
+    program: str,
+    partitions: int,
+    partition: int,
+    batch_size: int,
+    max_attempts: int,
+) -> RouterProgress:
+    """Claim and apply one batch in one transaction; returns what happened."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            f"loyalty-router:{program}:{partition}/{partitions}",
+        )
+        rows = await claim_batch(conn, program, partitions, partition, batch_size)
+        if not rows:
+            return RouterProgress()
+        # Every member seen by the engine is enrolled, so the member view finds them.
+        await conn.execute(
+            """INSERT INTO members (program, member_id)
+               SELECT $1, m FROM unnest($2::text[]) AS m
+               ON CONFLICT DO NOTHING""",
+            program,
+            sorted({row["member_id"] for row in rows}),
+        )
+        outcomes: list[dict[str, Any]] = []
+        counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
+        for row in rows:
+            attempts = row["attempts"] + 1
+            try:
+                async with conn.transaction():
+                    event = any_event_adapter.validate_python(row["payload"])
+                    result = await processor.apply(conn, event)
+            except LedgerRefusal as refusal:
+                outcomes.append(
+                    {
+                        "id": row["id"],
+                        "status": "rejected",
+                        "outcome": refusal.code,
+                        "detail": str(refusal),
+                        "attempts": attempts,
+                    }
+                )
+                counts["rejected"] += 1
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+                if attempts >= max_attempts:
+                    outcomes.append(
+                        {
+                            "id": row["id"],
+                            "status": "dead",
+                            "outcome": "failed",
+                            "attempts": attempts,
+                            "last_error": error,
+                        }
+                    )
+                    counts["dead"] += 1
+                else:
+                    outcomes.append(
+                        {
+                            "id": row["id"],
+                            "status": "pending",
+                            "attempts": attempts,
+                            "last_error": error,
+                            "retry_after": retry_delay(attempts),
+                        }
+                    )
+                    counts["failed_attempts"] += 1
+            else:
+                outcomes.append(
+                    {
+                        "id": row["id"],
+                        "status": "processed",
+                        "outcome": result,
+                        "attempts": attempts,
+                    }
+                )
+                counts[result] += 1
+        await record_outcomes(conn, outcomes)
+        await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
+    return RouterProgress(batches=1, events=len(rows), **counts)

@@ -1,0 +1,65 @@
+"""Typed settings, read once from the environment in `main()` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the engine, with the environment variable that sets it.
+
+    Without ``LOYALTY_DATABASE_URL`` the embedded PostgreSQL under ``LOYALTY_HOME`` is
+    used; without ``TEMPORAL_ADDRESS`` `loyalty dev` starts the Temporal dev server and
+    every other command uses ``localhost:7233``.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    home: Path = Field(Path(".loyalty"), validation_alias="LOYALTY_HOME")
+    database_url: SecretStr | None = Field(None, validation_alias="LOYALTY_DATABASE_URL")
+    database_pool_size: int = Field(10, ge=2, le=200, validation_alias="LOYALTY_DATABASE_POOL_SIZE")
+
+    temporal_address: str | None = Field(None, validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_api_key: SecretStr | None = Field(None, validation_alias="TEMPORAL_API_KEY")
+    temporal_tls: bool = Field(False, validation_alias="TEMPORAL_TLS")
+    temporal_tls_client_cert_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH"
+    )
+    temporal_tls_client_key_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH"
+    )
+    temporal_tls_server_ca_cert_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+    )
+    temporal_tls_server_name: str | None = Field(None, validation_alias="TEMPORAL_TLS_SERVER_NAME")
+
+    task_queue: str = Field("loyalty", min_length=1, validation_alias="LOYALTY_TASK_QUEUE")
+    app: str | None = Field(None, validation_alias="LOYALTY_APP")
+
+    router_partitions: int = Field(1, ge=1, le=256, validation_alias="LOYALTY_ROUTER_PARTITIONS")
+    router_batch_size: int = Field(
+        500, ge=1, le=10_000, validation_alias="LOYALTY_ROUTER_BATCH_SIZE"
+    )
+    # How long one router activity keeps claiming batches before it returns to its
+    # workflow; keeps each activity short enough to be retried cheaply.
+    router_session_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias="LOYALTY_ROUTER_SESSION_SECONDS"
+    )
+    # A safety net only: the router is woken by LISTEN/NOTIFY, this bounds the delay
+    # after a lost notification (for example across a database failover).
+    router_idle_poll_seconds: float = Field(
+        30.0, gt=0, validation_alias="LOYALTY_ROUTER_IDLE_POLL_SECONDS"
+    )
+    event_max_attempts: int = Field(5, ge=1, le=100, validation_alias="LOYALTY_EVENT_MAX_ATTEMPTS")
+
+    dev_temporal_port: int = Field(7233, validation_alias="LOYALTY_DEV_TEMPORAL_PORT")
+    dev_ui_port: int = Field(8233, validation_alias="LOYALTY_DEV_UI_PORT")
+
+    @property
+    def effective_temporal_address(self) -> str:
+        """The Temporal frontend to connect to."""
+        return self.temporal_address or f"localhost:{self.dev_temporal_port}"

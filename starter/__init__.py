@@ -1,0 +1,5 @@
+"""What other services import: the LoyaltyClient."""
+
+from starter.client import LoyaltyClient
+
+__all__ = ["LoyaltyClient"]

@@ -1,0 +1,133 @@
+"""Builds and runs the Temporal worker with every workflow and activity of the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.worker import Worker
+
+from activities.router import InboxListener, RouterActivities
+from loyalty.app import LoyaltyApp
+from loyalty.db import create_pool, prepare_database
+from loyalty.models import RouterInput
+from loyalty.processing import EventProcessor
+from loyalty.settings import Settings
+from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
+from workflows.router import EventRouter, router_workflow_id
+
+log = logging.getLogger("loyalty.worker")
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register the loyalty search attributes on the namespace if they are missing.
+
+    The dev server registers them at start; a self-hosted cluster gets them here; on
+    Temporal Cloud they are added with its own tools, so a refusal is only logged.
+    """
+    namespace = client.namespace
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
+        )
+        missing = {
+            key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+            for key in SEARCH_ATTRIBUTES
+            if key.name not in listed.custom_attributes
+        }
+        if missing:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+            )
+    except Exception as exc:
+        log.warning(
+            "could not register search attributes %s: %s",
+            ", ".join(k.name for k in SEARCH_ATTRIBUTES),
+            exc,
+        )
+
+
+async def start_routers(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
+    """Start one EventRouter per program and partition unless it already runs."""
+    ids = []
+    for program in app.programs:
+        for partition in range(settings.router_partitions):
+            workflow_id = router_workflow_id(program, partition, settings.router_partitions)
+            await client.start_workflow(
+                EventRouter.run,
+                RouterInput(
+                    program=program, partition=partition, partitions=settings.router_partitions
+                ),
+                id=workflow_id,
+                task_queue=settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(PROGRAM, program),
+                        SearchAttributePair(FLOW, "event-router"),
+                    ]
+                ),
+                static_summary=f"Event router of program {program}, partition "
+                f"{partition + 1} of {settings.router_partitions}",
+            )
+            ids.append(workflow_id)
+    return ids
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    activities: Sequence[object],
+    workflows: Sequence[type],
+) -> Worker:
+    """A worker on the configured task queue."""
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=list(workflows),
+        activities=list(activities),  # type: ignore[arg-type]
+        max_concurrent_activities=200,
+    )
+
+
+async def run_worker(
+    settings: Settings,
+    app: LoyaltyApp,
+    client: Client,
+    dsn: str,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the worker until ``stop`` is set; one pool and one LISTEN connection in all.
+
+    Migrates the database, registers programs and search attributes, starts the routers.
+    """
+    await prepare_database(dsn, app)
+    await ensure_search_attributes(client)
+    pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)
+    listener = InboxListener(dsn)
+    try:
+        await listener.start()
+        router = RouterActivities(pool, listener, EventProcessor(app), settings)
+        worker = build_worker(client, settings, [router.route_events], [EventRouter])
+        async with worker:
+            await start_routers(client, settings, app)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+    finally:
+        await listener.close()
+        await pool.close()
