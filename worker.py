@@ -65,7 +65,9 @@ async def start_routers(client: Client, settings: Settings, app: LoyaltyApp) -> 
     ids = []
     for program in app.programs:
         for partition in range(settings.router_partitions):
-            workflow_id = router_workflow_id(program, partition, settings.router_partitions)
+            workflow_id = router_workflow_id(
+                settings.task_queue, program, partition, settings.router_partitions
+            )
             await client.start_workflow(
                 EventRouter.run,
                 RouterInput(

@@ -33,6 +33,12 @@ SELECT id, event_id, type, member_id, payload, attempts
 FROM events
 WHERE program = $1 AND status = 'pending' AND mod(member_hash, $2) = $3
   AND (not_before IS NULL OR not_before <= now())
+  -- A member's events wait behind that member's event that is waiting for a retry.
+  AND NOT EXISTS (
+      SELECT 1 FROM events AS earlier
+      WHERE earlier.program = events.program AND earlier.member_id = events.member_id
+        AND earlier.id < events.id AND earlier.status = 'pending'
+        AND earlier.not_before > now())
 ORDER BY id
 LIMIT $4
 FOR UPDATE SKIP LOCKED

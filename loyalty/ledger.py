@@ -96,15 +96,20 @@ async def ensure_accounts(
     currency: str,
     wanted: list[tuple[str | None, str]],
 ) -> dict[tuple[str | None, str], int]:
-    """Get or create accounts; returns their ids keyed by (member_id or None, kind)."""
-    rows = await conn.fetch(
-        _ENSURE_ACCOUNTS,
-        program,
-        [member for member, _ in wanted],
-        currency,
-        [kind for _, kind in wanted],
-    )
-    return {(row["member_id"], row["kind"]): row["id"] for row in rows}
+    """Get or create accounts; returns their ids keyed by (member_id or None, kind).
+
+    An account created by a concurrent transaction is invisible to the statement that
+    waited for it (its snapshot is older), so missing ids are read again: a new statement
+    sees the committed row.
+    """
+    members = [member for member, _ in wanted]
+    kinds = [kind for _, kind in wanted]
+    rows = await conn.fetch(_ENSURE_ACCOUNTS, program, members, currency, kinds)
+    ids = {(row["member_id"], row["kind"]): row["id"] for row in rows}
+    if len(ids) < len(set(wanted)):
+        rows = await conn.fetch(_ENSURE_ACCOUNTS, program, members, currency, kinds)
+        ids = {(row["member_id"], row["kind"]): row["id"] for row in rows}
+    return ids
 
 
 async def _existing(conn: Conn, program: str, key: str, points: int) -> LedgerReceipt:

@@ -158,7 +158,13 @@ async def process_batch(
         )
         outcomes: list[dict[str, Any]] = []
         counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
+        # Members whose event failed in this batch: their later events wait, unattempted,
+        # so that a member's events are never applied out of order.
+        held: set[str] = set()
         for row in rows:
+            if row["member_id"] in held:
+                outcomes.append({"id": row["id"], "status": "pending", "attempts": row["attempts"]})
+                continue
             attempts = row["attempts"] + 1
             try:
                 async with conn.transaction():
@@ -201,6 +207,7 @@ async def process_batch(
                         }
                     )
                     counts["failed_attempts"] += 1
+                    held.add(row["member_id"])
             else:
                 outcomes.append(
                     {

@@ -28,9 +28,12 @@ ROUTER_RETRY_POLICY = RetryPolicy(
 )
 
 
-def router_workflow_id(program: str, partition: int, partitions: int) -> str:
-    """The singleton id of a router: program and partition (of how many) in the id."""
-    return f"loyalty-router:{program}:{partition}-of-{partitions}"
+def router_workflow_id(task_queue: str, program: str, partition: int, partitions: int) -> str:
+    """The singleton id of a router: program and partition (of how many) in the id.
+
+    The task queue names the deployment, so two deployments can share a namespace.
+    """
+    return f"router/{program}/{partition}-of-{partitions}@{task_queue}"
 
 
 @workflow.defn(name="EventRouter")
