@@ -17,6 +17,11 @@ from loyalty.embedded import TemporalDevServer
 from loyalty.settings import Settings
 from loyalty.temporal import connect_temporal
 
+TRY_COMMAND = (
+    'loyalty emit --wait \'{"type":"points_deposit","event_id":"e1","member_id":"m1",'
+    '"points":120,"kind":"available","reason":"welcome"}\' && loyalty member m1'
+)
+
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
@@ -63,13 +68,11 @@ async def _serve(
             namespace = settings.temporal_namespace
             lines.append(f"Routers: {ui_url}/namespaces/{namespace}/workflows?query={query}")
         lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
-        lines.append(
-            'Try, in another shell: loyalty emit \'{"type":"points_deposit","event_id":'
-            '"e1","member_id":"m1","points":120,"kind":"available",'
-            '"reason":"welcome"}\' && loyalty member m1'
-        )
         lines.append("Stop with Ctrl-C.")
         console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
+        # Printed raw, outside the panel, so that it can be copied whole.
+        console.print("Try, in another shell:", soft_wrap=True)
+        console.print(TRY_COMMAND, soft_wrap=True, markup=False, highlight=False)
         await task
     console.print("stopped the worker")
     return 0
