@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -21,7 +22,6 @@ from pydantic import (
     StrictInt,
     TypeAdapter,
     ValidationError,
-    field_validator,
 )
 
 from loyalty.errors import InvalidEvent
@@ -43,6 +43,19 @@ CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 PointKind = Literal["available", "earned"]
 
 
+def _limit_size(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(
+            f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
+        )
+    return value
+
+
+# A free-form JSON object, at most MAX_ATTRIBUTES_BYTES once serialized.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_limit_size)]
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -56,17 +69,7 @@ class BaseEvent(BaseModel):
     member_id: Identifier
     program: ProgramName = "default"
     occurred_at: AwareDatetime = Field(default_factory=_now)
-    attributes: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes_size(cls, value: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
-        if size > MAX_ATTRIBUTES_BYTES:
-            raise ValueError(
-                f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
-            )
-        return value
+    attributes: JsonObject = Field(default_factory=dict)
 
 
 class Purchase(BaseEvent):
@@ -133,17 +136,7 @@ class MemberUpdated(BaseEvent):
     """Enrol or update a member; ``profile`` holds email, name, locale, consent flags."""
 
     type: Literal["member_updated"] = "member_updated"
-    profile: dict[str, Any]
-
-    @field_validator("profile")
-    @classmethod
-    def _profile_size(cls, value: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
-        if size > MAX_ATTRIBUTES_BYTES:
-            raise ValueError(
-                f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
-            )
-        return value
+    profile: JsonObject
 
 
 class MemberDeleted(BaseEvent):
