@@ -30,7 +30,8 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+# Problems are one line each, whatever the width: scripts count and parse them.
+errors = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
