@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from loyalty.errors import ConfigurationError
 from loyalty.db import connect
+from loyalty.errors import ConfigurationError
 from loyalty.migrate import available_migrations, migrate
 from tests.conftest import with_database
 
