@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     every other command uses ``localhost:7233``.
     """
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     home: Path = Field(Path(".loyalty"), validation_alias="LOYALTY_HOME")
     database_url: SecretStr | None = Field(None, validation_alias="LOYALTY_DATABASE_URL")
