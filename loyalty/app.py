@@ -7,6 +7,8 @@ the way uvicorn loads an ASGI app.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -60,6 +62,9 @@ def load_app(spec: str | None) -> LoyaltyApp:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigurationError(f"app {spec!r}: expected 'module:attribute'")
+    # Like uvicorn: a module in the current folder is importable, as a user expects.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -247,10 +247,15 @@ def member(
 
 
 @cli.command()
-def flows(ctx: typer.Context) -> None:
+def flows(
+    ctx: typer.Context,
+    app_spec: Annotated[
+        str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+    ] = None,
+) -> None:
     """List the flows of the app with trigger, entry policy and journey counts."""
     settings = _settings(ctx)
-    app = _app(settings, None)
+    app = _app(settings, app_spec)
     table = Table("flow", "trigger", "entry", "running", "completed", "failed", title="Flows")
     for flow in app.flows:
         table.add_row(getattr(flow, "__name__", str(flow)), "-", "-", "-", "-", "-")
