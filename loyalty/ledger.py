@@ -22,21 +22,22 @@ from loyalty.models import LedgerReceipt
 MEMBER_KINDS = ("available", "earned", "debt")
 PROGRAM_KINDS = ("issued", "redeemed", "expired", "clawed_back", "forgiven")
 
-_ENSURE_ACCOUNTS = """
-WITH wanted AS (
-    SELECT * FROM unnest($2::text[], $4::text[]) AS w(member_id, kind)
-), created AS (
-    INSERT INTO accounts (program, member_id, currency, kind)
-    SELECT $1, member_id, $3, kind FROM wanted
-    ON CONFLICT DO NOTHING
-    RETURNING id, member_id, kind
-)
-SELECT id, member_id, kind FROM created
-UNION ALL
+# Member and program accounts are looked up separately: `=` and `IS NULL` can both use
+# the unique index, `IS NOT DISTINCT FROM` cannot.
+_FIND_ACCOUNTS = """
 SELECT a.id, a.member_id, a.kind
-FROM accounts AS a JOIN wanted AS w
-  ON a.member_id IS NOT DISTINCT FROM w.member_id AND a.kind = w.kind
-WHERE a.program = $1 AND a.currency = $3
+FROM accounts AS a
+WHERE a.program = $1 AND a.member_id = $2 AND a.currency = $3 AND a.kind = ANY($4::text[])
+UNION ALL
+SELECT a.id, NULL, a.kind
+FROM accounts AS a
+WHERE a.program = $1 AND a.member_id IS NULL AND a.currency = $3 AND a.kind = ANY($5::text[])
+"""
+
+_CREATE_ACCOUNTS = """
+INSERT INTO accounts (program, member_id, currency, kind)
+SELECT $1, w.member_id, $3, w.kind FROM unnest($2::text[], $4::text[]) AS w(member_id, kind)
+ON CONFLICT DO NOTHING
 """
 
 _INSERT_TRANSACTION = """
@@ -96,19 +97,31 @@ async def ensure_accounts(
     currency: str,
     wanted: list[tuple[str | None, str]],
 ) -> dict[tuple[str | None, str], int]:
-    """Get or create accounts; returns their ids keyed by (member_id or None, kind).
+    """Get or create the accounts of one member (and of the program, as ``None``).
 
-    An account created by a concurrent transaction is invisible to the statement that
-    waited for it (its snapshot is older), so missing ids are read again: a new statement
-    sees the committed row.
+    Returns their ids keyed by (member_id or None, kind). Accounts are read first and
+    created only when missing; the read after the insert is a new statement, so it also
+    sees an account that a concurrent transaction created meanwhile.
     """
-    members = [member for member, _ in wanted]
-    kinds = [kind for _, kind in wanted]
-    rows = await conn.fetch(_ENSURE_ACCOUNTS, program, members, currency, kinds)
-    ids = {(row["member_id"], row["kind"]): row["id"] for row in rows}
-    if len(ids) < len(set(wanted)):
-        rows = await conn.fetch(_ENSURE_ACCOUNTS, program, members, currency, kinds)
-        ids = {(row["member_id"], row["kind"]): row["id"] for row in rows}
+    members = {member for member, _ in wanted if member is not None}
+    assert len(members) <= 1, "accounts of one member at a time"
+    member = next(iter(members), None)
+    member_kinds = [kind for m, kind in wanted if m is not None]
+    program_kinds = [kind for m, kind in wanted if m is None]
+
+    async def find() -> dict[tuple[str | None, str], int]:
+        rows = await conn.fetch(
+            _FIND_ACCOUNTS, program, member, currency, member_kinds, program_kinds
+        )
+        return {(row["member_id"], row["kind"]): row["id"] for row in rows}
+
+    ids = await find()
+    missing = [key for key in wanted if key not in ids]
+    if missing:
+        await conn.execute(
+            _CREATE_ACCOUNTS, program, [m for m, _ in missing], currency, [k for _, k in missing]
+        )
+        ids = await find()
     return ids
 
 

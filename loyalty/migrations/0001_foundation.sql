@@ -6,9 +6,9 @@
 --     `redeemed`, `expired`, `clawed_back` and `forgiven`.
 --   * ledger_transactions: one per movement, unique on (program, idempotency_key), with
 --     reason, source and time. ledger_legs: the signed amounts per account; the legs of a
---     transaction sum to zero. Legs are written in one INSERT per transaction; a
---     statement trigger checks the sum of every transaction touched and a deferred
---     constraint trigger checks, at commit, that no transaction was left without legs.
+--     transaction sum to zero: a statement trigger checks that the legs each INSERT adds
+--     to a transaction sum to zero, and a deferred constraint trigger checks, at commit,
+--     that no transaction was left without legs.
 --   * accounts.balance is kept by the same statement trigger, for member accounts only:
 --     program accounts are touched by every movement of the program, and a cached
 --     balance there would serialize all writers on one row. Their totals are sums of legs.
@@ -59,6 +59,9 @@ CREATE TABLE events (
 CREATE INDEX events_pending ON events (program, id) WHERE status = 'pending';
 CREATE INDEX events_member ON events (program, member_id, id);
 CREATE INDEX events_dead ON events (program, id) WHERE status = 'dead';
+-- Events waiting for a retry, which hold back their member's later events.
+CREATE INDEX events_retrying ON events (program, member_id, id)
+    WHERE status = 'pending' AND not_before IS NOT NULL;
 
 -- Wake the routers of a program when events arrive: one notification per program and
 -- statement, delivered at commit, so a router never polls for work.
@@ -113,11 +116,12 @@ CREATE FUNCTION ledger_legs_post() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     unbalanced bigint;
 BEGIN
-    SELECT l.transaction_id INTO unbalanced
-    FROM ledger_legs AS l
-    WHERE l.transaction_id IN (SELECT DISTINCT transaction_id FROM new_legs)
-    GROUP BY l.transaction_id
-    HAVING sum(l.amount) <> 0
+    -- Each statement's legs balance per transaction, so every transaction always
+    -- balances, however many statements add to it; no read of older legs is needed.
+    SELECT n.transaction_id INTO unbalanced
+    FROM new_legs AS n
+    GROUP BY n.transaction_id
+    HAVING sum(n.amount) <> 0
     LIMIT 1;
     IF unbalanced IS NOT NULL THEN
         RAISE EXCEPTION 'ledger transaction % does not balance: its legs must sum to zero',
@@ -141,7 +145,10 @@ END $$;
 CREATE TRIGGER ledger_legs_immutable BEFORE UPDATE OR DELETE ON ledger_legs
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_legs_immutable();
 
-CREATE FUNCTION ledger_transaction_has_legs() RETURNS trigger LANGUAGE plpgsql AS $$
+-- force_custom_plan: a plan cached while ledger_legs was still small would scan the
+-- whole table at every commit once it has grown.
+CREATE FUNCTION ledger_transaction_has_legs() RETURNS trigger LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM ledger_legs WHERE transaction_id = NEW.id) THEN
         RAISE EXCEPTION 'ledger transaction % has no legs', NEW.id
