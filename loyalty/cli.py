@@ -16,10 +16,9 @@ from rich.table import Table
 from loyalty.app import LoyaltyApp, load_app
 from loyalty.errors import ConfigurationError, InvalidEvent, UnknownMember
 from loyalty.events import IncomingEvent, parse_event, parse_lines
-from loyalty.models import EmitResult
 from loyalty.settings import Settings
 
-# Inserted per statement; each chunk is atomic, all lines are validated before the first.
+# Events per INSERT statement; every line (and its program) is checked before the first.
 EMIT_CHUNK = 5_000
 
 cli = typer.Typer(
@@ -163,9 +162,7 @@ def emit(
     async def go() -> int:
         app = load_app(settings.app) if settings.app else None
         async with await LoyaltyClient.connect(settings, app) as client:
-            results: list[EmitResult] = []
-            for start in range(0, len(events), EMIT_CHUNK):
-                results += await client.emit_many(events[start : start + EMIT_CHUNK])
+            results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
             if not wait:
                 for r in results:
                     print(f"{r.event_id} {'accepted' if r.accepted else 'duplicate'}")

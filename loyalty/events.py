@@ -273,12 +273,16 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def parse_event(data: str | bytes | dict[str, Any], prefix: str = "") -> IncomingEvent:
-    """Validate one incoming event from JSON text or a dict.
+def parse_event(data: str | bytes | dict[str, Any] | BaseEvent, prefix: str = "") -> IncomingEvent:
+    """Validate one incoming event from JSON text, a dict, or an event model.
 
     Raises:
         InvalidEvent: with one line per problem.
     """
+    if isinstance(data, BaseEvent):
+        if data.type not in INCOMING_TYPES:  # type: ignore[attr-defined]
+            return parse_event({"type": data.type}, prefix)  # type: ignore[attr-defined]
+        return data  # type: ignore[return-value]
     try:
         if isinstance(data, dict):
             return incoming_adapter.validate_python(data)

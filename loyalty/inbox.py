@@ -78,14 +78,8 @@ async def insert_events(conn: Conn, events: Sequence[IncomingEvent]) -> list[Emi
             [e.occurred_at for e in events],
         )
     except asyncpg.ForeignKeyViolationError:
-        known = {r["name"] for r in await conn.fetch("SELECT name FROM programs")}
-        unknown = sorted({e.program for e in events} - known)
-        raise InvalidEvent(
-            [
-                f"program: unknown program {name!r}; known: {', '.join(sorted(known))}"
-                for name in unknown
-            ]
-        ) from None
+        await check_programs(conn, {e.program for e in events})
+        raise
     inserted = {(r["program"], r["event_id"]) for r in rows}
     results = []
     seen: set[tuple[str, str]] = set()
@@ -98,6 +92,23 @@ async def insert_events(conn: Conn, events: Sequence[IncomingEvent]) -> list[Emi
         )
         seen.add(key)
     return results
+
+
+async def check_programs(conn: Conn, programs: set[str]) -> None:
+    """Refuse events for programs the database does not know, before writing any.
+
+    Raises:
+        InvalidEvent: one line per unknown program.
+    """
+    known = {r["name"] for r in await conn.fetch("SELECT name FROM programs")}
+    unknown = sorted(programs - known)
+    if unknown:
+        raise InvalidEvent(
+            [
+                f"program: unknown program {name!r}; known: {', '.join(sorted(known))}"
+                for name in unknown
+            ]
+        )
 
 
 async def claim_batch(

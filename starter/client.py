@@ -80,8 +80,16 @@ class LoyaltyClient:
         """
         return (await self.emit_many([event]))[0]
 
-    async def emit_many(self, events: Iterable[IncomingEvent | dict[str, Any]]) -> list[EmitResult]:
-        """Validate all events, then insert them in one statement (all or nothing).
+    async def emit_many(
+        self,
+        events: Iterable[IncomingEvent | dict[str, Any]],
+        chunk_size: int | None = None,
+    ) -> list[EmitResult]:
+        """Validate all events, then insert them: one statement per chunk.
+
+        Every event is checked before the first is written, including that its program
+        exists, so invalid input writes nothing. Without ``chunk_size`` the whole call is
+        one statement (all or nothing); with it, each chunk is.
 
         Raises:
             InvalidEvent: any event is invalid; the problems of all are listed.
@@ -89,19 +97,21 @@ class LoyaltyClient:
         validated: list[IncomingEvent] = []
         problems: list[str] = []
         for index, event in enumerate(events):
-            if isinstance(event, dict):
-                try:
-                    validated.append(parse_event(event, prefix=f"event {index}: "))
-                except InvalidEvent as invalid:
-                    problems.extend(invalid.problems)
-            else:
-                validated.append(event)
+            try:
+                validated.append(parse_event(event, prefix=f"event {index}: "))
+            except InvalidEvent as invalid:
+                problems.extend(invalid.problems)
         if problems:
             raise InvalidEvent(problems)
         if not validated:
             return []
+        size = chunk_size or len(validated)
+        results: list[EmitResult] = []
         async with self._pool.acquire() as conn:
-            return await inbox.insert_events(conn, validated)
+            await inbox.check_programs(conn, {e.program for e in validated})
+            for start in range(0, len(validated), size):
+                results += await inbox.insert_events(conn, validated[start : start + size])
+        return results
 
     async def outcomes(
         self, keys: Sequence[tuple[str, str]]

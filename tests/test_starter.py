@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from loyalty.errors import InvalidEvent, UnknownMember
-from loyalty.events import PointsDeposit
+from loyalty.events import NewStage, PointsDeposit
 from starter.client import LoyaltyClient
 
 
@@ -79,3 +79,28 @@ async def test_wait_times_out_without_a_worker(client: LoyaltyClient) -> None:
 async def test_unknown_member_is_an_error(client: LoyaltyClient) -> None:
     with pytest.raises(UnknownMember, match="member 'nobody' is unknown in program 'default'"):
         await client.member("nobody")
+
+
+async def test_derived_event_objects_cannot_be_emitted(
+    client: LoyaltyClient, conn: asyncpg.Connection
+) -> None:
+    stage = NewStage(
+        event_id="s1", member_id="m1", from_tier=None, to_tier="gold", direction="up", cause="earn"
+    )
+    with pytest.raises(InvalidEvent) as caught:
+        await client.emit(stage)
+    assert caught.value.problems == [
+        "event 0: type: 'new_stage' is derived by the engine and cannot be emitted"
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_unknown_program_in_a_late_chunk_writes_no_chunk(
+    client: LoyaltyClient, conn: asyncpg.Connection
+) -> None:
+    events = [deposit(f"e{i}") for i in range(10)] + [deposit("late", program="tea")]
+    with pytest.raises(InvalidEvent, match="unknown program 'tea'"):
+        await client.emit_many(events, chunk_size=3)
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+    results = await client.emit_many(events[:10], chunk_size=3)
+    assert [r.accepted for r in results] == [True] * 10
