@@ -129,6 +129,10 @@ class EventProcessor:
         return "no_effect"
 
 
+class _RedoCarefully(Exception):
+    """An event failed in a batch applied without savepoints: redo it with them."""
+
+
 async def process_batch(
     conn: Conn,
     processor: EventProcessor,
@@ -139,7 +143,31 @@ async def process_batch(
     batch_size: int,
     max_attempts: int,
 ) -> RouterProgress:
-    """Claim and apply one batch in one transaction; returns what happened."""
+    """Claim and apply one batch in one transaction; returns what happened.
+
+    The batch is first applied without a savepoint per event (two round trips fewer per
+    event). If any event raises, that transaction is rolled back and the batch is claimed
+    again and applied carefully, each event in its own savepoint, so that the failure is
+    isolated and recorded.
+    """
+    args = (conn, processor, program, partitions, partition, batch_size, max_attempts)
+    try:
+        return await _apply_batch(*args, careful=False)
+    except _RedoCarefully:
+        return await _apply_batch(*args, careful=True)
+
+
+async def _apply_batch(
+    conn: Conn,
+    processor: EventProcessor,
+    program: str,
+    partitions: int,
+    partition: int,
+    batch_size: int,
+    max_attempts: int,
+    *,
+    careful: bool,
+) -> RouterProgress:
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -162,62 +190,48 @@ async def process_batch(
         # so that a member's events are never applied out of order.
         held: set[str] = set()
         for row in rows:
+            outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
             if row["member_id"] in held:
-                outcomes.append({"id": row["id"], "status": "pending", "attempts": row["attempts"]})
-                continue
-            attempts = row["attempts"] + 1
-            try:
-                async with conn.transaction():
+                outcome.update(status="pending", attempts=row["attempts"])
+            elif not careful:
+                try:
                     event = any_event_adapter.validate_python(row["payload"])
                     result = await processor.apply(conn, event)
-            except LedgerRefusal as refusal:
-                outcomes.append(
-                    {
-                        "id": row["id"],
-                        "status": "rejected",
-                        "outcome": refusal.code,
-                        "detail": str(refusal),
-                        "attempts": attempts,
-                    }
-                )
-                counts["rejected"] += 1
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
-                if attempts >= max_attempts:
-                    outcomes.append(
-                        {
-                            "id": row["id"],
-                            "status": "dead",
-                            "outcome": "failed",
-                            "attempts": attempts,
-                            "last_error": error,
-                        }
-                    )
-                    counts["dead"] += 1
-                else:
-                    outcomes.append(
-                        {
-                            "id": row["id"],
-                            "status": "pending",
-                            "attempts": attempts,
-                            "last_error": error,
-                            "retry_after": retry_delay(attempts),
-                        }
-                    )
-                    counts["failed_attempts"] += 1
-                    held.add(row["member_id"])
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    raise _RedoCarefully from exc
+                outcome.update(status="processed", outcome=result)
             else:
-                outcomes.append(
-                    {
-                        "id": row["id"],
-                        "status": "processed",
-                        "outcome": result,
-                        "attempts": attempts,
-                    }
-                )
-                counts[result] += 1
+                try:
+                    async with conn.transaction():
+                        event = any_event_adapter.validate_python(row["payload"])
+                        result = await processor.apply(conn, event)
+                except LedgerRefusal as refusal:
+                    outcome.update(status="rejected", outcome=refusal.code, detail=str(refusal))
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+                    outcome.update(last_error=error)
+                    if outcome["attempts"] >= max_attempts:
+                        outcome.update(status="dead", outcome="failed")
+                    else:
+                        outcome.update(
+                            status="pending", retry_after=retry_delay(outcome["attempts"])
+                        )
+                        held.add(row["member_id"])
+                else:
+                    outcome.update(status="processed", outcome=result)
+            outcomes.append(outcome)
+            if outcome["status"] == "processed":
+                counts[outcome["outcome"]] += 1
+            elif outcome["status"] == "rejected":
+                counts["rejected"] += 1
+            elif outcome["status"] == "dead":
+                counts["dead"] += 1
+            elif "last_error" in outcome:
+                counts["failed_attempts"] += 1
         await record_outcomes(conn, outcomes)
         await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
     return RouterProgress(batches=1, events=len(rows), **counts)
