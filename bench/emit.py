@@ -1,9 +1,11 @@
-"""Benchmark: events into the ledger, end to end, against a fresh `loyalty dev`.
+"""Benchmark: events into the inbox, and into the ledger end to end, on fresh `loyalty dev`s.
 
-Subject: N points_deposit events as JSON lines piped to one `loyalty emit --wait`.
-Baseline: N more events sent one per call through `LoyaltyClient.emit()` (one statement
-and one commit each, as a naive integration would), then `LoyaltyClient.wait()`.
-Both figures include the router applying every event to the ledger. Run: `make bench`.
+1. Ingestion, on dev A: N JSON lines piped to one `loyalty emit` (no --wait), against N
+   other events sent one per call with `LoyaltyClient.emit()` (one statement and commit
+   each). The router's work is waited for after each side, outside the timing.
+2. End to end, on dev A then on dev B: N fresh JSON lines to `loyalty emit --wait` with
+   the router's default batch (dev A), against the same on dev B started with
+   LOYALTY_ROUTER_BATCH_SIZE=1. Dev A is stopped before dev B starts. Run: `make bench`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
 
 from loyalty.db import Database, connect
 from loyalty.events import PointsDeposit
+from loyalty.models import EmitResult
 from loyalty.settings import Settings
 from starter import LoyaltyClient
 
 BIN = Path(sys.executable).parent
+COLUMNS = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
 console = Console()
 
 
@@ -42,35 +47,52 @@ def free_port() -> int:
         return port
 
 
-def deposit(prefix: str, i: int, members: int) -> PointsDeposit:
+def deposits(prefix: str, n: int, members: int) -> list[PointsDeposit]:
     """Event i of a phase: member i mod members gets 1 to 7 points."""
-    return PointsDeposit(
-        event_id=f"{prefix}-{i}",
-        member_id=f"m{i % members}",
-        points=1 + i % 7,
-        kind="available",
-        reason="bench",
-    )
+    return [
+        PointsDeposit(
+            event_id=f"{prefix}-{i}",
+            member_id=f"m{i % members}",
+            points=1 + i % 7,
+            kind="available",
+            reason="bench",
+        )
+        for i in range(n)
+    ]
 
 
 class DevServer:
-    """`loyalty dev` as a subprocess; its output is drained by a thread."""
+    """`loyalty dev` on a fresh temporary LOYALTY_HOME and free ports; output drained."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, name: str, batch_size: int | None) -> None:
+        self.name = name
+        self.home = tempfile.mkdtemp(prefix="lfb", dir="/tmp")  # short: PostgreSQL's socket
+        for var in ("LOYALTY_DATABASE_URL", "TEMPORAL_ADDRESS", "LOYALTY_ROUTER_BATCH_SIZE"):
+            os.environ.pop(var, None)
+        os.environ.update(
+            LOYALTY_HOME=self.home,
+            LOYALTY_DEV_TEMPORAL_PORT=str(free_port()),
+            LOYALTY_DEV_UI_PORT=str(free_port()),
+            COLUMNS="200",  # keeps the Ready line of `loyalty dev` on one line
+        )
+        if batch_size is not None:
+            os.environ["LOYALTY_ROUTER_BATCH_SIZE"] = str(batch_size)
+        self.env = dict(os.environ)
+        self.settings = Settings()
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.ready_seconds = 0.0
+        self.reported = ""
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [str(BIN / "loyalty"), "dev"],
-            env=env,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # a Ctrl-C on the benchmark reaches it only through stop()
         )
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.ready_seconds = 0.0
-        self.reported = ""
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
@@ -84,127 +106,154 @@ class DevServer:
                 self.ready.set()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("loyalty dev did not become ready:\n" + "\n".join(self.lines))
+        with console.status(f"starting {self.name}"):
+            deadline = time.monotonic() + timeout
+            while not self.ready.wait(0.2):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{self.name} did not become ready:\n" + "\n".join(self.lines))
+        console.print(
+            f"{self.name} ready in {self.ready_seconds:.1f}s (it reports {self.reported}s)"
+        )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        with console.status(f"stopping {self.name}"):
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
-def run_subject(env: dict[str, str], events: list[PointsDeposit]) -> float:
-    """Pipe the events to one `loyalty emit --wait`; returns the wall time."""
+async def run_cli(dev: DevServer, events: list[PointsDeposit], wait: bool, limit: float) -> float:
+    """Pipe the events to one `loyalty emit [--wait]`; returns its wall time."""
     text = "".join(e.model_dump_json(exclude={"occurred_at"}) + "\n" for e in events)
-    with console.status(f"loyalty emit --wait with {len(events):,} JSON lines"):
-        started = time.monotonic()
-        done = subprocess.run(
-            [str(BIN / "loyalty"), "emit", "--wait", "--timeout", "600"],
-            input=text,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        elapsed = time.monotonic() - started
-    outcomes = [line.split(" ", 1)[1] for line in done.stdout.splitlines()]
-    if done.returncode != 0 or outcomes != ["applied"] * len(events):
-        raise SystemExit(f"loyalty emit failed ({done.returncode}): {done.stderr[-2000:]}")
+    args = ["emit", "--wait", "--timeout", str(limit)] if wait else ["emit"]
+    label = f"loyalty {' '.join(args[:2])} with {len(events):,} JSON lines"
+    done_sql = "SELECT count(*) FROM events WHERE event_id LIKE $1 AND status <> 'pending'"
+    prefix = events[0].event_id.rsplit("-", 1)[0] + "-%"
+    async with Database(dev.settings) as database:
+        conn = await connect(database.dsn)  # for the progress bar: processed events, 1/s
+        try:
+            with Progress(*COLUMNS, TimeElapsedColumn(), console=console) as progress:
+                task = progress.add_task(label, total=len(events))
+                started = time.monotonic()
+                process = await asyncio.create_subprocess_exec(
+                    str(BIN / "loyalty"), *args, env=dev.env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                running = asyncio.ensure_future(process.communicate(text.encode()))
+                while wait and not running.done():
+                    progress.update(task, completed=await conn.fetchval(done_sql, prefix))
+                    await asyncio.wait([running], timeout=1.0)
+                out, err = await running
+                elapsed = time.monotonic() - started
+                if process.returncode == 0:
+                    progress.update(task, completed=len(events))
+        finally:
+            await conn.close()
+    outcomes = [line.split(" ", 1)[1] for line in out.decode().splitlines()]
+    if process.returncode != 0 or outcomes != ["applied" if wait else "accepted"] * len(events):
+        raise SystemExit(f"{label} failed ({process.returncode}): {err.decode()[-2000:]}")
     return elapsed
 
 
-async def run_baseline(settings: Settings, events: list[PointsDeposit]) -> tuple[float, float]:
-    """Emit one event per call, then wait; returns (emit seconds, total seconds)."""
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+async def run_api(settings: Settings, events: list[PointsDeposit]) -> float:
+    """Emit one event per call; returns the time from the first call to the last answer."""
     async with await LoyaltyClient.connect(settings) as client:
-        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        with Progress(*COLUMNS, TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("LoyaltyClient.emit(), one per call", total=len(events))
             started = time.monotonic()
-            results = []
             for event in events:
-                results.append(await client.emit(event))
+                if not (await client.emit(event)).accepted:
+                    raise SystemExit(f"LoyaltyClient.emit(): {event.event_id} not accepted")
                 progress.advance(task)
-            emitted = time.monotonic() - started
-        with console.status("LoyaltyClient.wait()"):
-            outcomes = await client.wait(results, timeout=600)
-        total = time.monotonic() - started
+            return time.monotonic() - started
+
+
+async def wait_applied(settings: Settings, events: list[PointsDeposit], limit: float) -> None:
+    """Wait (untimed) until the router applied every event, so phases do not overlap."""
+    results = [EmitResult(program=e.program, event_id=e.event_id, accepted=True) for e in events]
+    async with await LoyaltyClient.connect(settings) as client:
+        with console.status(f"router applying {len(events):,} events (not timed)"):
+            outcomes = await client.wait(results, timeout=limit)
     if {o.describe() for o in outcomes} != {"applied"}:
-        raise SystemExit("baseline: some events were not applied")
-    return emitted, total
+        raise SystemExit("some events were not applied")
 
 
-async def verify(settings: Settings, events: list[PointsDeposit]) -> None:
+async def verify(dev: DevServer, events: list[PointsDeposit]) -> None:
     """Every event applied once: inbox, ledger and each member's balance agree."""
     expected: dict[str, int] = {}
     for e in events:
         expected[e.member_id] = expected.get(e.member_id, 0) + e.points
-    async with Database(settings) as database:
+    async with Database(dev.settings) as database:
         conn = await connect(database.dsn)
         try:
             processed = await conn.fetchval("SELECT count(*) FROM events WHERE status='processed'")
             ledger = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
         finally:
             await conn.close()
-    async with await LoyaltyClient.connect(settings) as client:
+    async with await LoyaltyClient.connect(dev.settings) as client:
         balances = {m: (await client.member(m)).balances["points"].available for m in expected}
     if processed != len(events) or ledger != len(events) or balances != expected:
         wrong = sum(balances[m] != expected[m] for m in expected)
         raise SystemExit(
-            f"LOST OR DOUBLED EVENTS: {processed} processed, {ledger} ledger transactions "
-            f"for {len(events)} events; {wrong} members with a wrong balance"
+            f"{dev.name}: LOST OR DOUBLED EVENTS: {processed} processed, {ledger} ledger "
+            f"transactions for {len(events)} events; {wrong} members with a wrong balance"
         )
-    console.print(f"verified: {len(events):,} events applied once, {len(expected):,} balances")
+    console.print(
+        f"{dev.name} verified: {len(events):,} events applied once, {len(expected):,} balances"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000, help="events per phase")
+    parser.add_argument("--events", type=int, default=10_000, help="events per side")
     parser.add_argument("--members", type=int, default=1_000, help="distinct members")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per wait")
     args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="lfb", dir="/tmp")  # short: PostgreSQL's socket lives here
-    for name in ("LOYALTY_DATABASE_URL", "TEMPORAL_ADDRESS"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        LOYALTY_HOME=home,
-        LOYALTY_DEV_TEMPORAL_PORT=str(free_port()),
-        LOYALTY_DEV_UI_PORT=str(free_port()),
-        COLUMNS="200",  # keeps the Ready line of `loyalty dev` on one line
-    )
-    env = dict(os.environ)
-    settings = Settings()
-    subject = [deposit("cli", i, args.members) for i in range(args.events)]
-    baseline = [deposit("api", i, args.members) for i in range(args.events)]
-    dev: DevServer | None = None
+    n, limit = args.events, args.timeout
+    ingest_cli = deposits("cli", n, args.members)
+    ingest_api = deposits("api", n, args.members)
+    end_to_end = deposits("e2e", n, args.members)  # the same events on both devs
+
+    dev = DevServer("dev A (router batch 500)", batch_size=None)
     try:
-        with console.status("starting loyalty dev"):
-            dev = DevServer(env)
-            dev.wait_ready()
-        console.print(f"loyalty dev ready in {dev.ready_seconds:.1f}s (it reports {dev.reported}s)")
-        cli_seconds = run_subject(env, subject)
-        emit_seconds, api_seconds = asyncio.run(run_baseline(settings, baseline))
-        asyncio.run(verify(settings, subject + baseline))
+        dev.wait_ready()
+        cli_seconds = asyncio.run(run_cli(dev, ingest_cli, wait=False, limit=limit))
+        asyncio.run(wait_applied(dev.settings, ingest_cli, limit))
+        api_seconds = asyncio.run(run_api(dev.settings, ingest_api))
+        asyncio.run(wait_applied(dev.settings, ingest_api, limit))
+        batch_seconds = asyncio.run(run_cli(dev, end_to_end, wait=True, limit=limit))
+        asyncio.run(verify(dev, ingest_cli + ingest_api + end_to_end))
     finally:
-        if dev is not None:
-            with console.status("stopping loyalty dev"):
-                dev.stop()
-        shutil.rmtree(home, ignore_errors=True)
-    n = args.events
-    cli_rate, api_rate = n / cli_seconds, n / api_seconds
-    console.print(
-        f"subject  loyalty emit --wait      {n:,} events in {cli_seconds:6.2f}s: "
-        f"{cli_rate:8,.0f} events/s"
-    )
-    console.print(
-        f"baseline LoyaltyClient.emit() x{n:,} in {api_seconds:6.2f}s: {api_rate:8,.0f} events/s"
-        f" (emitting alone took {emit_seconds:.2f}s)"
-    )
-    console.print(f"ratio subject/baseline: {cli_rate / api_rate:.1f}x")
+        dev.stop()
+    dev = DevServer("dev B (router batch 1)", batch_size=1)
+    try:
+        dev.wait_ready()
+        single_seconds = asyncio.run(run_cli(dev, end_to_end, wait=True, limit=limit))
+        asyncio.run(verify(dev, end_to_end))
+    finally:
+        dev.stop()
+
+    table = Table(title=f"{n:,} events per side, {args.members:,} members")
+    for name in ("comparison", "subject", "baseline"):
+        table.add_column(name)
+    table.add_column("ratio", justify="right")
+    rows = [
+        ("ingestion: emit (one process) / emit() per call", cli_seconds, api_seconds),
+        ("end to end: emit --wait, batch 500 / batch 1", batch_seconds, single_seconds),
+    ]
+    for name, subject, baseline in rows:
+        table.add_row(
+            name,
+            f"{subject:.2f} s, {n / subject:,.0f} events/s",
+            f"{baseline:.2f} s, {n / baseline:,.0f} events/s",
+            f"{baseline / subject:.1f}x",
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":
