@@ -30,7 +30,8 @@ class InboxListener:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._generation: dict[str, int] = {}
-        self._changed = asyncio.Condition()
+        # One event per program, set and replaced at each notification.
+        self._arrived: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -44,11 +45,9 @@ class InboxListener:
     def _notified(self, conn: object, pid: int, channel: str, program: object) -> None:
         assert isinstance(program, str)
         self._generation[program] = self._generation.get(program, 0) + 1
-        asyncio.get_running_loop().create_task(self._wake())
-
-    async def _wake(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        arrived = self._arrived.pop(program, None)
+        if arrived is not None:
+            arrived.set()
 
     def generation(self, program: str) -> int:
         """The number of notifications seen for the program so far."""
@@ -58,15 +57,13 @@ class InboxListener:
         """Wait until a notification newer than ``seen`` arrives; False on timeout."""
         if self._conn is None or self._conn.is_closed():
             await self.start()
-
-        def newer() -> bool:
+        if self.generation(program) > seen:
+            return True
+        arrived = self._arrived.setdefault(program, asyncio.Event())
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout)
+        except TimeoutError:
             return self.generation(program) > seen
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(newer), timeout)
-            except TimeoutError:
-                return False
         return True
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -80,8 +80,3 @@ async def prepare_database(dsn: str, app: LoyaltyApp | None = None) -> None:
             )
     finally:
         await conn.close()
-
-
-def row_dict(record: asyncpg.Record) -> dict[str, Any]:
-    """A record as a plain dict."""
-    return dict(record.items())
