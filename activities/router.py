@@ -126,10 +126,12 @@ class RouterActivities:
             idle = min(settings.router_idle_poll_seconds, deadline - loop.time())
             if retry_at is not None:
                 idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))
-            await self._idle(session.program, seen, idle)
+            await self._idle(session.program, seen, idle, progress)
         return progress
 
-    async def _idle(self, program: str, seen: int, seconds: float) -> None:
+    async def _idle(
+        self, program: str, seen: int, seconds: float, progress: RouterProgress
+    ) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + max(0.0, seconds)
         while True:
@@ -138,4 +140,5 @@ class RouterActivities:
                 return
             if await self.listener.wait(program, seen, min(left, IDLE_HEARTBEAT_SECONDS)):
                 return
-            activity.heartbeat()
+            # The same details as after a batch: the Web UI shows the last heartbeat's.
+            activity.heartbeat(progress.model_dump())
