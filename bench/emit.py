@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from loyalty.db import Database, connect
+from loyalty.embedded import free_port
 from loyalty.events import PointsDeposit
 from loyalty.models import EmitResult
 from loyalty.settings import Settings
@@ -37,14 +37,6 @@ from starter import LoyaltyClient
 BIN = Path(sys.executable).parent
 COLUMNS = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
 console = Console()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def deposits(prefix: str, n: int, members: int) -> list[PointsDeposit]:

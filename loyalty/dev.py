@@ -94,8 +94,7 @@ async def run_dev(settings: Settings, app: LoyaltyApp, console: Console) -> int:
                     settings.dev_ui_port,
                     settings.temporal_namespace,
                 )
-                temporal.start()
-                await temporal.wait_ready()
+                await temporal.start_and_wait()
                 address, ui_url = temporal.address, temporal.ui_url
             return await _serve(settings, app, database.dsn, address, console, started, ui_url)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -136,6 +137,20 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+def free_port() -> int:
+    """A free TCP port below Linux's ephemeral range (32768 and up).
+
+    A port the kernel hands out for port 0 can be handed out again at once, to an
+    outgoing connection or to a server picking its own ports; one below the range
+    cannot, which makes this the safer choice for tests and benchmarks.
+    """
+    for _ in range(200):
+        port = random.randint(20_000, 32_000)
+        if port_is_free(port):
+            return port
+    raise ConfigurationError("no free TCP port between 20000 and 32000")
+
+
 class TemporalDevServer:
     """The Temporal dev server (``temporal server start-dev``) with its Web UI.
 
@@ -206,7 +221,7 @@ class TemporalDevServer:
             if self._process is not None and self._process.poll() is not None:
                 raise ConfigurationError(
                     f"the Temporal dev server exited with code {self._process.returncode}; "
-                    f"see {self.home / 'temporal.log'}"
+                    f"the end of {self.home / 'temporal.log'}:\n{self._log_tail()}"
                 )
             try:
                 # Connecting asks the frontend for its system info: a real round trip.
@@ -219,6 +234,34 @@ class TemporalDevServer:
                         f"see {self.home / 'temporal.log'}"
                     ) from None
                 await asyncio.sleep(0.2)
+
+    async def start_and_wait(self, attempts: int = 3) -> None:
+        """Start and wait until ready, trying again if the server exits while starting.
+
+        The dev server picks its internal ports by binding port 0 and releasing it, so a
+        busy machine can take one of them before the server binds it again; a new start
+        picks new ports.
+        """
+        for attempt in range(1, attempts + 1):
+            self.start()
+            try:
+                await self.wait_ready()
+                return
+            except ConfigurationError:
+                exited = self._exited()
+                self.stop()
+                if attempt == attempts or not exited:
+                    raise
+
+    def _exited(self) -> bool:
+        return self._process is not None and self._process.poll() is not None
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            text = (self.home / "temporal.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it does not exit in time."""

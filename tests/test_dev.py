@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ import pytest
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from loyalty.embedded import free_port
 from workflows.router import router_workflow_id
 
 LOYALTY = str(Path(sys.executable).parent / "loyalty")
@@ -32,13 +32,6 @@ DEPOSIT = {
     "kind": "available",
     "reason": "welcome",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def processes_mentioning(folder: Path) -> list[psutil.Process]:
