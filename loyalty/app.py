@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
+from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
 
 
 class Program(BaseModel):
@@ -26,6 +27,10 @@ class Program(BaseModel):
         currencies: point currencies the ledger accepts, e.g. ``points`` and ``tier_points``.
         earned_waiting_period: how long ``earned`` points given through the API wait
             before they become available.
+        expiry: expiry policy per currency (see `loyalty.policies`); a currency without
+            one never expires.
+        return_policy: what happens to points of a returned order that were already
+            spent: ``debt`` or ``forgive``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -33,6 +38,23 @@ class Program(BaseModel):
     name: ProgramName
     currencies: tuple[CurrencyName, ...] = Field(("points",), min_length=1)
     earned_waiting_period: timedelta = timedelta(days=14)
+    expiry: dict[CurrencyName, ExpiryPolicy] = Field(default_factory=dict)
+    return_policy: ReturnPolicy = "debt"
+
+    @model_validator(mode="after")
+    def _known_currencies(self) -> Program:
+        unknown = sorted(set(self.expiry) - set(self.currencies))
+        if unknown:
+            raise ValueError(f"expiry names unknown currencies: {', '.join(unknown)}")
+        return self
+
+    def expiry_for(self, currency: str) -> ExpiryPolicy:
+        """The expiry policy of a currency (never, when none is set)."""
+        return self.expiry.get(currency, NoExpiry())
+
+    def config(self) -> dict[str, object]:
+        """The settings stored with the program in the database (JSON)."""
+        return self.model_dump(mode="json", exclude={"name"})
 
 
 class LoyaltyApp:

@@ -75,8 +75,11 @@ async def prepare_database(dsn: str, app: LoyaltyApp | None = None) -> None:
         await migrate(conn)
         if app is not None:
             await conn.execute(
-                "INSERT INTO programs (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                """INSERT INTO programs (name, config)
+                   SELECT * FROM unnest($1::text[], $2::jsonb[])
+                   ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config""",
                 list(app.programs),
+                [program.config() for program in app.programs.values()],
             )
     finally:
         await conn.close()

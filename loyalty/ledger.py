@@ -2,21 +2,27 @@
 
 Every function here runs inside the caller's transaction on one connection, so the
 router can apply a whole batch of events atomically. Invariants live in the database
-(see ``migrations/0001_foundation.sql``): legs of a transaction sum to zero, member
-balances never go below zero, a ledger key is used once per program.
+(see ``migrations/``): the legs of a transaction sum to zero, member ``available`` and
+``earned`` balances never go below zero, a ledger key is used once per program.
+
+Sign convention: a member account's balance is what the program owes the member.
+``issued`` goes negative as points are given; ``redeemed``, ``expired`` and
+``clawed_back`` go positive as points leave members. A member's ``debt`` account goes
+negative by what the member owes (points clawed back after they were spent).
 
 Worked example: a member is given 120 points (``available``). Legs: member
 ``available`` +120, program ``issued`` -120. The member withdraws 50: member
-``available`` -50, program ``redeemed`` +50; the oldest-expiring lots give up their
+``available`` -50, program ``redeemed`` +50; the soonest-expiring lots give up their
 points first. Outstanding liability is what members hold: 70.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from loyalty.db import Conn
-from loyalty.errors import InsufficientPoints
+from loyalty.errors import InsufficientPoints, LedgerRefusal
 from loyalty.models import LedgerReceipt
 
 MEMBER_KINDS = ("available", "earned", "debt")
@@ -25,11 +31,11 @@ PROGRAM_KINDS = ("issued", "redeemed", "expired", "clawed_back", "forgiven")
 # Member and program accounts are looked up separately: `=` and `IS NULL` can both use
 # the unique index, `IS NOT DISTINCT FROM` cannot.
 _FIND_ACCOUNTS = """
-SELECT a.id, a.member_id, a.kind
+SELECT a.id, a.member_id, a.kind, a.balance
 FROM accounts AS a
 WHERE a.program = $1 AND a.member_id = $2 AND a.currency = $3 AND a.kind = ANY($4::text[])
 UNION ALL
-SELECT a.id, NULL, a.kind
+SELECT a.id, NULL, a.kind, a.balance
 FROM accounts AS a
 WHERE a.program = $1 AND a.member_id IS NULL AND a.currency = $3 AND a.kind = ANY($5::text[])
 """
@@ -40,16 +46,34 @@ SELECT $1, w.member_id, $3, w.kind FROM unnest($2::text[], $4::text[]) AS w(memb
 ON CONFLICT DO NOTHING
 """
 
-_INSERT_TRANSACTION = """
-INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason, source,
-                                 occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (program, idempotency_key) DO NOTHING
-RETURNING id
+# Lots give up points in this order: the lots of the preferred order first (returns take
+# back an order's own points first), then soonest-expiring, never-expiring last, oldest
+# first on ties. Each lot gives min(remaining, what is still owed after those before it).
+_CONSUME = """
+UPDATE lots AS l
+SET remaining = l.remaining - least(l.remaining, {points} - o.before)
+FROM (
+    SELECT id,
+           sum(remaining) OVER (
+               ORDER BY ({order}::text IS NOT NULL AND order_id = {order}) DESC,
+                        expires_at NULLS LAST, id
+           ) - remaining AS before
+    FROM lots
+    WHERE account_id = {account} AND remaining > 0
+) AS o
+WHERE l.id = o.id AND o.before < {points}
 """
 
-_AWARD = f"""
-WITH tx AS ({_INSERT_TRANSACTION}),
+# One statement per movement: the transaction (skipped if its key was used), its legs,
+# at most one new lot, at most one consumption of lots, and the member's activity.
+_POST = f"""
+WITH tx AS (
+    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
+                                     source, occurred_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (program, idempotency_key) DO NOTHING
+    RETURNING id
+),
 legs AS (
     INSERT INTO ledger_legs (transaction_id, account_id, amount)
     SELECT tx.id, leg.account_id, leg.amount
@@ -57,38 +81,93 @@ legs AS (
     RETURNING 1
 ),
 lot AS (
-    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at, expires_at,
-                      order_id)
-    SELECT $10, tx.id, $11, $11, $12, $13, $14 FROM tx
-    RETURNING id
-)
-SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM legs) AS legs
-"""
-
-# Lots give up points soonest-expiring first (never-expiring last), oldest first on ties:
-# each lot gives min(remaining, what is still owed after the lots before it).
-_SPEND = f"""
-WITH tx AS ({_INSERT_TRANSACTION}),
-legs AS (
-    INSERT INTO ledger_legs (transaction_id, account_id, amount)
-    SELECT tx.id, leg.account_id, leg.amount
-    FROM tx, unnest($8::bigint[], $9::bigint[]) AS leg(account_id, amount)
+    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
+                      expires_at, order_id, maturing)
+    SELECT $10::bigint, tx.id, $11::bigint, $11::bigint, $12::timestamptz,
+           $13::timestamptz, $14::text, $15::boolean
+    FROM tx WHERE $11::bigint > 0
     RETURNING 1
 ),
 consumed AS (
-    UPDATE lots AS l
-    SET remaining = l.remaining - least(l.remaining, $11 - o.before)
-    FROM (
-        SELECT id,
-               sum(remaining) OVER (ORDER BY expires_at NULLS LAST, id) - remaining AS before
-        FROM lots
-        WHERE account_id = $10 AND remaining > 0
-    ) AS o
-    WHERE l.id = o.id AND o.before < $11 AND EXISTS (SELECT 1 FROM tx)
-    RETURNING l.id
+    {_CONSUME.format(points="$17::bigint", order="$18", account="$16::bigint")}
+      AND EXISTS (SELECT 1 FROM tx)
+    RETURNING 1
+),
+activity AS (
+    INSERT INTO member_currencies (program, member_id, currency, lifetime_earned,
+                                   last_activity_at)
+    SELECT $1, $3, $19::text, $20::bigint, $7 FROM tx WHERE $21::boolean
+    ON CONFLICT (program, member_id, currency) DO UPDATE
+    SET lifetime_earned = member_currencies.lifetime_earned + EXCLUDED.lifetime_earned,
+        last_activity_at = greatest(member_currencies.last_activity_at,
+                                    EXCLUDED.last_activity_at)
+    RETURNING 1
 )
-SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM consumed) AS lots
+SELECT id FROM tx
 """
+
+_CONSUME_ALONE = (
+    _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint") + " RETURNING 1"
+)
+
+
+@dataclass
+class Movement:
+    """One ledger transaction as `_POST` writes it."""
+
+    program: str
+    key: str
+    member_id: str | None
+    kind: str
+    reason: str
+    source: str
+    occurred_at: datetime
+    legs: list[tuple[int, int]]
+    currency: str = ""
+    lot_account: int | None = None
+    lot_points: int = 0
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+    order_id: str | None = None
+    maturing: bool = False
+    consume_account: int | None = None
+    consume_points: int = 0
+    prefer_order: str | None = None
+    earned: int = 0
+    activity: bool = False
+
+
+async def post(conn: Conn, m: Movement) -> int | None:
+    """Write one movement; returns its transaction id, or None if its key was used."""
+    transaction_id: int | None = await conn.fetchval(
+        _POST,
+        m.program, m.key, m.member_id, m.kind, m.reason, m.source, m.occurred_at,
+        [a for a, _ in m.legs], [p for _, p in m.legs],
+        m.lot_account, m.lot_points, m.available_at, m.expires_at, m.order_id, m.maturing,
+        m.consume_account, m.consume_points, m.prefer_order,
+        m.currency, m.earned, m.activity and m.member_id is not None,
+    )  # fmt: skip
+    return transaction_id
+
+
+async def consume(conn: Conn, account_id: int, points: int, prefer_order: str | None) -> None:
+    """Take points from an account's lots (the order's first, then soonest-expiring)."""
+    await conn.execute(_CONSUME_ALONE, account_id, points, prefer_order)
+
+
+async def find_accounts(
+    conn: Conn,
+    program: str,
+    currency: str,
+    member_id: str | None,
+    member_kinds: list[str],
+    program_kinds: list[str],
+) -> dict[tuple[str | None, str], tuple[int, int]]:
+    """Existing accounts as {(member_id or None, kind): (id, balance)}; creates nothing."""
+    rows = await conn.fetch(
+        _FIND_ACCOUNTS, program, member_id, currency, member_kinds, program_kinds
+    )
+    return {(row["member_id"], row["kind"]): (row["id"], row["balance"]) for row in rows}
 
 
 async def ensure_accounts(
@@ -108,21 +187,14 @@ async def ensure_accounts(
     member = next(iter(members), None)
     member_kinds = [kind for m, kind in wanted if m is not None]
     program_kinds = [kind for m, kind in wanted if m is None]
-
-    async def find() -> dict[tuple[str | None, str], int]:
-        rows = await conn.fetch(
-            _FIND_ACCOUNTS, program, member, currency, member_kinds, program_kinds
-        )
-        return {(row["member_id"], row["kind"]): row["id"] for row in rows}
-
-    ids = await find()
-    missing = [key for key in wanted if key not in ids]
+    found = await find_accounts(conn, program, currency, member, member_kinds, program_kinds)
+    missing = [key for key in wanted if key not in found]
     if missing:
         await conn.execute(
             _CREATE_ACCOUNTS, program, [m for m, _ in missing], currency, [k for _, k in missing]
         )
-        ids = await find()
-    return ids
+        found = await find_accounts(conn, program, currency, member, member_kinds, program_kinds)
+    return {key: account_id for key, (account_id, _) in found.items()}
 
 
 async def _existing(conn: Conn, program: str, key: str, points: int) -> LedgerReceipt:
@@ -152,34 +224,43 @@ async def award(
     expires_at: datetime | None = None,
     order_id: str | None = None,
 ) -> LedgerReceipt:
-    """Give a member points as a new lot: member account +points, ``issued`` -points.
+    """Give a member points: a new lot, after paying off any debt first.
 
-    ``kind`` is ``available`` (usable now) or ``earned`` (usable from ``available_at``).
-    A key already used returns the first transaction, without a second effect.
+    ``kind`` is ``available`` (usable now) or ``earned`` (usable from ``available_at``,
+    when maturing moves it). Legs: ``issued`` -points; ``debt`` +what pays it off; the
+    member's ``kind`` account +the rest. A key already used returns the first
+    transaction, without a second effect.
     """
-    ids = await ensure_accounts(conn, program, currency, [(member_id, kind), (None, "issued")])
-    member_account = ids[(member_id, kind)]
-    row = await conn.fetchrow(
-        _AWARD,
-        program,
-        key,
-        member_id,
-        f"award_{kind}",
-        reason,
-        source,
-        occurred_at,
-        [member_account, ids[(None, "issued")]],
-        [points, -points],
-        member_account,
-        points,
-        available_at,
-        expires_at,
-        order_id,
-    )
-    assert row is not None
-    if row["transaction_id"] is None:
+    found = await find_accounts(conn, program, currency, member_id, [kind, "debt"], ["issued"])
+    if (member_id, kind) not in found or (None, "issued") not in found:
+        await ensure_accounts(conn, program, currency, [(member_id, kind), (None, "issued")])
+        found = await find_accounts(conn, program, currency, member_id, [kind, "debt"], ["issued"])
+    member_account = found[(member_id, kind)][0]
+    legs = [(found[(None, "issued")][0], -points)]
+    pay_off = 0
+    if (member_id, "debt") in found and found[(member_id, "debt")][1] < 0:
+        debt_account = found[(member_id, "debt")][0]
+        owed = -await conn.fetchval(
+            "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", debt_account
+        )
+        pay_off = min(points, owed)
+        if pay_off:
+            legs.append((debt_account, pay_off))
+    if points > pay_off:
+        legs.append((member_account, points - pay_off))
+    transaction_id = await post(
+        conn,
+        Movement(
+            program=program, key=key, member_id=member_id, kind=f"award_{kind}",
+            reason=reason, source=source, occurred_at=occurred_at, legs=legs,
+            currency=currency, lot_account=member_account, lot_points=points - pay_off,
+            available_at=available_at, expires_at=expires_at, order_id=order_id,
+            maturing=kind == "earned", earned=points, activity=True,
+        ),
+    )  # fmt: skip
+    if transaction_id is None:
         return await _existing(conn, program, key, points)
-    return LedgerReceipt(transaction_id=row["transaction_id"], idempotency_key=key, points=points)
+    return LedgerReceipt(transaction_id=transaction_id, idempotency_key=key, points=points)
 
 
 async def spend(
@@ -203,10 +284,25 @@ async def spend(
     result instead of failing on the balance it already reduced.
 
     Raises:
+        LedgerRefusal: ``unknown_member`` if the program has never seen the member.
         InsufficientPoints: the account holds fewer points than asked; nothing is written.
     """
-    ids = await ensure_accounts(conn, program, currency, [(member_id, kind), (None, counter)])
-    member_account = ids[(member_id, kind)]
+    found = await find_accounts(conn, program, currency, member_id, [kind], [])
+    if (member_id, kind) not in found:
+        known = await conn.fetchval(
+            "SELECT 1 FROM members WHERE program = $1 AND member_id = $2", program, member_id
+        )
+        if not known:
+            raise LedgerRefusal(
+                "unknown_member", f"member {member_id} is unknown in program {program}"
+            )
+        raise InsufficientPoints(
+            f"member {member_id} has 0 {kind} {currency}, cannot remove {points}"
+        )
+    member_account = found[(member_id, kind)][0]
+    counter_account = (await ensure_accounts(conn, program, currency, [(None, counter)]))[
+        (None, counter)
+    ]
     balance = await conn.fetchval(
         "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", member_account
     )
@@ -221,21 +317,15 @@ async def spend(
         raise InsufficientPoints(
             f"member {member_id} has {balance} {kind} {currency}, cannot remove {points}"
         )
-    row = await conn.fetchrow(
-        _SPEND,
-        program,
-        key,
-        member_id,
-        f"spend_{kind}",
-        reason,
-        source,
-        occurred_at,
-        [member_account, ids[(None, counter)]],
-        [-points, points],
-        member_account,
-        points,
-    )
-    assert row is not None
-    if row["transaction_id"] is None:
+    transaction_id = await post(
+        conn,
+        Movement(
+            program=program, key=key, member_id=member_id, kind=f"spend_{kind}",
+            reason=reason, source=source, occurred_at=occurred_at,
+            legs=[(member_account, -points), (counter_account, points)], currency=currency,
+            consume_account=member_account, consume_points=points, activity=True,
+        ),
+    )  # fmt: skip
+    if transaction_id is None:
         return await _existing(conn, program, key, points)
-    return LedgerReceipt(transaction_id=row["transaction_id"], idempotency_key=key, points=points)
+    return LedgerReceipt(transaction_id=transaction_id, idempotency_key=key, points=points)
