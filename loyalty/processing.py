@@ -28,10 +28,14 @@ from loyalty.events import (
     MemberUpdated,
     PointsDeposit,
     PointsWithdrawal,
+    Purchase,
+    Return,
     any_event_adapter,
 )
 from loyalty.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.models import RouterProgress
+from loyalty.policies import lot_expiry
+from loyalty.returns import claw_back, record_order
 
 # Errors that say "try the whole batch again", not "this event is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -81,50 +85,54 @@ class EventProcessor:
             if event.kind == "earned":
                 available_at = event.occurred_at + program.earned_waiting_period
             await ledger.award(
-                conn,
-                program=event.program,
-                member_id=event.member_id,
-                points=event.points,
-                kind=event.kind,
-                currency=event.account,
-                reason=event.reason,
-                source=key,
-                key=key,
-                occurred_at=event.occurred_at,
-                available_at=available_at,
-            )
+                conn, program=event.program, member_id=event.member_id, points=event.points,
+                kind=event.kind, currency=event.account, reason=event.reason, source=key,
+                key=key, occurred_at=event.occurred_at, available_at=available_at,
+                expires_at=lot_expiry(program.expiry_for(event.account), event.occurred_at),
+            )  # fmt: skip
             return "applied"
         if isinstance(event, PointsWithdrawal):
             await ledger.spend(
-                conn,
-                program=event.program,
-                member_id=event.member_id,
-                points=event.points,
-                kind=event.kind,
-                currency=event.account,
-                reason=event.reason,
-                source=key,
-                key=key,
-                occurred_at=event.occurred_at,
-            )
+                conn, program=event.program, member_id=event.member_id, points=event.points,
+                kind=event.kind, currency=event.account, reason=event.reason, source=key,
+                key=key, occurred_at=event.occurred_at,
+            )  # fmt: skip
+            return "applied"
+        if isinstance(event, Purchase):
+            await record_order(
+                conn, event.program, event.order_id, event.member_id, event.amount,
+                event.currency,
+            )  # fmt: skip
+            if event.points_redeemed:
+                # Points pay in the program's first currency, the redeemable one.
+                await ledger.spend(
+                    conn, program=event.program, member_id=event.member_id,
+                    points=event.points_redeemed, kind="available",
+                    currency=program.currencies[0], reason=f"paid on order {event.order_id}",
+                    source=key, key=key, occurred_at=event.occurred_at,
+                )  # fmt: skip
+            return "applied"
+        if isinstance(event, Return):
+            await claw_back(
+                conn, program, member_id=event.member_id, order_id=event.order_id,
+                amount=event.amount, key=key, source=key, occurred_at=event.occurred_at,
+            )  # fmt: skip
             return "applied"
         if isinstance(event, MemberUpdated):
             await conn.execute(
-                """UPDATE members SET profile = profile || $3::jsonb, erased_at = NULL,
-                                      updated_at = now()
-                   WHERE program = $1 AND member_id = $2""",
-                event.program,
-                event.member_id,
-                event.profile,
-            )
+                """INSERT INTO members (program, member_id, profile) VALUES ($1, $2, $3)
+                   ON CONFLICT (program, member_id) DO UPDATE
+                   SET profile = members.profile || EXCLUDED.profile, erased_at = NULL,
+                       updated_at = now()""",
+                event.program, event.member_id, event.profile,
+            )  # fmt: skip
             return "applied"
         if isinstance(event, MemberDeleted):
             await conn.execute(
                 """UPDATE members SET profile = '{}'::jsonb, erased_at = now(), updated_at = now()
                    WHERE program = $1 AND member_id = $2""",
-                event.program,
-                event.member_id,
-            )
+                event.program, event.member_id,
+            )  # fmt: skip
             return "applied"
         return "no_effect"
 
@@ -176,14 +184,6 @@ async def _apply_batch(
         rows = await claim_batch(conn, program, partitions, partition, batch_size)
         if not rows:
             return RouterProgress()
-        # Every member seen by the engine is enrolled, so the member view finds them.
-        await conn.execute(
-            """INSERT INTO members (program, member_id)
-               SELECT $1, m FROM unnest($2::text[]) AS m
-               ON CONFLICT DO NOTHING""",
-            program,
-            sorted({row["member_id"] for row in rows}),
-        )
         outcomes: list[dict[str, Any]] = []
         counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
         # Members whose event failed in this batch: their later events wait, unattempted,
@@ -232,6 +232,16 @@ async def _apply_batch(
                 counts["dead"] += 1
             elif "last_error" in outcome:
                 counts["failed_attempts"] += 1
+        # A member is enrolled by the first event the engine processes for them; a refused
+        # one (a withdrawal for an unknown member) enrols nobody.
+        members = {row["member_id"] for row, o in zip(rows, outcomes, strict=True)
+                   if o["status"] == "processed"}  # fmt: skip
+        await conn.execute(
+            """INSERT INTO members (program, member_id)
+               SELECT $1, m FROM unnest($2::text[]) AS m
+               ON CONFLICT DO NOTHING""",
+            program, sorted(members),
+        )  # fmt: skip
         await record_outcomes(conn, outcomes)
         await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
     return RouterProgress(batches=1, events=len(rows), **counts)

@@ -1,0 +1,172 @@
+"""Bulk ledger work: maturing earned points and expiring points, set-based.
+
+Each step is one ledger transaction per program (and currency, for expiry), written by
+a few statements whatever the number of lots, so that a million lots take seconds. The
+idempotency key holds the cut-off time: running again with the same ``at`` changes
+nothing, a later ``at`` takes what became due since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from loyalty.app import Program
+from loyalty.db import Conn
+from loyalty.policies import Inactivity
+
+_MATURE_ACCOUNTS = """
+INSERT INTO accounts (program, member_id, currency, kind)
+SELECT DISTINCT a.program, a.member_id, a.currency, 'available'
+FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
+WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
+ON CONFLICT DO NOTHING
+"""
+
+# Matured lots move, whole, from the member's earned account to the available one, so
+# their expiry and source order stay with them.
+_MATURE = """
+WITH due AS (
+    SELECT l.id, l.remaining, l.account_id AS from_account, t.id AS to_account
+    FROM lots AS l
+    JOIN accounts AS a ON a.id = l.account_id
+    JOIN accounts AS t ON t.program = a.program AND t.member_id = a.member_id
+                      AND t.currency = a.currency AND t.kind = 'available'
+    WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
+    FOR UPDATE OF l
+),
+tx AS (
+    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
+                                     source, occurred_at)
+    SELECT $1, $3, NULL, 'mature', 'earned points matured', 'housekeeping', $2
+    WHERE EXISTS (SELECT 1 FROM due)
+    ON CONFLICT (program, idempotency_key) DO NOTHING
+    RETURNING id
+),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, moves.account_id, moves.amount
+    FROM tx, (
+        SELECT from_account AS account_id, -sum(remaining) AS amount
+        FROM due GROUP BY from_account
+        UNION ALL
+        SELECT to_account, sum(remaining) FROM due GROUP BY to_account
+    ) AS moves
+    RETURNING 1
+),
+moved AS (
+    UPDATE lots AS l SET account_id = due.to_account, maturing = false
+    FROM due, tx WHERE l.id = due.id
+    RETURNING due.remaining
+)
+SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
+       coalesce(sum(remaining), 0)::bigint AS points
+FROM moved
+"""
+
+# Lots that expire now: by date, or, under an inactivity policy, every open lot of the
+# members of that currency who neither earned nor spent since the cut-off.
+_EXPIRING = """
+SELECT l.id, l.remaining, l.account_id
+FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
+WHERE l.remaining > 0 AND l.expires_at <= $2 AND a.program = $1 AND a.currency = $4
+UNION
+SELECT l.id, l.remaining, l.account_id
+FROM member_currencies AS m
+JOIN accounts AS a ON a.program = m.program AND a.member_id = m.member_id
+                  AND a.currency = m.currency AND a.kind IN ('available', 'earned')
+JOIN lots AS l ON l.account_id = a.id AND l.remaining > 0
+WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
+"""
+
+_EXPIRE = f"""
+WITH due AS (
+    -- The locked row's values: a concurrent spend may have changed it meanwhile.
+    SELECT l.id, l.remaining, l.account_id
+    FROM ({_EXPIRING}) AS e JOIN lots AS l ON l.id = e.id
+    WHERE l.remaining > 0
+    FOR UPDATE OF l
+),
+tx AS (
+    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
+                                     source, occurred_at)
+    SELECT $1, $3, NULL, 'expire', 'points expired', 'housekeeping', $2
+    WHERE EXISTS (SELECT 1 FROM due)
+    ON CONFLICT (program, idempotency_key) DO NOTHING
+    RETURNING id
+),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, moves.account_id, moves.amount
+    FROM tx, (
+        SELECT account_id, -sum(remaining) AS amount FROM due GROUP BY account_id
+        UNION ALL
+        SELECT $6::bigint, sum(remaining) FROM due
+    ) AS moves
+    RETURNING 1
+),
+emptied AS (
+    UPDATE lots AS l SET remaining = 0
+    FROM due, tx WHERE l.id = due.id
+    RETURNING due.remaining
+)
+SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
+       coalesce(sum(remaining), 0)::bigint AS points
+FROM emptied
+"""
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """One bulk step: how many lots and points, in which ledger transaction."""
+
+    step: str
+    currency: str
+    lots: int
+    points: int
+    transaction_id: int | None
+
+
+async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
+    """Move every earned lot with ``available_at <= at`` to its available account."""
+    async with conn.transaction():
+        await conn.execute(_MATURE_ACCOUNTS, program, at)
+        row = await conn.fetchrow(_MATURE, program, at, f"mature:{at.isoformat()}")
+    assert row is not None
+    return BulkResult("mature", "*", row["lots"], row["points"], row["transaction_id"])
+
+
+async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkResult]:
+    """Expire, per currency, lots past their date and the points of inactive members."""
+    results = []
+    for currency in program.currencies:
+        policy = program.expiry_for(currency)
+        # Without an inactivity policy the second half of _EXPIRING matches nothing.
+        inactive_since = (
+            at - timedelta(days=policy.days) if isinstance(policy, Inactivity) else None
+        )
+        async with conn.transaction():
+            await conn.execute(
+                """INSERT INTO accounts (program, member_id, currency, kind)
+                   VALUES ($1, NULL, $2, 'expired') ON CONFLICT DO NOTHING""",
+                program.name, currency,
+            )  # fmt: skip
+            expired_account = await conn.fetchval(
+                """SELECT id FROM accounts WHERE program = $1 AND member_id IS NULL
+                   AND currency = $2 AND kind = 'expired'""",
+                program.name, currency,
+            )  # fmt: skip
+            row = await conn.fetchrow(
+                _EXPIRE, program.name, at, f"expire:{currency}:{at.isoformat()}", currency,
+                inactive_since, expired_account,
+            )  # fmt: skip
+        assert row is not None
+        results.append(
+            BulkResult("expire", currency, row["lots"], row["points"], row["transaction_id"])
+        )
+    return results
+
+
+async def run_housekeeping(conn: Conn, program: Program, at: datetime) -> list[BulkResult]:
+    """Mature, then expire: points that mature and expire at once are expired."""
+    return [await mature_due(conn, program.name, at), *await expire_due(conn, program, at)]

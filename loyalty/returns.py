@@ -1,0 +1,205 @@
+"""Orders and returns: a return claws back the points its order earned.
+
+How much: the points an order earned in a currency (``E``, every lot with that order
+id), times the share of the order returned so far, rounded down, minus what earlier
+returns of the order already took back. Rounding down the cumulative share means a
+return never takes more than was earned, and a full return, in any number of parts,
+takes back exactly ``E``.
+
+From where, in this order: the order's lots still ``earned``; then ``available``
+points (the order's own lots first, then the soonest-expiring); what the member already
+spent becomes ``debt`` (a negative ``debt`` account that later earnings pay off first)
+or is ``forgive``-n (recorded in ``order_clawbacks``, no points move).
+
+Worked example: order A (100 EUR) earned 120 points, not yet matured. The member spends
+nothing; 50 EUR come back: 60 points leave the earned lot. The rest of the order comes
+back: the other 60.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+
+from loyalty import ledger
+from loyalty.app import Program
+from loyalty.db import Conn
+from loyalty.errors import LedgerRefusal
+
+
+@dataclass(frozen=True)
+class Clawback:
+    """What one return took back in one currency."""
+
+    currency: str
+    points: int
+    from_earned: int
+    from_available: int
+    to_debt: int
+    forgiven: int
+
+
+async def record_order(
+    conn: Conn, program: str, order_id: str, member_id: str, amount: Decimal, money: str
+) -> None:
+    """Remember a purchase's order, so a later return can find what it earned.
+
+    Raises:
+        LedgerRefusal: ``order_of_another_member`` if the order id is another member's.
+    """
+    owner = await conn.fetchval(
+        """INSERT INTO orders (program, order_id, member_id, amount, money_currency)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (program, order_id) DO UPDATE SET order_id = EXCLUDED.order_id
+           RETURNING member_id""",
+        program, order_id, member_id, amount, money,
+    )  # fmt: skip
+    if owner != member_id:
+        raise LedgerRefusal(
+            "order_of_another_member", f"order {order_id} belongs to another member"
+        )
+
+
+def clawback_target(earned: int, returned: Decimal, amount: Decimal) -> int:
+    """Points to have taken back once ``returned`` of ``amount`` came back (rounded down)."""
+    if amount <= 0:
+        return 0
+    share = (Decimal(earned) * returned / amount).to_integral_value(rounding=ROUND_FLOOR)
+    return min(earned, int(share))
+
+
+async def claw_back(
+    conn: Conn,
+    program: Program,
+    *,
+    member_id: str,
+    order_id: str,
+    amount: Decimal,
+    key: str,
+    source: str,
+    occurred_at: datetime,
+) -> list[Clawback]:
+    """Apply a return of ``amount`` on an order; returns what each currency gave back.
+
+    Raises:
+        LedgerRefusal: ``unknown_order``, ``order_of_another_member`` or
+            ``return_exceeds_order``; nothing is written.
+    """
+    order = await conn.fetchrow(
+        """SELECT member_id, amount, returned_amount FROM orders
+           WHERE program = $1 AND order_id = $2 FOR UPDATE""",
+        program.name, order_id,
+    )  # fmt: skip
+    if order is None:
+        raise LedgerRefusal(
+            "unknown_order", f"order {order_id} is unknown in program {program.name}"
+        )
+    if order["member_id"] != member_id:
+        raise LedgerRefusal(
+            "order_of_another_member", f"order {order_id} belongs to another member"
+        )
+    done = await conn.fetch(
+        """SELECT currency, points, from_earned, from_available, to_debt, forgiven
+           FROM order_clawbacks WHERE program = $1 AND idempotency_key = $2""",
+        program.name, key,
+    )  # fmt: skip
+    if done:
+        return [Clawback(**dict(row.items())) for row in done]
+    returned = order["returned_amount"] + amount
+    if returned > order["amount"]:
+        raise LedgerRefusal(
+            "return_exceeds_order",
+            f"order {order_id} was {order['amount']}, {order['returned_amount']} already "
+            f"returned, cannot return {amount} more",
+        )
+    earned = await conn.fetch(
+        """SELECT a.currency, sum(l.amount)::bigint AS earned,
+                  coalesce((SELECT sum(c.points) FROM order_clawbacks AS c
+                            WHERE c.program = $1 AND c.order_id = $2
+                              AND c.currency = a.currency), 0)::bigint AS taken
+           FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
+           WHERE l.order_id = $2 AND a.program = $1 AND a.member_id = $3
+           GROUP BY a.currency
+           ORDER BY a.currency""",
+        program.name, order_id, member_id,
+    )  # fmt: skip
+    results = []
+    for row in earned:
+        points = clawback_target(row["earned"], returned, order["amount"]) - row["taken"]
+        result = await _take_back(
+            conn, program, member_id, order_id, row["currency"], points,
+            f"{key}:{row['currency']}", source, occurred_at,
+        )  # fmt: skip
+        await conn.execute(
+            """INSERT INTO order_clawbacks (program, order_id, currency, idempotency_key,
+                   returned_amount, points, from_earned, from_available, to_debt, forgiven)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+            program.name, order_id, result.currency, key, amount, result.points,
+            result.from_earned, result.from_available, result.to_debt, result.forgiven,
+        )  # fmt: skip
+        results.append(result)
+    await conn.execute(
+        "UPDATE orders SET returned_amount = $3 WHERE program = $1 AND order_id = $2",
+        program.name, order_id, returned,
+    )  # fmt: skip
+    return results
+
+
+async def _take_back(
+    conn: Conn,
+    program: Program,
+    member_id: str,
+    order_id: str,
+    currency: str,
+    points: int,
+    key: str,
+    source: str,
+    occurred_at: datetime,
+) -> Clawback:
+    if points <= 0:
+        return Clawback(currency, 0, 0, 0, 0, 0)
+    ids = await ledger.ensure_accounts(
+        conn, program.name, currency,
+        [(member_id, "earned"), (member_id, "available"), (None, "clawed_back")],
+    )  # fmt: skip
+    earned_account, available_account = ids[(member_id, "earned")], ids[(member_id, "available")]
+    # Lock both member accounts in id order, the same order for every writer.
+    await conn.execute(
+        "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        sorted([earned_account, available_account]),
+    )
+    in_order_lots = await conn.fetchval(
+        """SELECT coalesce(sum(remaining), 0)::bigint FROM lots
+           WHERE account_id = $1 AND order_id = $2 AND remaining > 0""",
+        earned_account, order_id,
+    )  # fmt: skip
+    available = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", available_account)
+    from_earned = min(points, in_order_lots)
+    from_available = min(points - from_earned, available)
+    spent = points - from_earned - from_available
+    to_debt, forgiven = (spent, 0) if program.return_policy == "debt" else (0, spent)
+    legs = []
+    if from_earned:
+        legs.append((earned_account, -from_earned))
+    if from_available:
+        legs.append((available_account, -from_available))
+    if to_debt:
+        debt = await ledger.ensure_accounts(conn, program.name, currency, [(member_id, "debt")])
+        legs.append((debt[(member_id, "debt")], -to_debt))
+    taken = from_earned + from_available + to_debt
+    if taken:
+        legs.append((ids[(None, "clawed_back")], taken))
+        await ledger.post(
+            conn,
+            ledger.Movement(
+                program=program.name, key=key, member_id=member_id, kind="claw_back",
+                reason=f"return of order {order_id}", source=source,
+                occurred_at=occurred_at, legs=legs, currency=currency,
+                consume_account=earned_account if from_earned else None,
+                consume_points=from_earned, prefer_order=order_id,
+            ),
+        )  # fmt: skip
+        if from_available:
+            await ledger.consume(conn, available_account, from_available, order_id)
+    return Clawback(currency, points, from_earned, from_available, to_debt, forgiven)
