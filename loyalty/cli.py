@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from loyalty.app import LoyaltyApp, load_app
-from loyalty.errors import ConfigurationError, InvalidEvent, UnknownMember
+from loyalty import cli_adjust, cli_audit, cli_ledger
+from loyalty.app import load_app
+from loyalty.clikit import app_or_exit, console, problem, run, settings_of
+from loyalty.errors import InvalidEvent, UnknownMember
 from loyalty.events import IncomingEvent, parse_event, parse_lines
 from loyalty.settings import Settings
 
@@ -28,31 +27,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-# Problems are one line each, whatever the width: scripts count and parse them.
-errors = Console(stderr=True, soft_wrap=True)
-T = TypeVar("T")
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except ConfigurationError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _app(settings: Settings, spec: str | None) -> LoyaltyApp:
-    try:
-        return load_app(spec or settings.app)
-    except ConfigurationError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
 
 
 @cli.callback()
@@ -66,7 +40,7 @@ def main_options(
     try:
         settings = Settings()
     except Exception as exc:
-        errors.print(f"error: invalid settings: {exc}", markup=False, highlight=False)
+        problem(f"invalid settings: {exc}")
         raise typer.Exit(2) from None
     if home is not None:
         settings = settings.model_copy(update={"home": home})
@@ -82,9 +56,9 @@ def dev(
     """Start everything locally: PostgreSQL, Temporal dev server with Web UI, worker."""
     from loyalty.dev import run_dev
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     spec = "examples.demo:app" if demo and not app else app
-    code = _run(run_dev(settings, _app(settings, spec), console))
+    code = run(run_dev(settings, app_or_exit(settings, spec), console))
     raise typer.Exit(code)
 
 
@@ -96,8 +70,8 @@ def worker(
     """Run only the worker, against the configured PostgreSQL and Temporal."""
     from loyalty.dev import run_worker_only
 
-    settings = _settings(ctx)
-    raise typer.Exit(_run(run_worker_only(settings, _app(settings, app), console)))
+    settings = settings_of(ctx)
+    raise typer.Exit(run(run_worker_only(settings, app_or_exit(settings, app), console)))
 
 
 @cli.command()
@@ -106,7 +80,7 @@ def migrate(ctx: typer.Context) -> None:
     from loyalty.db import Database, connect
     from loyalty.migrate import migrate as apply
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> None:
         async with Database(settings) as database:
@@ -121,7 +95,7 @@ def migrate(ctx: typer.Context) -> None:
         else:
             console.print("database is up to date")
 
-    _run(go())
+    run(go())
 
 
 def _read_events(event: str | None) -> list[IncomingEvent]:
@@ -151,12 +125,12 @@ def emit(
     """
     from starter.client import LoyaltyClient
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         events = _read_events(event)
     except InvalidEvent as exc:
-        for problem in exc.problems:
-            errors.print(f"error: {problem}", markup=False, highlight=False)
+        for line in exc.problems:
+            problem(line)
         raise typer.Exit(2) from None
 
     async def go() -> int:
@@ -170,8 +144,8 @@ def emit(
             try:
                 outcomes = await client.wait(results, timeout)
             except TimeoutError:
-                errors.print(
-                    f"error: events still pending after {timeout:.0f}s; "
+                problem(
+                    f"events still pending after {timeout:.0f}s; "
                     "is a worker running (loyalty dev or loyalty worker)?"
                 )
                 return 1
@@ -182,10 +156,10 @@ def emit(
             return 1 if bad else 0
 
     try:
-        code = _run(go())
+        code = run(go())
     except InvalidEvent as exc:
-        for problem in exc.problems:
-            errors.print(f"error: {problem}", markup=False, highlight=False)
+        for line in exc.problems:
+            problem(line)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -200,14 +174,14 @@ def member(
     """Show a member: tier, balances, upcoming expiries, latest ledger entries."""
     from starter.client import LoyaltyClient
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> int:
         async with await LoyaltyClient.connect(settings) as client:
             try:
                 view = await client.member(member_id, program)
             except UnknownMember as exc:
-                errors.print(f"error: {exc}", markup=False, highlight=False)
+                problem(str(exc))
                 return 1
         if as_json:
             print(view.model_dump_json(indent=2, exclude={"profile"}))
@@ -240,7 +214,7 @@ def member(
         console.print(entries)
         return 0
 
-    raise typer.Exit(_run(go()))
+    raise typer.Exit(run(go()))
 
 
 @cli.command()
@@ -251,8 +225,8 @@ def flows(
     ] = None,
 ) -> None:
     """List the flows of the app with trigger, entry policy and journey counts."""
-    settings = _settings(ctx)
-    app = _app(settings, app_spec)
+    settings = settings_of(ctx)
+    app = app_or_exit(settings, app_spec)
     table = Table("flow", "trigger", "entry", "running", "completed", "failed", title="Flows")
     for flow in app.flows:
         table.add_row(getattr(flow, "__name__", str(flow)), "-", "-", "-", "-", "-")
@@ -271,9 +245,9 @@ def events(
     """Inspect the inbox: `--failed` lists events that failed every attempt."""
     from starter.client import LoyaltyClient
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if not failed:
-        errors.print("error: say which events to list: --failed")
+        problem("say which events to list: --failed")
         raise typer.Exit(2)
 
     async def go() -> None:
@@ -307,7 +281,11 @@ def events(
         if not rows:
             console.print("no failed events")
 
-    _run(go())
+    run(go())
+
+
+for commands in (cli_ledger, cli_audit, cli_adjust):
+    commands.register(cli)
 
 
 def main() -> None:

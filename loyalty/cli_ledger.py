@@ -1,0 +1,69 @@
+"""`loyalty housekeeping run`: mature and expire points now."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loyalty.clikit import app_or_exit, console, problem, run, settings_of
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the ledger commands to the command line."""
+    housekeeping = typer.Typer(help="Mature earned points and expire points.")
+    cli.add_typer(housekeeping, name="housekeeping")
+
+    @housekeeping.command("run")
+    def housekeeping_run(
+        ctx: typer.Context,
+        program: Annotated[
+            str | None, typer.Option(help="Only this program (default: every program).")
+        ] = None,
+        at: Annotated[
+            datetime | None,
+            typer.Option(
+                help="Cut-off time, ISO 8601 in UTC (default: now).",
+                formats=[
+                    "%Y-%m-%dT%H:%M:%S%z",
+                    "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%d",
+                ],
+            ),
+        ] = None,
+        app_spec: Annotated[
+            str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+        ] = None,
+    ) -> None:
+        """Mature every earned lot that is due, then expire what is due, in bulk."""
+        from loyalty.db import Database, connect, prepare_database
+        from loyalty.housekeeping import run_housekeeping
+
+        settings = settings_of(ctx)
+        app = app_or_exit(settings, app_spec)
+        if program is not None and program not in app.programs:
+            problem(f"program: unknown program {program!r}; known: {', '.join(app.programs)}")
+            raise typer.Exit(2)
+        cutoff = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
+        programs = [app.programs[program]] if program else list(app.programs.values())
+
+        async def go() -> None:
+            async with Database(settings) as database:
+                await prepare_database(database.dsn, app)
+                conn = await connect(database.dsn)
+                try:
+                    table = Table("program", "step", "currency", "lots", "points",
+                                  title=f"Housekeeping at {cutoff.isoformat()}")  # fmt: skip
+                    for p in programs:
+                        with console.status(f"housekeeping of program {p.name}"):
+                            results = await run_housekeeping(conn, p, cutoff)
+                        for r in results:
+                            table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",
+                                          f"{r.points:,}")  # fmt: skip
+                    console.print(table)
+                finally:
+                    await conn.close()
+
+        run(go())
