@@ -6,6 +6,8 @@ entries from the legs index on (account_id, id), expiries from the open-lots ind
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from loyalty.db import Conn
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
@@ -35,7 +37,23 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
     sums: dict[str, dict[str, int]] = {}
     for account in accounts:
         sums.setdefault(account["currency"], {})[account["kind"]] = account["balance"]
-    balances = {currency: Balance(**kinds) for currency, kinds in sums.items()}
+    totals = await conn.fetch(
+        """SELECT m.currency, m.lifetime_earned, m.last_activity_at, p.config
+           FROM member_currencies AS m JOIN programs AS p ON p.name = m.program
+           WHERE m.program = $1 AND m.member_id = $2""",
+        program, member_id,
+    )  # fmt: skip
+    lifetime = {row["currency"]: row["lifetime_earned"] for row in totals}
+    balances = {
+        currency: Balance(
+            available=kinds.get("available", 0),
+            earned=kinds.get("earned", 0),
+            # The debt account holds what the member owes as a negative balance.
+            debt=-kinds.get("debt", 0),
+            lifetime_earned=lifetime.get(currency, 0),
+        )
+        for currency, kinds in sums.items()
+    }
     account_ids = [a["id"] for a in accounts]
     expiries = await conn.fetch(
         """SELECT a.currency, l.expires_at, sum(l.remaining)::bigint AS points
@@ -46,6 +64,24 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
            ORDER BY l.expires_at, a.currency""",
         account_ids,
     )
+    upcoming = [
+        Expiry(currency=r["currency"], points=r["points"], expires_at=r["expires_at"])
+        for r in expiries
+    ]
+    # Under an inactivity policy everything expires together, N days after the last
+    # earning or spending; that date moves with every new one.
+    for row in totals:
+        policy = (row["config"].get("expiry") or {}).get(row["currency"]) or {}
+        balance = balances.get(row["currency"])
+        held = (balance.available + balance.earned) if balance else 0
+        if policy.get("kind") == "inactivity" and row["last_activity_at"] and held > 0:
+            upcoming.append(
+                Expiry(
+                    currency=row["currency"], points=held,
+                    expires_at=row["last_activity_at"] + timedelta(days=policy["days"]),
+                )
+            )  # fmt: skip
+    upcoming.sort(key=lambda x: (x.expires_at, x.currency))
     entries = await conn.fetch(
         """SELECT t.occurred_at, a.currency, a.kind, g.amount, t.reason, t.source
            FROM ledger_legs AS g
@@ -63,10 +99,7 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
         tier=member["tier"] if member else None,
         profile=member["profile"] if member else {},
         balances=balances,
-        upcoming_expiries=[
-            Expiry(currency=r["currency"], points=r["points"], expires_at=r["expires_at"])
-            for r in expiries
-        ],
+        upcoming_expiries=upcoming,
         entries=[
             Entry(
                 at=r["occurred_at"],

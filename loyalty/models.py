@@ -111,11 +111,16 @@ class FailedEvent(Model):
 
 
 class Balance(Model):
-    """Balances of one currency for one member."""
+    """Balances of one currency for one member.
+
+    ``debt`` is what the member owes (points clawed back after they were spent), as a
+    positive number; ``lifetime_earned`` is every point ever awarded in the currency.
+    """
 
     available: int = 0
     earned: int = 0
     debt: int = 0
+    lifetime_earned: int = 0
 
 
 class Expiry(Model):
