@@ -75,12 +75,20 @@ def worker(
 
 
 @cli.command()
-def migrate(ctx: typer.Context) -> None:
+def migrate(
+    ctx: typer.Context,
+    app_spec: Annotated[
+        str | None,
+        typer.Option("--app", help="Also record this app's programs and their policies."),
+    ] = None,
+) -> None:
     """Apply pending database migrations (safe to run twice, or from two processes)."""
-    from loyalty.db import Database, connect
+    from loyalty.db import Database, connect, prepare_database
     from loyalty.migrate import migrate as apply
 
     settings = settings_of(ctx)
+    spec = app_spec or settings.app
+    app = app_or_exit(settings, spec) if spec else None
 
     async def go() -> None:
         async with Database(settings) as database:
@@ -89,6 +97,9 @@ def migrate(ctx: typer.Context) -> None:
                 done = await apply(conn)
             finally:
                 await conn.close()
+            if app is not None:
+                await prepare_database(database.dsn, app)
+                console.print(f"programs recorded: {', '.join(app.programs)}")
         if done:
             for m in done:
                 console.print(f"applied {m.version:04d}_{m.name}")
