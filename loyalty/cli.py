@@ -201,9 +201,14 @@ def member(
             f"[bold]{view.member_id}[/] in program [bold]{view.program}[/], "
             f"tier: {view.tier or '-'}"
         )
-        balances = Table("currency", "available", "earned", "debt", title="Balances")
+        balances = Table(
+            "currency", "available", "earned", "debt", "lifetime earned", title="Balances"
+        )
         for currency, b in view.balances.items():
-            balances.add_row(currency, str(b.available), str(b.earned), str(b.debt))
+            balances.add_row(
+                currency, f"{b.available:,}", f"{b.earned:,}", f"{b.debt:,}",
+                f"{b.lifetime_earned:,}",
+            )  # fmt: skip
         console.print(balances)
         if view.upcoming_expiries:
             expiries = Table("currency", "points", "expires at", title="Upcoming expiries")
