@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,27 @@ class EmbeddedPostgres:
             ) from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         was_running = self.is_running()
-        # cleanup_mode=None: this object decides when to stop, not an atexit hook.
-        self._server = get_server(self.data_dir, cleanup_mode=None)
+        try:
+            # cleanup_mode=None: this object decides when to stop, not an atexit hook.
+            self._server = get_server(self.data_dir, cleanup_mode=None)
+        except subprocess.TimeoutExpired:
+            # The package gives `pg_ctl start` ten seconds; a loaded machine can need
+            # more. The server goes on starting: wait for it, then attach.
+            self._wait_ready(timeout=60.0)
+            self._server = get_server(self.data_dir, cleanup_mode=None)
         self.owned = not was_running
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self._postmaster()
+            if info is not None and info.is_running() and info.status == "ready":
+                return
+            time.sleep(0.2)
+        raise ConfigurationError(
+            f"embedded PostgreSQL at {self.data_dir} did not start within {timeout:.0f}s; "
+            f"see {self.data_dir / 'log'}"
+        )
 
     def admin_dsn(self, database: str = "postgres") -> str:
         """A DSN for the running server through its Unix socket."""

@@ -44,3 +44,15 @@ class InsufficientPoints(LedgerRefusal):
 
     def __init__(self, message: str) -> None:
         super().__init__("insufficient_points", message)
+
+
+class AdjustmentFileError(LoyaltyError):
+    """The file cannot be read or has no valid header; nothing is applied.
+
+    Attributes:
+        problems: one line per problem, naming the file, a line or a column.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems

@@ -197,14 +197,18 @@ async def ensure_accounts(
     return {key: account_id for key, (account_id, _) in found.items()}
 
 
-async def _existing(conn: Conn, program: str, key: str, points: int) -> LedgerReceipt:
-    transaction_id = await conn.fetchval(
-        "SELECT id FROM ledger_transactions WHERE program = $1 AND idempotency_key = $2",
-        program,
-        key,
-    )
+async def _existing(conn: Conn, program: str, key: str) -> LedgerReceipt:
+    """The receipt of the transaction that first used ``key``, with its own points."""
+    row = await conn.fetchrow(
+        """SELECT t.id, coalesce(sum(g.amount) FILTER (WHERE g.amount > 0), 0)::bigint AS points
+           FROM ledger_transactions AS t JOIN ledger_legs AS g ON g.transaction_id = t.id
+           WHERE t.program = $1 AND t.idempotency_key = $2
+           GROUP BY t.id""",
+        program, key,
+    )  # fmt: skip
+    assert row is not None
     return LedgerReceipt(
-        transaction_id=transaction_id, idempotency_key=key, points=points, duplicate=True
+        transaction_id=row["id"], idempotency_key=key, points=row["points"], duplicate=True
     )
 
 
@@ -259,7 +263,7 @@ async def award(
         ),
     )  # fmt: skip
     if transaction_id is None:
-        return await _existing(conn, program, key, points)
+        return await _existing(conn, program, key)
     return LedgerReceipt(transaction_id=transaction_id, idempotency_key=key, points=points)
 
 
@@ -312,7 +316,7 @@ async def spend(
         key,
     )
     if used:
-        return await _existing(conn, program, key, points)
+        return await _existing(conn, program, key)
     if balance < points:
         raise InsufficientPoints(
             f"member {member_id} has {balance} {kind} {currency}, cannot remove {points}"
@@ -327,5 +331,5 @@ async def spend(
         ),
     )  # fmt: skip
     if transaction_id is None:
-        return await _existing(conn, program, key, points)
+        return await _existing(conn, program, key)
     return LedgerReceipt(transaction_id=transaction_id, idempotency_key=key, points=points)
