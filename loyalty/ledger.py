@@ -55,7 +55,7 @@ SET remaining = l.remaining - least(l.remaining, {points} - o.before)
 FROM (
     SELECT id,
            sum(remaining) OVER (
-               ORDER BY ({order}::text IS NOT NULL AND order_id = {order}) DESC,
+               ORDER BY coalesce(order_id = {order}::text, false) DESC,
                         expires_at NULLS LAST, id
            ) - remaining AS before
     FROM lots
@@ -69,8 +69,8 @@ WHERE l.id = o.id AND o.before < {points}
 _POST = f"""
 WITH tx AS (
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
-                                     source, occurred_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                     source, occurred_at, order_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $14::text)
     ON CONFLICT (program, idempotency_key) DO NOTHING
     RETURNING id
 ),

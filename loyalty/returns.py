@@ -6,6 +6,9 @@ returns of the order already took back. Rounding down the cumulative share means
 return never takes more than was earned, and a full return, in any number of parts,
 takes back exactly ``E``.
 
+What an order earned is what the awards linked to it gave (their ``issued`` legs), also
+the part that paid off a debt and so never became a lot.
+
 From where, in this order: the order's lots still ``earned``; then ``available``
 points (the order's own lots first, then the soonest-expiring); what the member already
 spent becomes ``debt`` (a negative ``debt`` account that later earnings pay off first)
@@ -99,12 +102,16 @@ async def claw_back(
         raise LedgerRefusal(
             "order_of_another_member", f"order {order_id} belongs to another member"
         )
-    done = await conn.fetch(
-        """SELECT currency, points, from_earned, from_available, to_debt, forgiven
-           FROM order_clawbacks WHERE program = $1 AND idempotency_key = $2""",
+    if await conn.fetchval(
+        "SELECT 1 FROM order_returns WHERE program = $1 AND idempotency_key = $2",
         program.name, key,
-    )  # fmt: skip
-    if done:
+    ):  # fmt: skip
+        done = await conn.fetch(
+            """SELECT currency, points, from_earned, from_available, to_debt, forgiven
+               FROM order_clawbacks WHERE program = $1 AND idempotency_key = $2
+               ORDER BY currency""",
+            program.name, key,
+        )  # fmt: skip
         return [Clawback(**dict(row.items())) for row in done]
     returned = order["returned_amount"] + amount
     if returned > order["amount"]:
@@ -113,13 +120,17 @@ async def claw_back(
             f"order {order_id} was {order['amount']}, {order['returned_amount']} already "
             f"returned, cannot return {amount} more",
         )
+    # What the order's awards gave: their `issued` legs, which also count the part that
+    # paid off debt and so never became a lot.
     earned = await conn.fetch(
-        """SELECT a.currency, sum(l.amount)::bigint AS earned,
+        """SELECT a.currency, -sum(g.amount)::bigint AS earned,
                   coalesce((SELECT sum(c.points) FROM order_clawbacks AS c
                             WHERE c.program = $1 AND c.order_id = $2
                               AND c.currency = a.currency), 0)::bigint AS taken
-           FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
-           WHERE l.order_id = $2 AND a.program = $1 AND a.member_id = $3
+           FROM ledger_transactions AS t
+           JOIN ledger_legs AS g ON g.transaction_id = t.id
+           JOIN accounts AS a ON a.id = g.account_id AND a.kind = 'issued'
+           WHERE t.program = $1 AND t.order_id = $2 AND t.member_id = $3
            GROUP BY a.currency
            ORDER BY a.currency""",
         program.name, order_id, member_id,
@@ -127,21 +138,28 @@ async def claw_back(
     results = []
     for row in earned:
         points = clawback_target(row["earned"], returned, order["amount"]) - row["taken"]
-        result = await _take_back(
+        result, transaction_id = await _take_back(
             conn, program, member_id, order_id, row["currency"], points,
             f"{key}:{row['currency']}", source, occurred_at,
         )  # fmt: skip
         await conn.execute(
             """INSERT INTO order_clawbacks (program, order_id, currency, idempotency_key,
-                   returned_amount, points, from_earned, from_available, to_debt, forgiven)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                   returned_amount, points, from_earned, from_available, to_debt, forgiven,
+                   transaction_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
             program.name, order_id, result.currency, key, amount, result.points,
             result.from_earned, result.from_available, result.to_debt, result.forgiven,
+            transaction_id,
         )  # fmt: skip
         results.append(result)
     await conn.execute(
         "UPDATE orders SET returned_amount = $3 WHERE program = $1 AND order_id = $2",
         program.name, order_id, returned,
+    )  # fmt: skip
+    await conn.execute(
+        """INSERT INTO order_returns (program, idempotency_key, order_id, amount)
+           VALUES ($1, $2, $3, $4)""",
+        program.name, key, order_id, amount,
     )  # fmt: skip
     return results
 
@@ -156,9 +174,9 @@ async def _take_back(
     key: str,
     source: str,
     occurred_at: datetime,
-) -> Clawback:
+) -> tuple[Clawback, int | None]:
     if points <= 0:
-        return Clawback(currency, 0, 0, 0, 0, 0)
+        return Clawback(currency, 0, 0, 0, 0, 0), None
     ids = await ledger.ensure_accounts(
         conn, program.name, currency,
         [(member_id, "earned"), (member_id, "available"), (None, "clawed_back")],
@@ -188,9 +206,10 @@ async def _take_back(
         debt = await ledger.ensure_accounts(conn, program.name, currency, [(member_id, "debt")])
         legs.append((debt[(member_id, "debt")], -to_debt))
     taken = from_earned + from_available + to_debt
+    transaction_id = None
     if taken:
         legs.append((ids[(None, "clawed_back")], taken))
-        await ledger.post(
+        transaction_id = await ledger.post(
             conn,
             ledger.Movement(
                 program=program.name, key=key, member_id=member_id, kind="claw_back",
@@ -202,4 +221,5 @@ async def _take_back(
         )  # fmt: skip
         if from_available:
             await ledger.consume(conn, available_account, from_available, order_id)
-    return Clawback(currency, points, from_earned, from_available, to_debt, forgiven)
+    clawback = Clawback(currency, points, from_earned, from_available, to_debt, forgiven)
+    return clawback, transaction_id

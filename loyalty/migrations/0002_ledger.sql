@@ -40,6 +40,23 @@ CREATE TABLE orders (
     PRIMARY KEY (program, order_id)
 );
 
+-- The order an award was earned for: a return takes back what its order's awards gave,
+-- including the part that paid off debt and so never became a lot.
+ALTER TABLE ledger_transactions ADD COLUMN order_id text;
+CREATE INDEX ledger_transactions_order ON ledger_transactions (program, order_id)
+    WHERE order_id IS NOT NULL;
+
+-- One row per return: the key that makes a repeated return return its first result.
+CREATE TABLE order_returns (
+    program          text NOT NULL,
+    idempotency_key  text NOT NULL,
+    order_id         text NOT NULL,
+    amount           numeric(22, 4) NOT NULL CHECK (amount > 0),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program, idempotency_key),
+    FOREIGN KEY (program, order_id) REFERENCES orders (program, order_id)
+);
+
 -- One row per return and point currency: what the return took back, from where.
 CREATE TABLE order_clawbacks (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
