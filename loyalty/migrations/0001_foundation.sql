@@ -112,7 +112,11 @@ CREATE TABLE ledger_legs (
 CREATE INDEX ledger_legs_transaction ON ledger_legs (transaction_id);
 CREATE INDEX ledger_legs_account ON ledger_legs (account_id, id);
 
-CREATE FUNCTION ledger_legs_post() RETURNS trigger LANGUAGE plpgsql AS $$
+-- force_custom_plan: each call plans with the real size of its transition table and of
+-- accounts. A plan cached while accounts was small (a hash join over all of it) would
+-- otherwise be kept by the connection, and every award would scan every account.
+CREATE FUNCTION ledger_legs_post() RETURNS trigger LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     unbalanced bigint;
 BEGIN
