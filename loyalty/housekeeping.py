@@ -106,7 +106,7 @@ legs AS (
     RETURNING 1
 ),
 emptied AS (
-    UPDATE lots AS l SET remaining = 0
+    UPDATE lots AS l SET expired = l.expired + l.remaining, remaining = 0
     FROM due, tx WHERE l.id = due.id
     RETURNING due.remaining
 )

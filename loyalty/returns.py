@@ -9,10 +9,11 @@ takes back exactly ``E``.
 What an order earned is what the awards linked to it gave (their ``issued`` legs), also
 the part that paid off a debt and so never became a lot.
 
-From where, in this order: the order's lots still ``earned``; then ``available``
-points (the order's own lots first, then the soonest-expiring); what the member already
-spent becomes ``debt`` (a negative ``debt`` account that later earnings pay off first)
-or is ``forgive``-n (recorded in ``order_clawbacks``, no points move).
+From where, in this order: the order's lots still ``earned``; the order's lots already
+``available``; the order's points that expired (gone already: nothing more is taken);
+then, for what the member spent, other ``available`` points (soonest-expiring first);
+what is still missing becomes ``debt`` (a negative ``debt`` account that later earnings
+pay off first) or is ``forgive``-n (recorded in ``order_clawbacks``, no points move).
 
 Worked example: order A (100 EUR) earned 120 points, not yet matured. The member spends
 nothing; 50 EUR come back: 60 points leave the earned lot. The rest of the order comes
@@ -41,6 +42,7 @@ class Clawback:
     from_available: int
     to_debt: int
     forgiven: int
+    from_expired: int = 0
 
 
 async def record_order(
@@ -107,7 +109,8 @@ async def claw_back(
         program.name, key,
     ):  # fmt: skip
         done = await conn.fetch(
-            """SELECT currency, points, from_earned, from_available, to_debt, forgiven
+            """SELECT currency, points, from_earned, from_available, from_expired, to_debt,
+                      forgiven
                FROM order_clawbacks WHERE program = $1 AND idempotency_key = $2
                ORDER BY currency""",
             program.name, key,
@@ -144,12 +147,12 @@ async def claw_back(
         )  # fmt: skip
         await conn.execute(
             """INSERT INTO order_clawbacks (program, order_id, currency, idempotency_key,
-                   returned_amount, points, from_earned, from_available, to_debt, forgiven,
-                   transaction_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                   returned_amount, points, from_earned, from_available, from_expired,
+                   to_debt, forgiven, transaction_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
             program.name, order_id, result.currency, key, amount, result.points,
-            result.from_earned, result.from_available, result.to_debt, result.forgiven,
-            transaction_id,
+            result.from_earned, result.from_available, result.from_expired, result.to_debt,
+            result.forgiven, transaction_id,
         )  # fmt: skip
         results.append(result)
     await conn.execute(
@@ -187,15 +190,28 @@ async def _take_back(
         "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
         sorted([earned_account, available_account]),
     )
-    in_order_lots = await conn.fetchval(
-        """SELECT coalesce(sum(remaining), 0)::bigint FROM lots
-           WHERE account_id = $1 AND order_id = $2 AND remaining > 0""",
-        earned_account, order_id,
+    # Where the order's points are now: still in its lots (earned or available), or
+    # expired (gone to the program already; earlier returns may have counted some).
+    held = await conn.fetchrow(
+        """SELECT coalesce(sum(remaining) FILTER (WHERE account_id = $1), 0)::bigint AS earned,
+                  coalesce(sum(remaining) FILTER (WHERE account_id = $2), 0)::bigint AS available,
+                  coalesce(sum(expired), 0)::bigint - coalesce((
+                      SELECT sum(c.from_expired) FROM order_clawbacks AS c
+                      WHERE c.program = $4 AND c.order_id = $3 AND c.currency = $5), 0)::bigint
+                      AS expired
+           FROM lots WHERE account_id = ANY(ARRAY[$1, $2]::bigint[]) AND order_id = $3""",
+        earned_account, available_account, order_id, program.name, currency,
     )  # fmt: skip
-    available = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", available_account)
-    from_earned = min(points, in_order_lots)
-    from_available = min(points - from_earned, available)
-    spent = points - from_earned - from_available
+    assert held is not None
+    balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", available_account)
+    from_earned = min(points, held["earned"])
+    rest = points - from_earned
+    own_available = min(rest, held["available"])
+    from_expired = min(rest - own_available, held["expired"])
+    # What is left was spent: taken from the member's other available points if any.
+    other_available = min(rest - own_available - from_expired, balance - own_available)
+    from_available = own_available + other_available
+    spent = rest - own_available - from_expired - other_available
     to_debt, forgiven = (spent, 0) if program.return_policy == "debt" else (0, spent)
     legs = []
     if from_earned:
@@ -221,5 +237,7 @@ async def _take_back(
         )  # fmt: skip
         if from_available:
             await ledger.consume(conn, available_account, from_available, order_id)
-    clawback = Clawback(currency, points, from_earned, from_available, to_debt, forgiven)
+    clawback = Clawback(
+        currency, points, from_earned, from_available, to_debt, forgiven, from_expired
+    )
     return clawback, transaction_id

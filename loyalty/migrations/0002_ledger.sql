@@ -21,6 +21,9 @@ CREATE INDEX member_currencies_activity
 -- A lot in an `earned` account waits for maturing; the flag keeps the maturing scan on a
 -- small partial index instead of a join with accounts.
 ALTER TABLE lots ADD COLUMN maturing boolean NOT NULL DEFAULT false;
+-- What expired of a lot: a return must not take those points again from the member.
+ALTER TABLE lots ADD COLUMN expired bigint NOT NULL DEFAULT 0
+    CHECK (expired >= 0 AND expired + remaining <= amount);
 CREATE INDEX lots_maturing ON lots (available_at) WHERE maturing AND remaining > 0;
 CREATE INDEX lots_expiring ON lots (expires_at)
     WHERE remaining > 0 AND expires_at IS NOT NULL;
@@ -68,11 +71,13 @@ CREATE TABLE order_clawbacks (
     points           bigint NOT NULL CHECK (points >= 0),
     from_earned      bigint NOT NULL CHECK (from_earned >= 0),
     from_available   bigint NOT NULL CHECK (from_available >= 0),
+    -- The order's points that had already expired: gone, nothing more to take.
+    from_expired     bigint NOT NULL CHECK (from_expired >= 0),
     to_debt          bigint NOT NULL CHECK (to_debt >= 0),
     forgiven         bigint NOT NULL CHECK (forgiven >= 0),
     transaction_id   bigint REFERENCES ledger_transactions (id),
     created_at       timestamptz NOT NULL DEFAULT now(),
-    CHECK (points = from_earned + from_available + to_debt + forgiven),
+    CHECK (points = from_earned + from_available + from_expired + to_debt + forgiven),
     FOREIGN KEY (program, order_id) REFERENCES orders (program, order_id),
     UNIQUE (program, idempotency_key, currency)
 );
