@@ -106,6 +106,59 @@ activity AS (
 SELECT id FROM tx
 """
 
+# The common award in one round trip: the member's account and the program's `issued`
+# account exist and the member owes nothing. `ready` is empty otherwise, nothing is
+# written, and `award` takes the general path.
+_AWARD_FAST = """
+WITH acct AS (
+    SELECT
+        (SELECT id FROM accounts WHERE program = $1 AND member_id = $3 AND currency = $9
+                                    AND kind = $10) AS member_account,
+        (SELECT id FROM accounts WHERE program = $1 AND member_id IS NULL AND currency = $9
+                                    AND kind = 'issued') AS issued_account,
+        (SELECT balance FROM accounts WHERE program = $1 AND member_id = $3
+                                         AND currency = $9 AND kind = 'debt') AS debt
+),
+ready AS (
+    SELECT * FROM acct
+    WHERE member_account IS NOT NULL AND issued_account IS NOT NULL AND coalesce(debt, 0) = 0
+),
+tx AS (
+    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
+                                     source, occurred_at, order_id)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $13::text FROM ready
+    ON CONFLICT (program, idempotency_key) DO NOTHING
+    RETURNING id
+),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, leg.account_id, leg.amount
+    FROM tx, ready,
+         LATERAL (VALUES (ready.member_account, $8::bigint),
+                         (ready.issued_account, -$8::bigint)) AS leg(account_id, amount)
+    RETURNING 1
+),
+lot AS (
+    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
+                      expires_at, order_id, maturing)
+    SELECT ready.member_account, tx.id, $8::bigint, $8::bigint, $11::timestamptz,
+           $12::timestamptz, $13::text, $14::boolean
+    FROM tx, ready
+    RETURNING 1
+),
+activity AS (
+    INSERT INTO member_currencies (program, member_id, currency, lifetime_earned,
+                                   last_activity_at)
+    SELECT $1, $3, $9, $8::bigint, $7 FROM tx
+    ON CONFLICT (program, member_id, currency) DO UPDATE
+    SET lifetime_earned = member_currencies.lifetime_earned + EXCLUDED.lifetime_earned,
+        last_activity_at = greatest(member_currencies.last_activity_at,
+                                    EXCLUDED.last_activity_at)
+    RETURNING 1
+)
+SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM ready) AS ready
+"""
+
 _CONSUME_ALONE = (
     _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint") + " RETURNING 1"
 )
@@ -234,7 +287,22 @@ async def award(
     when maturing moves it). Legs: ``issued`` -points; ``debt`` +what pays it off; the
     member's ``kind`` account +the rest. A key already used returns the first
     transaction, without a second effect.
+
+    The common case (accounts exist, no debt) is one statement; a debt being created
+    concurrently by another writer is then paid off by the member's next award.
     """
+    fast = await conn.fetchrow(
+        _AWARD_FAST,
+        program, key, member_id, f"award_{kind}", reason, source, occurred_at,
+        points, currency, kind, available_at, expires_at, order_id, kind == "earned",
+    )  # fmt: skip
+    assert fast is not None
+    if fast["transaction_id"] is not None:
+        return LedgerReceipt(
+            transaction_id=fast["transaction_id"], idempotency_key=key, points=points
+        )
+    if fast["ready"]:
+        return await _existing(conn, program, key)
     found = await find_accounts(conn, program, currency, member_id, [kind, "debt"], ["issued"])
     if (member_id, kind) not in found or (None, "issued") not in found:
         await ensure_accounts(conn, program, currency, [(member_id, kind), (None, "issued")])
