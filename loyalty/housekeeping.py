@@ -20,6 +20,10 @@ INSERT INTO accounts (program, member_id, currency, kind)
 SELECT DISTINCT a.program, a.member_id, a.currency, 'available'
 FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
 WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
+  AND NOT EXISTS (
+      SELECT 1 FROM accounts AS t
+      WHERE t.program = a.program AND t.member_id = a.member_id
+        AND t.currency = a.currency AND t.kind = 'available')
 ON CONFLICT DO NOTHING
 """
 
@@ -70,13 +74,15 @@ _EXPIRING = """
 SELECT l.id, l.remaining, l.account_id
 FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
 WHERE l.remaining > 0 AND l.expires_at <= $2 AND a.program = $1 AND a.currency = $4
-UNION
+UNION ALL
 SELECT l.id, l.remaining, l.account_id
 FROM member_currencies AS m
 JOIN accounts AS a ON a.program = m.program AND a.member_id = m.member_id
                   AND a.currency = m.currency AND a.kind IN ('available', 'earned')
 JOIN lots AS l ON l.account_id = a.id AND l.remaining > 0
 WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
+  -- Lots past their date are in the first half already: no duplicate to remove.
+  AND (l.expires_at IS NULL OR l.expires_at > $2)
 """
 
 _EXPIRE = f"""

@@ -5,6 +5,10 @@
 -- `loyalty migrate --app`, so that SQL and every client read the same policies.
 ALTER TABLE programs ADD COLUMN config jsonb NOT NULL DEFAULT '{}'::jsonb;
 
+-- Room in each page lets a balance update stay on its page (a HOT update, no index
+-- writes): balances change at every movement, and in bulk during housekeeping.
+ALTER TABLE accounts SET (fillfactor = 85);
+
 -- Per member and currency: what was ever earned (for the member view and, later,
 -- tiers) and when the member last earned or spent (for inactivity expiry).
 CREATE TABLE member_currencies (
