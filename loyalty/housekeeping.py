@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import asyncpg
+
 from loyalty.app import Program
 from loyalty.db import Conn
 from loyalty.policies import Inactivity
@@ -30,21 +32,21 @@ ON CONFLICT DO NOTHING
 # Matured lots move, whole, from the member's earned account to the available one, so
 # their expiry and source order stay with them.
 _MATURE = """
-WITH due AS (
-    SELECT l.id, l.remaining, l.account_id AS from_account, t.id AS to_account
-    FROM lots AS l
-    JOIN accounts AS a ON a.id = l.account_id
-    JOIN accounts AS t ON t.program = a.program AND t.member_id = a.member_id
-                      AND t.currency = a.currency AND t.kind = 'available'
-    WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
-    FOR UPDATE OF l
+WITH moved AS (
+    UPDATE lots AS l SET account_id = t.id, maturing = false
+    FROM accounts AS a, accounts AS t
+    WHERE a.id = l.account_id AND a.program = $1
+      AND t.program = a.program AND t.member_id = a.member_id
+      AND t.currency = a.currency AND t.kind = 'available'
+      AND l.maturing AND l.remaining > 0 AND l.available_at <= $2
+    RETURNING l.remaining, a.id AS from_account, t.id AS to_account
 ),
 tx AS (
+    -- No ON CONFLICT: a key used already raises, and the lots moved above roll back.
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
                                      source, occurred_at)
     SELECT $1, $3, NULL, 'mature', 'earned points matured', 'housekeeping', $2
-    WHERE EXISTS (SELECT 1 FROM due)
-    ON CONFLICT (program, idempotency_key) DO NOTHING
+    WHERE EXISTS (SELECT 1 FROM moved)
     RETURNING id
 ),
 legs AS (
@@ -52,16 +54,11 @@ legs AS (
     SELECT tx.id, moves.account_id, moves.amount
     FROM tx, (
         SELECT from_account AS account_id, -sum(remaining) AS amount
-        FROM due GROUP BY from_account
+        FROM moved GROUP BY from_account
         UNION ALL
-        SELECT to_account, sum(remaining) FROM due GROUP BY to_account
+        SELECT to_account, sum(remaining) FROM moved GROUP BY to_account
     ) AS moves
     RETURNING 1
-),
-moved AS (
-    UPDATE lots AS l SET account_id = due.to_account, maturing = false
-    FROM due, tx WHERE l.id = due.id
-    RETURNING due.remaining
 )
 SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
        coalesce(sum(remaining), 0)::bigint AS points
@@ -86,35 +83,32 @@ WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
 """
 
 _EXPIRE = f"""
-WITH due AS (
-    -- The locked row's values: a concurrent spend may have changed it meanwhile.
-    SELECT l.id, l.remaining, l.account_id
-    FROM ({_EXPIRING}) AS e JOIN lots AS l ON l.id = e.id
-    WHERE l.remaining > 0
-    FOR UPDATE OF l
+WITH emptied AS (
+    -- A lot expires whole, once: while it has points its `expired` is still 0, so the
+    -- new `expired` is what it held. The values are those of the row as updated, also
+    -- when a concurrent spend changed it first.
+    UPDATE lots AS l SET expired = l.expired + l.remaining, remaining = 0
+    FROM ({_EXPIRING}) AS e
+    WHERE l.id = e.id AND l.remaining > 0
+    RETURNING l.account_id, l.expired AS remaining
 ),
 tx AS (
+    -- No ON CONFLICT: a key used already raises, and the lots emptied above roll back.
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
                                      source, occurred_at)
     SELECT $1, $3, NULL, 'expire', 'points expired', 'housekeeping', $2
-    WHERE EXISTS (SELECT 1 FROM due)
-    ON CONFLICT (program, idempotency_key) DO NOTHING
+    WHERE EXISTS (SELECT 1 FROM emptied)
     RETURNING id
 ),
 legs AS (
     INSERT INTO ledger_legs (transaction_id, account_id, amount)
     SELECT tx.id, moves.account_id, moves.amount
     FROM tx, (
-        SELECT account_id, -sum(remaining) AS amount FROM due GROUP BY account_id
+        SELECT account_id, -sum(remaining) AS amount FROM emptied GROUP BY account_id
         UNION ALL
-        SELECT $6::bigint, sum(remaining) FROM due
+        SELECT $6::bigint, sum(remaining) FROM emptied
     ) AS moves
     RETURNING 1
-),
-emptied AS (
-    UPDATE lots AS l SET expired = l.expired + l.remaining, remaining = 0
-    FROM due, tx WHERE l.id = due.id
-    RETURNING due.remaining
 )
 SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
        coalesce(sum(remaining), 0)::bigint AS points
@@ -135,9 +129,13 @@ class BulkResult:
 
 async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
     """Move every earned lot with ``available_at <= at`` to its available account."""
-    async with conn.transaction():
-        await conn.execute(_MATURE_ACCOUNTS, program, at)
-        row = await conn.fetchrow(_MATURE, program, at, f"mature:{at.isoformat()}")
+    try:
+        async with conn.transaction():
+            await conn.execute(_MATURE_ACCOUNTS, program, at)
+            row = await conn.fetchrow(_MATURE, program, at, f"mature:{at.isoformat()}")
+    except asyncpg.UniqueViolationError:
+        # This cut-off was matured already: nothing more to do for it.
+        return BulkResult("mature", "*", 0, 0, None)
     assert row is not None
     return BulkResult("mature", "*", row["lots"], row["points"], row["transaction_id"])
 
@@ -151,21 +149,26 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
         inactive_since = (
             at - timedelta(days=policy.days) if isinstance(policy, Inactivity) else None
         )
-        async with conn.transaction():
-            await conn.execute(
-                """INSERT INTO accounts (program, member_id, currency, kind)
-                   VALUES ($1, NULL, $2, 'expired') ON CONFLICT DO NOTHING""",
-                program.name, currency,
-            )  # fmt: skip
-            expired_account = await conn.fetchval(
-                """SELECT id FROM accounts WHERE program = $1 AND member_id IS NULL
-                   AND currency = $2 AND kind = 'expired'""",
-                program.name, currency,
-            )  # fmt: skip
-            row = await conn.fetchrow(
-                _EXPIRE, program.name, at, f"expire:{currency}:{at.isoformat()}", currency,
-                inactive_since, expired_account,
-            )  # fmt: skip
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO accounts (program, member_id, currency, kind)
+                       VALUES ($1, NULL, $2, 'expired') ON CONFLICT DO NOTHING""",
+                    program.name, currency,
+                )  # fmt: skip
+                expired_account = await conn.fetchval(
+                    """SELECT id FROM accounts WHERE program = $1 AND member_id IS NULL
+                       AND currency = $2 AND kind = 'expired'""",
+                    program.name, currency,
+                )  # fmt: skip
+                row = await conn.fetchrow(
+                    _EXPIRE, program.name, at, f"expire:{currency}:{at.isoformat()}",
+                    currency, inactive_since, expired_account,
+                )  # fmt: skip
+        except asyncpg.UniqueViolationError:
+            # This cut-off was expired already for the currency.
+            results.append(BulkResult("expire", currency, 0, 0, None))
+            continue
         assert row is not None
         results.append(
             BulkResult("expire", currency, row["lots"], row["points"], row["transaction_id"])
