@@ -29,41 +29,56 @@ WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
 ON CONFLICT DO NOTHING
 """
 
+
+def _bulk_post(changed: str, lots_sql: str, kind: str, reason: str, moves_sql: str) -> str:
+    """One bulk step as one statement: change the lots, then post one transaction.
+
+    ``lots_sql`` updates lots and returns what moved (at least ``remaining``);
+    ``moves_sql`` turns those rows into (account_id, amount) legs. Parameters: $1
+    program, $2 cut-off, $3 idempotency key. The transaction has no ON CONFLICT: a key
+    used already raises, and the lots changed in the same statement roll back.
+    """
+    return f"""
+WITH {changed} AS ({lots_sql}),
+tx AS (
+    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
+                                     source, occurred_at)
+    SELECT $1, $3, NULL, '{kind}', '{reason}', 'housekeeping', $2
+    WHERE EXISTS (SELECT 1 FROM {changed})
+    RETURNING id
+),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT tx.id, moves.account_id, moves.amount
+    FROM tx, ({moves_sql}) AS moves
+    RETURNING 1
+)
+SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
+       coalesce(sum(remaining), 0)::bigint AS points
+FROM {changed}
+"""
+
+
 # Matured lots move, whole, from the member's earned account to the available one, so
 # their expiry and source order stay with them.
-_MATURE = """
-WITH moved AS (
+_MATURE = _bulk_post(
+    "moved",
+    """
     UPDATE lots AS l SET account_id = t.id, maturing = false
     FROM accounts AS a, accounts AS t
     WHERE a.id = l.account_id AND a.program = $1
       AND t.program = a.program AND t.member_id = a.member_id
       AND t.currency = a.currency AND t.kind = 'available'
       AND l.maturing AND l.remaining > 0 AND l.available_at <= $2
-    RETURNING l.remaining, a.id AS from_account, t.id AS to_account
-),
-tx AS (
-    -- No ON CONFLICT: a key used already raises, and the lots moved above roll back.
-    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
-                                     source, occurred_at)
-    SELECT $1, $3, NULL, 'mature', 'earned points matured', 'housekeeping', $2
-    WHERE EXISTS (SELECT 1 FROM moved)
-    RETURNING id
-),
-legs AS (
-    INSERT INTO ledger_legs (transaction_id, account_id, amount)
-    SELECT tx.id, moves.account_id, moves.amount
-    FROM tx, (
-        SELECT from_account AS account_id, -sum(remaining) AS amount
-        FROM moved GROUP BY from_account
-        UNION ALL
-        SELECT to_account, sum(remaining) FROM moved GROUP BY to_account
-    ) AS moves
-    RETURNING 1
+    RETURNING l.remaining, a.id AS from_account, t.id AS to_account""",
+    "mature",
+    "earned points matured",
+    """
+    SELECT from_account AS account_id, -sum(remaining) AS amount
+    FROM moved GROUP BY from_account
+    UNION ALL
+    SELECT to_account, sum(remaining) FROM moved GROUP BY to_account""",
 )
-SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
-       coalesce(sum(remaining), 0)::bigint AS points
-FROM moved
-"""
 
 # Lots that expire now: by date, or, under an inactivity policy, every open lot of the
 # members of that currency who neither earned nor spent since the cut-off.
@@ -82,38 +97,23 @@ WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
   AND (l.expires_at IS NULL OR l.expires_at > $2)
 """
 
-_EXPIRE = f"""
-WITH emptied AS (
-    -- A lot expires whole, once: while it has points its `expired` is still 0, so the
-    -- new `expired` is what it held. The values are those of the row as updated, also
-    -- when a concurrent spend changed it first.
+# A lot expires whole, once: while it has points its `expired` is still 0, so the new
+# `expired` is what it held. The values are those of the row as updated, also when a
+# concurrent spend changed it first. $4 currency, $5 inactive since, $6 expired account.
+_EXPIRE = _bulk_post(
+    "emptied",
+    f"""
     UPDATE lots AS l SET expired = l.expired + l.remaining, remaining = 0
     FROM ({_EXPIRING}) AS e
     WHERE l.id = e.id AND l.remaining > 0
-    RETURNING l.account_id, l.expired AS remaining
-),
-tx AS (
-    -- No ON CONFLICT: a key used already raises, and the lots emptied above roll back.
-    INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
-                                     source, occurred_at)
-    SELECT $1, $3, NULL, 'expire', 'points expired', 'housekeeping', $2
-    WHERE EXISTS (SELECT 1 FROM emptied)
-    RETURNING id
-),
-legs AS (
-    INSERT INTO ledger_legs (transaction_id, account_id, amount)
-    SELECT tx.id, moves.account_id, moves.amount
-    FROM tx, (
-        SELECT account_id, -sum(remaining) AS amount FROM emptied GROUP BY account_id
-        UNION ALL
-        SELECT $6::bigint, sum(remaining) FROM emptied
-    ) AS moves
-    RETURNING 1
+    RETURNING l.account_id, l.expired AS remaining""",
+    "expire",
+    "points expired",
+    """
+    SELECT account_id, -sum(remaining) AS amount FROM emptied GROUP BY account_id
+    UNION ALL
+    SELECT $6::bigint, sum(remaining) FROM emptied""",
 )
-SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
-       coalesce(sum(remaining), 0)::bigint AS points
-FROM emptied
-"""
 
 
 @dataclass(frozen=True)
