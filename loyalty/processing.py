@@ -150,6 +150,7 @@ async def process_batch(
     partition: int,
     batch_size: int,
     max_attempts: int,
+    careful: bool = False,
 ) -> RouterProgress:
     """Claim and apply one batch in one transaction; returns what happened.
 
@@ -158,90 +159,78 @@ async def process_batch(
     again and applied carefully, each event in its own savepoint, so that the failure is
     isolated and recorded.
     """
-    args = (conn, processor, program, partitions, partition, batch_size, max_attempts)
     try:
-        return await _apply_batch(*args, careful=False)
-    except _RedoCarefully:
-        return await _apply_batch(*args, careful=True)
-
-
-async def _apply_batch(
-    conn: Conn,
-    processor: EventProcessor,
-    program: str,
-    partitions: int,
-    partition: int,
-    batch_size: int,
-    max_attempts: int,
-    *,
-    careful: bool,
-) -> RouterProgress:
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"loyalty-router:{program}:{partition}/{partitions}",
-        )
-        rows = await claim_batch(conn, program, partitions, partition, batch_size)
-        if not rows:
-            return RouterProgress()
-        outcomes: list[dict[str, Any]] = []
-        counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
-        # Members whose event failed in this batch: their later events wait, unattempted,
-        # so that a member's events are never applied out of order.
-        held: set[str] = set()
-        for row in rows:
-            outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
-            if row["member_id"] in held:
-                outcome.update(status="pending", attempts=row["attempts"])
-            elif not careful:
-                try:
-                    event = any_event_adapter.validate_python(row["payload"])
-                    result = await processor.apply(conn, event)
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as exc:
-                    raise _RedoCarefully from exc
-                outcome.update(status="processed", outcome=result)
-            else:
-                try:
-                    async with conn.transaction():
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"loyalty-router:{program}:{partition}/{partitions}",
+            )
+            rows = await claim_batch(conn, program, partitions, partition, batch_size)
+            if not rows:
+                return RouterProgress()
+            outcomes: list[dict[str, Any]] = []
+            counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
+            # Members whose event failed in this batch: their later events wait, unattempted,
+            # so that a member's events are never applied out of order.
+            held: set[str] = set()
+            for row in rows:
+                outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
+                if row["member_id"] in held:
+                    outcome.update(status="pending", attempts=row["attempts"])
+                elif not careful:
+                    try:
                         event = any_event_adapter.validate_python(row["payload"])
                         result = await processor.apply(conn, event)
-                except LedgerRefusal as refusal:
-                    outcome.update(status="rejected", outcome=refusal.code, detail=str(refusal))
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as exc:
-                    error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
-                    outcome.update(last_error=error)
-                    if outcome["attempts"] >= max_attempts:
-                        outcome.update(status="dead", outcome="failed")
-                    else:
-                        outcome.update(
-                            status="pending", retry_after=retry_delay(outcome["attempts"])
-                        )
-                        held.add(row["member_id"])
-                else:
+                    except TRANSIENT_ERRORS:
+                        raise
+                    except Exception as exc:
+                        raise _RedoCarefully from exc
                     outcome.update(status="processed", outcome=result)
-            outcomes.append(outcome)
-            if outcome["status"] == "processed":
-                counts[outcome["outcome"]] += 1
-            elif outcome["status"] == "rejected":
-                counts["rejected"] += 1
-            elif outcome["status"] == "dead":
-                counts["dead"] += 1
-            elif "last_error" in outcome:
-                counts["failed_attempts"] += 1
-        # A member is enrolled by the first event the engine processes for them; a refused
-        # one (a withdrawal for an unknown member) enrols nobody.
-        members = {row["member_id"] for row, o in zip(rows, outcomes, strict=True)
-                   if o["status"] == "processed"}  # fmt: skip
-        await conn.execute(
-            """INSERT INTO members (program, member_id)
-               SELECT $1, m FROM unnest($2::text[]) AS m
-               ON CONFLICT DO NOTHING""",
-            program, sorted(members),
+                else:
+                    try:
+                        async with conn.transaction():
+                            event = any_event_adapter.validate_python(row["payload"])
+                            result = await processor.apply(conn, event)
+                    except LedgerRefusal as refusal:
+                        outcome.update(status="rejected", outcome=refusal.code, detail=str(refusal))
+                    except TRANSIENT_ERRORS:
+                        raise
+                    except Exception as exc:
+                        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+                        outcome.update(last_error=error)
+                        if outcome["attempts"] >= max_attempts:
+                            outcome.update(status="dead", outcome="failed")
+                        else:
+                            outcome.update(
+                                status="pending", retry_after=retry_delay(outcome["attempts"])
+                            )
+                            held.add(row["member_id"])
+                    else:
+                        outcome.update(status="processed", outcome=result)
+                outcomes.append(outcome)
+                if outcome["status"] == "processed":
+                    counts[outcome["outcome"]] += 1
+                elif outcome["status"] == "rejected":
+                    counts["rejected"] += 1
+                elif outcome["status"] == "dead":
+                    counts["dead"] += 1
+                elif "last_error" in outcome:
+                    counts["failed_attempts"] += 1
+            # A member is enrolled by the first event the engine processes for them; a refused
+            # one (a withdrawal for an unknown member) enrols nobody.
+            members = {row["member_id"] for row, o in zip(rows, outcomes, strict=True)
+                       if o["status"] == "processed"}  # fmt: skip
+            await conn.execute(
+                """INSERT INTO members (program, member_id)
+                   SELECT $1, m FROM unnest($2::text[]) AS m
+                   ON CONFLICT DO NOTHING""",
+                program, sorted(members),
+            )  # fmt: skip
+            await record_outcomes(conn, outcomes)
+            await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
+        return RouterProgress(batches=1, events=len(rows), **counts)
+    except _RedoCarefully:
+        return await process_batch(
+            conn, processor, program=program, partitions=partitions, partition=partition,
+            batch_size=batch_size, max_attempts=max_attempts, careful=True,
         )  # fmt: skip
-        await record_outcomes(conn, outcomes)
-        await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
-    return RouterProgress(batches=1, events=len(rows), **counts)

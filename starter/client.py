@@ -108,7 +108,10 @@ class LoyaltyClient:
         size = chunk_size or len(validated)
         results: list[EmitResult] = []
         async with self._pool.acquire() as conn:
-            await inbox.check_programs(conn, {e.program for e in validated})
+            if size < len(validated):
+                # Several statements: an unknown program must refuse all of them, not
+                # only its own; one statement refuses everything by itself.
+                await inbox.check_programs(conn, {e.program for e in validated})
             for start in range(0, len(validated), size):
                 results += await inbox.insert_events(conn, validated[start : start + size])
         return results
