@@ -9,7 +9,8 @@
 2. Bulk: L earned lots (5 per member), created set-based, then `housekeeping.mature_due`
    and `housekeeping.expire_due` over all of them. Goal: each under 10 s per 1,000,000
    lots. Baseline: maturing one member per transaction (account lookup, one statement
-   moving the lots and writing two legs) over 2,000 other members, extrapolated to L.
+   marking the member's due lots usable and writing two legs) over 2,000 other members,
+   extrapolated to L.
 Balances are checked after every step. Run: `make bench`, or `python bench/ledger.py`.
 """
 
@@ -66,10 +67,13 @@ WITH chunk AS (
     RETURNING id, idempotency_key
 ),
 planned AS (
-    SELECT a.id AS account_id, chunk.id AS transaction_id, 1 + (m + k) % 10 AS points
+    SELECT a.id AS account_id, p.id AS pocket, chunk.id AS transaction_id,
+           1 + (m + k) % 10 AS points
     FROM generate_series(0, $2::int - 1) AS m
     JOIN accounts AS a ON a.program = 'default' AND a.member_id = $1::text || m
                       AND a.currency = 'points' AND a.kind = 'earned'
+    JOIN accounts AS p ON p.program = 'default' AND p.member_id = a.member_id
+                      AND p.currency = 'points' AND p.kind = 'available'
     JOIN chunk ON chunk.idempotency_key = 'setup:' || $1::text || ':' || (m / $6::int)
     CROSS JOIN generate_series(1, $7::int) AS k
 ),
@@ -84,20 +88,20 @@ legs AS (
     RETURNING 1
 ),
 new_lots AS (
-    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at, expires_at,
-                      maturing)
-    SELECT account_id, transaction_id, points, points, $4, $5, true
+    INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at, expires_at)
+    SELECT pocket, transaction_id, points, points, $4, $5
     FROM planned
     RETURNING amount
 )
 SELECT count(*) AS lots, coalesce(sum(amount), 0)::bigint AS points FROM new_lots
 """
 
-# The baseline: what a per-member maturing job writes for one member.
+# The baseline: what a per-member maturing job writes for one member: each due lot marked
+# usable (available_at NULL: available whatever the cut-off), and two legs.
 _MATURE_ONE = """
 WITH moved AS (
-    UPDATE lots SET account_id = $2, maturing = false
-    WHERE account_id = $1 AND maturing AND remaining > 0 AND available_at <= $3
+    UPDATE lots SET available_at = NULL
+    WHERE account_id = $2 AND available_at IS NOT NULL AND remaining > 0 AND available_at <= $3
     RETURNING remaining
 ),
 tx AS (
@@ -119,15 +123,17 @@ SELECT count(*) FROM moved
 
 # Member accounts matched by the pattern: balance against lots, totals; the whole ledger.
 _CHECK = """
-SELECT count(*) FILTER (WHERE a.balance <> coalesce(l.points, 0)) AS wrong,
+SELECT count(*) FILTER (WHERE a.balance <> coalesce(l.held, 0)) AS wrong,
        coalesce(sum(a.balance) FILTER (WHERE a.kind = 'earned'), 0)::bigint AS earned,
        coalesce(sum(a.balance) FILTER (WHERE a.kind = 'available'), 0)::bigint AS available,
        (SELECT coalesce(sum(amount), 0) FROM ledger_legs)::bigint AS all_legs,
        (SELECT coalesce(sum(g.amount), 0) FROM ledger_legs AS g JOIN accounts AS e
         ON e.id = g.account_id AND e.kind = 'expired')::bigint AS expired
 FROM accounts AS a
-LEFT JOIN (SELECT account_id, sum(remaining) AS points FROM lots GROUP BY account_id) AS l
-       ON l.account_id = a.id
+LEFT JOIN (SELECT member_id, state, sum(held) AS held FROM lot_states
+           WHERE program = 'default' AND currency = 'points' AND member_id LIKE $1
+           GROUP BY 1, 2) AS l
+       ON l.member_id = a.member_id AND l.state = a.kind
 WHERE a.program = 'default' AND a.member_id LIKE $1
 """
 
@@ -139,6 +145,7 @@ def points(i: int) -> int:
 def award_call(prefix: str, now: datetime) -> Call:
     async def call(conn: Conn, i: int) -> None:
         async with conn.transaction():
+            await ledger.hold(conn, "default")
             await ledger.award(
                 conn, program="default", member_id=f"a{i % MEMBERS}", points=points(i),
                 kind="available", currency="points", reason="bench", source="bench",

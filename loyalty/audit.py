@@ -10,11 +10,12 @@ one read-only snapshot:
 * ``leg_programs``: every leg is on an account of its transaction's program.
 * ``balances``: every member account's cached ``balance`` equals the sum of its legs.
 * ``lots``: for every member ``available`` and ``earned`` account, the ``remaining`` of
-  its lots sum to its balance as the legs give it. Comparing with the legs rather than
-  the cached balance reports a wrong cached balance once, under ``balances``.
+  the member's live lots in that state (see ``migrations/0003_cutoffs.sql``: all lots
+  are in the ``available`` account; the cut-offs tell earned, available and expired
+  apart) sum to its balance as the legs give it. Comparing with the legs rather than the
+  cached balance reports a wrong cached balance once, under ``balances``.
 * ``lot_states``: no lot has ``remaining`` below 0 or above its ``amount``; lots are
-  only in ``available`` and ``earned`` accounts (a ``debt`` account has none), and a lot
-  is ``maturing`` exactly when it is in an ``earned`` account (else it never matures).
+  only in members' ``available`` accounts.
 * ``debts``: no ``debt`` account is above 0 (by its legs): members owe, never hold, there.
 * ``lifetime_earned``: per member and currency, ``member_currencies.lifetime_earned``
   is the points of every award. An award is a transaction of kind ``award_*``; what it
@@ -162,29 +163,36 @@ WHERE a.member_id IS NOT NULL AND a.balance <> coalesce(t.total, 0)
 ORDER BY a.id LIMIT $1"""),
     _Check("lots", "the lots of available and earned accounts hold their balance", f"""
 WITH {_TOTALS},
-held AS (SELECT account_id, sum(remaining)::bigint AS held FROM lots GROUP BY account_id)
-SELECT {_ACCOUNT}, coalesce(t.total, 0) AS expected, coalesce(h.held, 0) AS found,
+held AS (
+    SELECT program, member_id, currency, state AS kind, sum(held)::bigint AS held
+    FROM lot_states WHERE state <> 'expired'
+    GROUP BY 1, 2, 3, 4
+),
+member_accounts AS (
+    SELECT * FROM accounts WHERE member_id IS NOT NULL AND kind IN ('available', 'earned')
+)
+SELECT a.id AS account_id, coalesce(a.program, h.program) AS program,
+       coalesce(a.member_id, h.member_id) AS member_id,
+       coalesce(a.currency, h.currency) AS currency, coalesce(a.kind, h.kind) AS kind,
+       coalesce(t.total, 0) AS expected, coalesce(h.held, 0) AS found,
        'lots hold another amount than the legs give the account' AS detail,
        count(*) OVER () AS differences
-FROM accounts AS a
+FROM member_accounts AS a
 LEFT JOIN totals AS t ON t.account_id = a.id
-LEFT JOIN held AS h ON h.account_id = a.id
-WHERE a.member_id IS NOT NULL AND a.kind IN ('available', 'earned')
-  AND coalesce(h.held, 0) <> coalesce(t.total, 0)
-ORDER BY a.id LIMIT $1"""),
-    _Check("lot_states", "lots are within bounds, in member accounts, maturing if earned", f"""
+FULL JOIN held AS h ON h.program = a.program AND h.member_id = a.member_id
+                   AND h.currency = a.currency AND h.kind = a.kind
+WHERE coalesce(h.held, 0) <> coalesce(t.total, 0)
+ORDER BY 2, 3, 4, 5 LIMIT $1"""),
+    _Check("lot_states", "lots are within bounds and in members' available accounts", f"""
 SELECT *, count(*) OVER () AS differences FROM (
     SELECT {_ACCOUNT}, l.transaction_id, l.id AS lot_id, l.remaining AS found,
            CASE WHEN l.remaining < 0 THEN 0 WHEN l.remaining > l.amount THEN l.amount
            END AS expected,
            CASE WHEN l.remaining < 0 THEN 'remaining below 0'
                 WHEN l.remaining > l.amount THEN 'remaining above the lot amount'
-                WHEN a.kind NOT IN ('available', 'earned')
-                    THEN format('lot in a %s account', a.kind)
-                WHEN l.maturing AND a.kind <> 'earned'
-                    THEN 'maturing lot outside an earned account'
-                WHEN NOT l.maturing AND a.kind = 'earned'
-                    THEN 'earned lot not maturing: it would never become available'
+                WHEN a.kind <> 'available'
+                    THEN format('lot in the member''s %s account, not in the available one',
+                                a.kind)
            END AS detail
     FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
 ) AS s

@@ -56,3 +56,10 @@ class AdjustmentFileError(LoyaltyError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class LedgerOutOfStep(LoyaltyError):
+    """The lots of an account hold fewer points than its balance: a bug, never a refusal.
+
+    Raised before commit, so the transaction rolls back and nothing is written.
+    """

@@ -1,9 +1,13 @@
 """Bulk ledger work: maturing earned points and expiring points, set-based.
 
-Each step is one ledger transaction per program (and currency, for expiry), written by
-a few statements whatever the number of lots, so that a million lots take seconds. The
-idempotency key holds the cut-off time: running again with the same ``at`` changes
-nothing, a later ``at`` takes what became due since.
+Each step moves a cut-off (``ledger_cutoffs``; see ``migrations/0003_cutoffs.sql``) and
+posts one ledger transaction per program (and currency, for expiry) with a leg per
+member account, in one statement whatever the number of lots. Lots are read, never
+rewritten (except those of inactive members, which expire one by one), so a million lots
+take seconds. Each step holds the program's ledger lock exclusively (writers hold it
+shared, ``ledger.hold``), so no writer sees a cut-off move in the middle of its
+transaction. Running again with the same ``at`` changes nothing; a later ``at`` takes
+what became due since. The idempotency key holds the cut-off time.
 """
 
 from __future__ import annotations
@@ -13,107 +17,132 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from loyalty import ledger
 from loyalty.app import Program
 from loyalty.db import Conn
 from loyalty.policies import Inactivity
 
-_MATURE_ACCOUNTS = """
-INSERT INTO accounts (program, member_id, currency, kind)
-SELECT DISTINCT a.program, a.member_id, a.currency, 'available'
-FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
-WHERE l.maturing AND l.remaining > 0 AND l.available_at <= $2 AND a.program = $1
-  AND NOT EXISTS (
-      SELECT 1 FROM accounts AS t
-      WHERE t.program = a.program AND t.member_id = a.member_id
-        AND t.currency = a.currency AND t.kind = 'available')
+# Cut-off rows for every currency the program has issued, so that each can move.
+_CUTOFF_ROWS = """
+INSERT INTO ledger_cutoffs (program, currency)
+SELECT program, currency FROM accounts
+WHERE program = $1 AND member_id IS NULL AND kind = 'issued'
 ON CONFLICT DO NOTHING
 """
 
 
-def _bulk_post(changed: str, lots_sql: str, kind: str, reason: str, moves_sql: str) -> str:
-    """One bulk step as one statement: change the lots, then post one transaction.
+def _bulk_post(moves_sql: str, kind: str, reason: str, legs_sql: str, cutoff_sql: str) -> str:
+    """One bulk step as one statement: read what moves, post one transaction, move the
+    cut-off.
 
-    ``lots_sql`` updates lots and returns what moved (at least ``remaining``);
-    ``moves_sql`` turns those rows into (account_id, amount) legs. Parameters: $1
-    program, $2 cut-off, $3 idempotency key. The transaction has no ON CONFLICT: a key
-    used already raises, and the lots changed in the same statement roll back.
+    ``moves_sql`` returns the moving points per member account and state (columns
+    ``pocket``, ``earned``, ``lots``, ``points``, ``currency``, ``member_id``);
+    ``legs_sql`` turns ``moves`` into (account_id, amount) legs; ``cutoff_sql`` updates
+    ledger_cutoffs. Parameters: $1 program, $2 cut-off, $3 idempotency key. The
+    transaction has no ON CONFLICT: a key used already raises, and the whole statement
+    rolls back.
     """
     return f"""
-WITH {changed} AS ({lots_sql}),
+WITH moves AS ({moves_sql}),
 tx AS (
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
                                      source, occurred_at)
     SELECT $1, $3, NULL, '{kind}', '{reason}', 'housekeeping', $2
-    WHERE EXISTS (SELECT 1 FROM {changed})
+    WHERE EXISTS (SELECT 1 FROM moves WHERE points > 0)
     RETURNING id
 ),
 legs AS (
     INSERT INTO ledger_legs (transaction_id, account_id, amount)
-    SELECT tx.id, moves.account_id, moves.amount
-    FROM tx, ({moves_sql}) AS moves
+    SELECT tx.id, leg.account_id, leg.amount
+    FROM tx, ({legs_sql}) AS leg
+    WHERE leg.amount <> 0
     RETURNING 1
-)
-SELECT (SELECT id FROM tx) AS transaction_id, count(*) AS lots,
-       coalesce(sum(remaining), 0)::bigint AS points
-FROM {changed}
+),
+cutoff AS ({cutoff_sql} RETURNING 1)
+SELECT (SELECT id FROM tx) AS transaction_id,
+       coalesce(sum(lots), 0)::bigint AS lots, coalesce(sum(points), 0)::bigint AS points,
+       (SELECT count(*) FROM cutoff) AS moved
+FROM moves
 """
 
 
-# Matured lots move, whole, from the member's earned account to the available one, so
-# their expiry and source order stay with them.
+# The lots that mature: earned (available_at past the old cut-off), due by the new one,
+# and not expired. Their points move from each member's earned account to the available
+# one, which holds the lots.
 _MATURE = _bulk_post(
-    "moved",
     """
-    UPDATE lots AS l SET account_id = t.id, maturing = false
-    FROM accounts AS a, accounts AS t
-    WHERE a.id = l.account_id AND a.program = $1
-      AND t.program = a.program AND t.member_id = a.member_id
-      AND t.currency = a.currency AND t.kind = 'available'
-      AND l.maturing AND l.remaining > 0 AND l.available_at <= $2
-    RETURNING l.remaining, a.id AS from_account, t.id AS to_account""",
+    SELECT l.account_id AS pocket, true AS earned, count(*) AS lots,
+           sum(l.remaining)::bigint AS points, a.currency, a.member_id
+    FROM ledger_cutoffs AS c
+    JOIN accounts AS a ON a.program = c.program AND a.currency = c.currency
+                      AND a.kind = 'available'
+    JOIN lots AS l ON l.account_id = a.id
+    WHERE c.program = $1 AND c.matured_through < $2
+      AND l.available_at > c.matured_through AND l.available_at <= $2
+      AND l.available_at > (SELECT min(matured_through) FROM ledger_cutoffs WHERE program = $1)
+      AND l.remaining > 0 AND (l.expires_at IS NULL OR l.expires_at > c.expired_through)
+    GROUP BY l.account_id, a.currency, a.member_id""",
     "mature",
     "earned points matured",
     """
-    SELECT from_account AS account_id, -sum(remaining) AS amount
-    FROM moved GROUP BY from_account
+    SELECT e.id AS account_id, -m.points AS amount
+    FROM moves AS m
+    JOIN accounts AS e ON e.program = $1 AND e.member_id = m.member_id
+                      AND e.currency = m.currency AND e.kind = 'earned'
     UNION ALL
-    SELECT to_account, sum(remaining) FROM moved GROUP BY to_account""",
+    SELECT m.pocket, m.points FROM moves AS m""",
+    """UPDATE ledger_cutoffs SET matured_through = $2
+    WHERE program = $1 AND matured_through < $2""",
 )
 
-# Lots that expire now: by date, or, under an inactivity policy, every open lot of the
-# members of that currency who neither earned nor spent since the cut-off.
-_EXPIRING = """
-SELECT l.id, l.remaining, l.account_id
-FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
-WHERE l.remaining > 0 AND l.expires_at <= $2 AND a.program = $1 AND a.currency = $4
-UNION ALL
-SELECT l.id, l.remaining, l.account_id
-FROM member_currencies AS m
-JOIN accounts AS a ON a.program = m.program AND a.member_id = m.member_id
-                  AND a.currency = m.currency AND a.kind IN ('available', 'earned')
-JOIN lots AS l ON l.account_id = a.id AND l.remaining > 0
-WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
-  -- Lots past their date are in the first half already: no duplicate to remove.
-  AND (l.expires_at IS NULL OR l.expires_at > $2)
-"""
+# Lots that expire now, in currency $4: those past the old expiry cut-off and not past
+# the new one ($2), in their state (earned or available) at this moment.
+_DATED = """
+    SELECT l.account_id AS pocket, coalesce(l.available_at > c.matured_through, false) AS earned,
+           count(*) AS lots, sum(l.remaining)::bigint AS points, a.currency, a.member_id
+    FROM ledger_cutoffs AS c
+    JOIN lots AS l ON l.expires_at > c.expired_through AND l.expires_at <= $2
+    JOIN accounts AS a ON a.id = l.account_id
+    WHERE c.program = $1 AND c.currency = $4 AND c.expired_through < $2
+      AND a.program = $1 AND a.currency = $4 AND l.remaining > 0
+    GROUP BY 1, 2, a.currency, a.member_id"""
 
-# A lot expires whole, once: while it has points its `expired` is still 0, so the new
-# `expired` is what it held. The values are those of the row as updated, also when a
-# concurrent spend changed it first. $4 currency, $5 inactive since, $6 expired account.
-_EXPIRE = _bulk_post(
-    "emptied",
-    f"""
+# Under an inactivity policy, every live lot of the members of that currency who neither
+# earned nor spent since $5 expires, one by one: the lot keeps what expired in `expired`.
+# Lots past the new cut-off are counted by _DATED already. $5 NULL: no such policy.
+_INACTIVE = """
     UPDATE lots AS l SET expired = l.expired + l.remaining, remaining = 0
-    FROM ({_EXPIRING}) AS e
-    WHERE l.id = e.id AND l.remaining > 0
-    RETURNING l.account_id, l.expired AS remaining""",
+    FROM member_currencies AS m
+    JOIN accounts AS a ON a.program = m.program AND a.member_id = m.member_id
+                      AND a.currency = m.currency AND a.kind = 'available'
+    CROSS JOIN (SELECT matured_through FROM ledger_cutoffs
+                WHERE program = $1 AND currency = $4) AS c
+    WHERE m.program = $1 AND m.currency = $4 AND m.last_activity_at <= $5
+      AND l.account_id = a.id AND l.remaining > 0
+      AND (l.expires_at IS NULL OR l.expires_at > $2)
+    RETURNING l.account_id AS pocket, coalesce(l.available_at > c.matured_through, false)
+              AS earned, l.expired AS points, a.currency, a.member_id"""
+
+_EXPIRE = _bulk_post(
+    f"""
+    {_DATED}
+    UNION ALL
+    SELECT pocket, earned, count(*), sum(points)::bigint, currency, member_id
+    FROM inactive GROUP BY 1, 2, 5, 6""",
     "expire",
     "points expired",
     """
-    SELECT account_id, -sum(remaining) AS amount FROM emptied GROUP BY account_id
+    SELECT CASE WHEN m.earned THEN e.id ELSE m.pocket END AS account_id,
+           -sum(m.points) AS amount
+    FROM moves AS m
+    LEFT JOIN accounts AS e ON m.earned AND e.program = $1 AND e.member_id = m.member_id
+                           AND e.currency = m.currency AND e.kind = 'earned'
+    GROUP BY 1
     UNION ALL
-    SELECT $6::bigint, sum(remaining) FROM emptied""",
-)
+    SELECT $6::bigint, sum(points) FROM moves""",
+    """UPDATE ledger_cutoffs SET expired_through = $2
+    WHERE program = $1 AND currency = $4 AND expired_through < $2""",
+).replace("WITH moves AS (", f"WITH inactive AS ({_INACTIVE}),\nmoves AS (", 1)
 
 
 @dataclass(frozen=True)
@@ -127,11 +156,27 @@ class BulkResult:
     transaction_id: int | None
 
 
+async def _exclusive(conn: Conn, program: str) -> None:
+    """Hold the program's ledger lock exclusively: no writer is between two statements.
+
+    Also gives the bulk statement room to hash a million lots in memory.
+    """
+    await conn.execute(
+        f"SELECT pg_advisory_xact_lock({ledger.LEDGER_LOCK.format(program='$1')})", program
+    )
+    await conn.execute("SET LOCAL work_mem = '256MB'")
+    await conn.execute(_CUTOFF_ROWS, program)
+
+
 async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
-    """Move every earned lot with ``available_at <= at`` to its available account."""
+    """Mature every earned lot with ``available_at <= at``: earned → available per member.
+
+    Moves the program's maturing cut-off to ``at``; a cut-off at or before the current
+    one changes nothing.
+    """
     try:
         async with conn.transaction():
-            await conn.execute(_MATURE_ACCOUNTS, program, at)
+            await _exclusive(conn, program)
             row = await conn.fetchrow(_MATURE, program, at, f"mature:{at.isoformat()}")
     except asyncpg.UniqueViolationError:
         # This cut-off was matured already: nothing more to do for it.
@@ -141,7 +186,10 @@ async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
 
 
 async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkResult]:
-    """Expire, per currency, lots past their date and the points of inactive members."""
+    """Expire, per currency, lots past their date and the points of inactive members.
+
+    Moves each currency's expiry cut-off to ``at``.
+    """
     results = []
     for currency in program.currencies:
         policy = program.expiry_for(currency)
@@ -151,6 +199,7 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
         )
         try:
             async with conn.transaction():
+                await _exclusive(conn, program.name)
                 await conn.execute(
                     """INSERT INTO accounts (program, member_id, currency, kind)
                        VALUES ($1, NULL, $2, 'expired') ON CONFLICT DO NOTHING""",

@@ -14,6 +14,13 @@ Worked example: a member is given 120 points (``available``). Legs: member
 ``available`` +120, program ``issued`` -120. The member withdraws 50: member
 ``available`` -50, program ``redeemed`` +50; the soonest-expiring lots give up their
 points first. Outstanding liability is what members hold: 70.
+
+Lots and cut-offs (``migrations/0003_cutoffs.sql``): all of a member's lots in a currency
+live in the member's ``available`` account, earned ones too; whether a lot is earned,
+available or expired follows from its dates and the program's cut-offs, which maturing
+and expiry move forward in bulk. Every transaction that writes a program's ledger calls
+``hold(conn, program)`` first, before any other statement: the bulk steps then never run
+between two statements of a writer.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from loyalty.db import Conn
-from loyalty.errors import InsufficientPoints, LedgerRefusal
+from loyalty.errors import InsufficientPoints, LedgerOutOfStep, LedgerRefusal
 from loyalty.models import LedgerReceipt
 
 MEMBER_KINDS = ("available", "earned", "debt")
@@ -46,23 +53,68 @@ SELECT $1, w.member_id, $3, w.kind FROM unnest($2::text[], $4::text[]) AS w(memb
 ON CONFLICT DO NOTHING
 """
 
+# The shared lock every writer of a program's ledger holds; the bulk steps of
+# `housekeeping` take it exclusively.
+LEDGER_LOCK = "hashtextextended('loyalty-ledger:' || {program}, 0)"
+
+
+async def hold(conn: Conn, program: str) -> None:
+    """Take the program's shared ledger lock for the rest of the current transaction.
+
+    Call it before any other statement of a transaction that writes the ledger: the lot
+    states each statement reads then stay those of its whole transaction.
+    """
+    await conn.execute(
+        f"SELECT pg_advisory_xact_lock_shared({LEDGER_LOCK.format(program='$1')})", program
+    )
+
+
+# The cut-offs of the program and currency of an account, -infinity when none was set.
+CUTOFFS = """(
+    SELECT coalesce(max(c.matured_through), '-infinity') AS matured_through,
+           coalesce(max(c.expired_through), '-infinity') AS expired_through
+    FROM accounts AS ca JOIN ledger_cutoffs AS c
+      ON c.program = ca.program AND c.currency = ca.currency
+    WHERE ca.id = {account}
+)"""
+
+# A lot's state under the cut-offs `cut` (see the migration): live lots are those with
+# points that have not expired; live ones are earned until the maturing cut-off passes.
+LIVE = "({l}.remaining > 0 AND ({l}.expires_at IS NULL OR {l}.expires_at > {cut}.expired_through))"
+EARNED = "coalesce({l}.available_at > {cut}.matured_through, false)"
+
 # Lots give up points in this order: the lots of the preferred order first (returns take
 # back an order's own points first), then soonest-expiring, never-expiring last, oldest
 # first on ties. Each lot gives min(remaining, what is still owed after those before it).
-_CONSUME = """
+# Only live lots of the state asked for ({earned}: earned or available) are taken.
+_CONSUME = f"""
 UPDATE lots AS l
-SET remaining = l.remaining - least(l.remaining, {points} - o.before)
+SET remaining = l.remaining - least(l.remaining, {{points}} - o.before)
 FROM (
-    SELECT id,
-           sum(remaining) OVER (
-               ORDER BY coalesce(order_id = {order}::text, false) DESC,
-                        expires_at NULLS LAST, id
-           ) - remaining AS before
-    FROM lots
-    WHERE account_id = {account} AND remaining > 0
+    SELECT lot.id, lot.remaining AS had,
+           sum(lot.remaining) OVER (
+               ORDER BY coalesce(lot.order_id = {{order}}::text, false) DESC,
+                        lot.expires_at NULLS LAST, lot.id
+           ) - lot.remaining AS before
+    FROM lots AS lot, {CUTOFFS.format(account="{account}")} AS cut
+    WHERE lot.account_id = {{account}} AND {LIVE.format(l="lot", cut="cut")}
+      AND {EARNED.format(l="lot", cut="cut")} = {{earned}}
 ) AS o
-WHERE l.id = o.id AND o.before < {points}
+WHERE l.id = o.id AND o.before < {{points}}
 """
+
+
+def _lot_dates(available_at: str, expires_at: str) -> str:
+    """A new lot's dates, never behind a cut-off of `cut`: a lot already due or past its
+    date matures or expires at the next run. NULL available_at: usable at once."""
+    return f"""
+    CASE WHEN {available_at}::timestamptz IS NOT NULL
+         THEN greatest({available_at}::timestamptz,
+                       cut.matured_through + interval '1 microsecond') END,
+    CASE WHEN {expires_at}::timestamptz IS NOT NULL
+         THEN greatest({expires_at}::timestamptz,
+                       cut.expired_through + interval '1 microsecond') END"""
+
 
 # One statement per movement: the transaction (skipped if its key was used), its legs,
 # at most one new lot, at most one consumption of lots, and the member's activity.
@@ -82,16 +134,18 @@ legs AS (
 ),
 lot AS (
     INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
-                      expires_at, order_id, maturing)
-    SELECT $10::bigint, tx.id, $11::bigint, $11::bigint, $12::timestamptz,
-           $13::timestamptz, $14::text, $15::boolean
-    FROM tx WHERE $11::bigint > 0
+                      expires_at, order_id)
+    SELECT $10::bigint, tx.id, $11::bigint, $11::bigint, {_lot_dates("$12", "$13")}, $14::text
+    FROM tx, {CUTOFFS.format(account="$10::bigint")} AS cut
+    WHERE $11::bigint > 0
     RETURNING 1
 ),
 consumed AS (
-    {_CONSUME.format(points="$17::bigint", order="$18", account="$16::bigint")}
+    {
+    _CONSUME.format(points="$17::bigint", order="$18", account="$16::bigint", earned="$15::boolean")
+}
       AND EXISTS (SELECT 1 FROM tx)
-    RETURNING 1
+    RETURNING o.had - l.remaining AS taken
 ),
 activity AS (
     INSERT INTO member_currencies (program, member_id, currency, lifetime_earned,
@@ -103,17 +157,20 @@ activity AS (
                                     EXCLUDED.last_activity_at)
     RETURNING 1
 )
-SELECT id FROM tx
+SELECT (SELECT id FROM tx) AS id, (SELECT coalesce(sum(taken), 0) FROM consumed) AS taken
 """
 
-# The common award in one round trip: the member's account and the program's `issued`
-# account exist and the member owes nothing. `ready` is empty otherwise, nothing is
+# The common award in one round trip: the member's accounts (the one credited and the
+# `available` one that holds the lot) and the program's `issued` account exist and the
+# member owes nothing. `ready` is empty otherwise, nothing is
 # written, and `award` takes the general path.
-_AWARD_FAST = """
+_AWARD_FAST = f"""
 WITH acct AS (
     SELECT
         (SELECT id FROM accounts WHERE program = $1 AND member_id = $3 AND currency = $9
                                     AND kind = $10) AS member_account,
+        (SELECT id FROM accounts WHERE program = $1 AND member_id = $3 AND currency = $9
+                                    AND kind = 'available') AS pocket,
         (SELECT id FROM accounts WHERE program = $1 AND member_id IS NULL AND currency = $9
                                     AND kind = 'issued') AS issued_account,
         (SELECT balance FROM accounts WHERE program = $1 AND member_id = $3
@@ -121,7 +178,8 @@ WITH acct AS (
 ),
 ready AS (
     SELECT * FROM acct
-    WHERE member_account IS NOT NULL AND issued_account IS NOT NULL AND coalesce(debt, 0) = 0
+    WHERE member_account IS NOT NULL AND pocket IS NOT NULL AND issued_account IS NOT NULL
+      AND coalesce(debt, 0) = 0
 ),
 tx AS (
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
@@ -140,10 +198,9 @@ legs AS (
 ),
 lot AS (
     INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
-                      expires_at, order_id, maturing)
-    SELECT ready.member_account, tx.id, $8::bigint, $8::bigint, $11::timestamptz,
-           $12::timestamptz, $13::text, $14::boolean
-    FROM tx, ready
+                      expires_at, order_id)
+    SELECT ready.pocket, tx.id, $8::bigint, $8::bigint, {_lot_dates("$11", "$12")}, $13::text
+    FROM tx, ready, LATERAL {CUTOFFS.format(account="ready.pocket")} AS cut
     RETURNING 1
 ),
 activity AS (
@@ -160,7 +217,8 @@ SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM ready) AS re
 """
 
 _CONSUME_ALONE = (
-    _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint") + " RETURNING 1"
+    _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint", earned="$4::boolean")
+    + " RETURNING o.had - l.remaining AS taken"
 )
 
 
@@ -182,30 +240,59 @@ class Movement:
     available_at: datetime | None = None
     expires_at: datetime | None = None
     order_id: str | None = None
-    maturing: bool = False
     consume_account: int | None = None
     consume_points: int = 0
+    consume_earned: bool = False
     prefer_order: str | None = None
     earned: int = 0
     activity: bool = False
 
 
+def _out_of_step(account_id: int | None, points: int, taken: int) -> LedgerOutOfStep:
+    return LedgerOutOfStep(
+        f"the lots of account {account_id} gave {taken} of {points} points: lots and "
+        "balance are out of step (was the program's ledger lock held? see ledger.hold)"
+    )
+
+
 async def post(conn: Conn, m: Movement) -> int | None:
-    """Write one movement; returns its transaction id, or None if its key was used."""
-    transaction_id: int | None = await conn.fetchval(
+    """Write one movement; returns its transaction id, or None if its key was used.
+
+    Raises:
+        LedgerOutOfStep: the lots to consume hold fewer points than asked.
+    """
+    row = await conn.fetchrow(
         _POST,
         m.program, m.key, m.member_id, m.kind, m.reason, m.source, m.occurred_at,
         [a for a, _ in m.legs], [p for _, p in m.legs],
-        m.lot_account, m.lot_points, m.available_at, m.expires_at, m.order_id, m.maturing,
-        m.consume_account, m.consume_points, m.prefer_order,
+        m.lot_account, m.lot_points, m.available_at, m.expires_at, m.order_id,
+        m.consume_earned, m.consume_account, m.consume_points, m.prefer_order,
         m.currency, m.earned, m.activity and m.member_id is not None,
     )  # fmt: skip
+    assert row is not None
+    transaction_id: int | None = row["id"]
+    consumed = m.consume_account is not None and transaction_id is not None
+    if consumed and row["taken"] != m.consume_points:
+        raise _out_of_step(m.consume_account, m.consume_points, row["taken"])
     return transaction_id
 
 
-async def consume(conn: Conn, account_id: int, points: int, prefer_order: str | None) -> None:
-    """Take points from an account's lots (the order's first, then soonest-expiring)."""
-    await conn.execute(_CONSUME_ALONE, account_id, points, prefer_order)
+async def consume(
+    conn: Conn, pocket: int, points: int, prefer_order: str | None, *, earned: bool = False
+) -> None:
+    """Take points from the earned or available lots of a member's ``available`` account.
+
+    The order's lots go first, then the soonest-expiring.
+
+    Raises:
+        LedgerOutOfStep: the lots hold fewer points than asked.
+    """
+    taken = await conn.fetchval(
+        f"WITH c AS ({_CONSUME_ALONE}) SELECT coalesce(sum(taken), 0) FROM c",
+        pocket, points, prefer_order, earned,
+    )  # fmt: skip
+    if taken != points:
+        raise _out_of_step(pocket, points, taken)
 
 
 async def find_accounts(
@@ -283,18 +370,23 @@ async def award(
 ) -> LedgerReceipt:
     """Give a member points: a new lot, after paying off any debt first.
 
-    ``kind`` is ``available`` (usable now) or ``earned`` (usable from ``available_at``,
-    when maturing moves it). Legs: ``issued`` -points; ``debt`` +what pays it off; the
-    member's ``kind`` account +the rest. A key already used returns the first
-    transaction, without a second effect.
+    ``kind`` is ``available`` (usable now; ``available_at`` is ignored) or ``earned``
+    (usable from ``available_at``, when maturing passes it). Legs: ``issued`` -points;
+    ``debt`` +what pays it off; the member's ``kind`` account +the rest. The lot is kept
+    in the member's ``available`` account either way. A key already used returns the
+    first transaction, without a second effect.
 
     The common case (accounts exist, no debt) is one statement; a debt being created
     concurrently by another writer is then paid off by the member's next award.
     """
+    if kind == "available":
+        available_at = None
+    elif available_at is None:
+        raise ValueError("earned points need an available_at")
     fast = await conn.fetchrow(
         _AWARD_FAST,
         program, key, member_id, f"award_{kind}", reason, source, occurred_at,
-        points, currency, kind, available_at, expires_at, order_id, kind == "earned",
+        points, currency, kind, available_at, expires_at, order_id,
     )  # fmt: skip
     assert fast is not None
     if fast["transaction_id"] is not None:
@@ -303,10 +395,12 @@ async def award(
         )
     if fast["ready"]:
         return await _existing(conn, program, key)
-    found = await find_accounts(conn, program, currency, member_id, [kind, "debt"], ["issued"])
-    if (member_id, kind) not in found or (None, "issued") not in found:
-        await ensure_accounts(conn, program, currency, [(member_id, kind), (None, "issued")])
-        found = await find_accounts(conn, program, currency, member_id, [kind, "debt"], ["issued"])
+    kinds = sorted({kind, "available", "debt"})
+    found = await find_accounts(conn, program, currency, member_id, kinds, ["issued"])
+    wanted = [(member_id, kind), (member_id, "available"), (None, "issued")]
+    if any(key not in found for key in wanted):
+        await ensure_accounts(conn, program, currency, wanted)
+        found = await find_accounts(conn, program, currency, member_id, kinds, ["issued"])
     member_account = found[(member_id, kind)][0]
     legs = [(found[(None, "issued")][0], -points)]
     pay_off = 0
@@ -325,9 +419,9 @@ async def award(
         Movement(
             program=program, key=key, member_id=member_id, kind=f"award_{kind}",
             reason=reason, source=source, occurred_at=occurred_at, legs=legs,
-            currency=currency, lot_account=member_account, lot_points=points - pay_off,
-            available_at=available_at, expires_at=expires_at, order_id=order_id,
-            maturing=kind == "earned", earned=points, activity=True,
+            currency=currency, lot_account=found[(member_id, "available")][0],
+            lot_points=points - pay_off, available_at=available_at, expires_at=expires_at,
+            order_id=order_id, earned=points, activity=True,
         ),
     )  # fmt: skip
     if transaction_id is None:
@@ -359,7 +453,7 @@ async def spend(
         LedgerRefusal: ``unknown_member`` if the program has never seen the member.
         InsufficientPoints: the account holds fewer points than asked; nothing is written.
     """
-    found = await find_accounts(conn, program, currency, member_id, [kind], [])
+    found = await find_accounts(conn, program, currency, member_id, [kind, "available"], [])
     if (member_id, kind) not in found:
         known = await conn.fetchval(
             "SELECT 1 FROM members WHERE program = $1 AND member_id = $2", program, member_id
@@ -395,7 +489,8 @@ async def spend(
             program=program, key=key, member_id=member_id, kind=f"spend_{kind}",
             reason=reason, source=source, occurred_at=occurred_at,
             legs=[(member_account, -points), (counter_account, points)], currency=currency,
-            consume_account=member_account, consume_points=points, activity=True,
+            consume_account=found[(member_id, "available")][0], consume_points=points,
+            consume_earned=kind == "earned", activity=True,
         ),
     )  # fmt: skip
     if transaction_id is None:

@@ -57,9 +57,11 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
     account_ids = [a["id"] for a in accounts]
     expiries = await conn.fetch(
         """SELECT a.currency, l.expires_at, sum(l.remaining)::bigint AS points
-           FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
-           WHERE l.account_id = ANY($1::bigint[]) AND l.remaining > 0
-             AND l.expires_at IS NOT NULL
+           FROM accounts AS a
+           LEFT JOIN ledger_cutoffs AS c ON c.program = a.program AND c.currency = a.currency
+           JOIN lots AS l ON l.account_id = a.id AND l.remaining > 0
+                         AND l.expires_at > coalesce(c.expired_through, '-infinity')
+           WHERE a.id = ANY($1::bigint[])
            GROUP BY a.currency, l.expires_at
            ORDER BY l.expires_at, a.currency""",
         account_ids,

@@ -161,10 +161,13 @@ async def process_batch(
     """
     try:
         async with conn.transaction():
+            # The partition's own lock, then the program's shared ledger lock (see
+            # ledger.hold), in one round trip and before any other statement.
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"loyalty-router:{program}:{partition}/{partitions}",
-            )
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)),"
+                f" pg_advisory_xact_lock_shared({ledger.LEDGER_LOCK.format(program='$2')})",
+                f"loyalty-router:{program}:{partition}/{partitions}", program,
+            )  # fmt: skip
             rows = await claim_batch(conn, program, partitions, partition, batch_size)
             if not rows:
                 return RouterProgress()

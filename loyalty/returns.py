@@ -31,6 +31,9 @@ from loyalty.app import Program
 from loyalty.db import Conn
 from loyalty.errors import LedgerRefusal
 
+_LIVE = ledger.LIVE.format(l="l", cut="cut")
+_EARNED = ledger.EARNED.format(l="l", cut="cut")
+
 
 @dataclass(frozen=True)
 class Clawback:
@@ -190,17 +193,21 @@ async def _take_back(
         "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
         sorted([earned_account, available_account]),
     )
-    # Where the order's points are now: still in its lots (earned or available), or
-    # expired (gone to the program already; earlier returns may have counted some).
+    # Where the order's points are now: in its lots, earned or available, or expired
+    # (gone to the program already; earlier returns may have counted some).
     held = await conn.fetchrow(
-        """SELECT coalesce(sum(remaining) FILTER (WHERE account_id = $1), 0)::bigint AS earned,
-                  coalesce(sum(remaining) FILTER (WHERE account_id = $2), 0)::bigint AS available,
-                  coalesce(sum(expired), 0)::bigint - coalesce((
+        f"""SELECT coalesce(sum(l.remaining) FILTER (WHERE {_LIVE} AND {_EARNED}), 0)::bigint
+                       AS earned,
+                  coalesce(sum(l.remaining) FILTER (WHERE {_LIVE} AND NOT {_EARNED}), 0)::bigint
+                       AS available,
+                  coalesce(sum(l.expired + CASE WHEN {_LIVE} THEN 0 ELSE l.remaining END), 0)
+                  - coalesce((
                       SELECT sum(c.from_expired) FROM order_clawbacks AS c
-                      WHERE c.program = $4 AND c.order_id = $3 AND c.currency = $5), 0)::bigint
+                      WHERE c.program = $3 AND c.order_id = $2 AND c.currency = $4), 0)::bigint
                       AS expired
-           FROM lots WHERE account_id = ANY(ARRAY[$1, $2]::bigint[]) AND order_id = $3""",
-        earned_account, available_account, order_id, program.name, currency,
+           FROM lots AS l, {ledger.CUTOFFS.format(account="$1::bigint")} AS cut
+           WHERE l.account_id = $1 AND l.order_id = $2""",
+        available_account, order_id, program.name, currency,
     )  # fmt: skip
     assert held is not None
     balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", available_account)
@@ -231,8 +238,8 @@ async def _take_back(
                 program=program.name, key=key, member_id=member_id, kind="claw_back",
                 reason=f"return of order {order_id}", source=source,
                 occurred_at=occurred_at, legs=legs, currency=currency,
-                consume_account=earned_account if from_earned else None,
-                consume_points=from_earned, prefer_order=order_id,
+                consume_account=available_account if from_earned else None,
+                consume_points=from_earned, consume_earned=True, prefer_order=order_id,
             ),
         )  # fmt: skip
         if from_available:

@@ -268,18 +268,18 @@ async def test_good_lines_apply_and_bad_lines_are_reported_then_nothing_twice(
         ("coffee", "m7"), ("default", "m1"), ("default", "m2"), ("default", "m9")
     ]  # fmt: skip
     lots = await conn.fetch(
-        """SELECT a.member_id, a.currency, l.available_at - t.occurred_at AS waits,
-                  l.expires_at - t.occurred_at AS lasts, l.maturing, t.reason, t.source
-           FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
+        """SELECT l.member_id, l.currency, l.available_at - t.occurred_at AS waits,
+                  l.expires_at - t.occurred_at AS lasts, l.state, t.reason, t.source
+           FROM lot_states AS l
            JOIN ledger_transactions AS t ON t.id = l.transaction_id ORDER BY l.id"""
     )
-    got = [(r["member_id"], r["currency"], r["waits"], r["lasts"], r["maturing"]) for r in lots]
+    got = [(r["member_id"], r["currency"], r["waits"], r["lasts"], r["state"]) for r in lots]
     assert got == [
-        ("m1", "points", timedelta(0), timedelta(days=365), False),
-        ("m2", "points", timedelta(days=7), timedelta(days=365), True),
-        ("m7", "points", timedelta(0), None, False),
-        ("m1", "tier_points", timedelta(0), None, False),
-        ("m9", "points", timedelta(0), timedelta(days=365), False),
+        ("m1", "points", None, timedelta(days=365), "available"),
+        ("m2", "points", timedelta(days=7), timedelta(days=365), "earned"),
+        ("m7", "points", None, None, "available"),
+        ("m1", "tier_points", None, None, "available"),
+        ("m9", "points", None, timedelta(days=365), "available"),
     ]
     assert (lots[-1]["reason"], lots[-1]["source"]) == (
         "a reason\non two lines", "adjust:adjustments.csv:13"

@@ -205,8 +205,9 @@ async def lots_out_of_bounds(conn: Conn) -> None:
     await conn.execute("UPDATE lots SET remaining = -1 WHERE order_id = 'B'")
 
 
-async def maturing_outside_earned(conn: Conn) -> None:
-    await conn.execute("UPDATE lots SET maturing = true WHERE order_id = 'A'")
+async def lot_in_an_earned_account(conn: Conn) -> None:
+    earned = await account(conn, "m1", "earned")
+    await conn.execute("UPDATE lots SET account_id = $1 WHERE order_id = 'A'", earned)
 
 
 async def lot_in_a_debt_account(conn: Conn) -> None:
@@ -253,11 +254,12 @@ CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[F
         "lot_states": [("default", "m1", "points", "available", 120, 121,
                         "remaining above the lot amount"),
                        ("default", "m2", "points", "available", 0, -1, "remaining below 0")]}),
-    "maturing": (maturing_outside_earned, {"lot_states": [
-        ("default", "m1", "points", "available", None, 60,
-         "maturing lot outside an earned account")]}),
+    "earned lot": (lot_in_an_earned_account, {"lot_states": [
+        ("default", "m1", "points", "earned", None, 60,
+         "lot in the member's earned account, not in the available one")]}),
     "debt lot": (lot_in_a_debt_account, {"lot_states": [
-        ("default", "m2", "points", "debt", None, 0, "lot in a debt account")]}),
+        ("default", "m2", "points", "debt", None, 0,
+         "lot in the member's debt account, not in the available one")]}),
     "debt": (positive_debt, {"debts": [
         ("default", "m2", "points", "debt", 0, 5, "debt account above 0")]}),
     "lifetime": (wrong_lifetime, {"lifetime_earned": [

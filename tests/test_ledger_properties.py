@@ -224,9 +224,12 @@ async def snapshot(conn: asyncpg.Connection) -> tuple[Any, ...]:
                  (SELECT count(*) FROM ledger_transactions),
                  (SELECT count(*) FROM ledger_legs),
                  (SELECT array_agg(balance ORDER BY id) FROM accounts),
-                 (SELECT array_agg(ROW(id, account_id, remaining, expired, maturing)::text
-                                   ORDER BY id)
+                 (SELECT array_agg(ROW(id, account_id, remaining, expired, available_at,
+                                       expires_at)::text ORDER BY id)
                   FROM lots),
+                 (SELECT array_agg(ROW(currency, matured_through, expired_through)::text
+                                   ORDER BY currency)
+                  FROM ledger_cutoffs),
                  (SELECT array_agg(ROW(member_id, currency, lifetime_earned, last_activity_at)
                                    ::text ORDER BY member_id, currency)
                   FROM member_currencies),
@@ -255,18 +258,20 @@ INVARIANTS = {
                    GROUP BY account_id) AS s ON s.account_id = a.id
         WHERE (a.member_id IS NOT NULL AND a.balance <> coalesce(s.total, 0))
            OR (a.member_id IS NULL AND a.balance <> 0)""",
-    "an available/earned balance is the sum of its lots' remaining; others have no lots": """
-        SELECT a.member_id, a.currency, a.kind, a.balance, s.remaining
-        FROM accounts AS a
-        LEFT JOIN (SELECT account_id, sum(remaining) AS remaining FROM lots
-                   GROUP BY account_id) AS s ON s.account_id = a.id
-        WHERE a.balance <> coalesce(s.remaining, 0)
-          AND (a.kind IN ('available', 'earned') OR s.remaining IS NOT NULL)""",
-    "0 <= remaining <= amount, and a lot is maturing exactly while it is earned": """
-        SELECT l.id, a.kind, l.amount, l.remaining, l.maturing
+    "an available/earned balance is what its member's lots in that state hold": """
+        SELECT a.member_id, a.currency, a.kind, a.balance, s.held
+        FROM (SELECT * FROM accounts WHERE kind IN ('available', 'earned')) AS a
+        FULL JOIN (SELECT program, member_id, currency, state, sum(held) AS held
+                   FROM lot_states WHERE state <> 'expired'
+                   GROUP BY 1, 2, 3, 4) AS s
+          ON s.program = a.program AND s.member_id = a.member_id
+         AND s.currency = a.currency AND s.state = a.kind
+        WHERE coalesce(a.balance, 0) <> coalesce(s.held, 0)""",
+    "0 <= remaining <= amount, and lots are only in members' available accounts": """
+        SELECT l.id, a.kind, l.amount, l.remaining
         FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
         WHERE NOT (l.remaining BETWEEN 0 AND l.amount) OR l.amount <= 0
-           OR l.maturing <> (a.kind = 'earned')""",
+           OR a.kind <> 'available'""",
     "available and earned are never negative, debt never positive": """
         SELECT member_id, currency, kind, balance FROM accounts
         WHERE (kind IN ('available', 'earned') AND balance < 0)
@@ -292,27 +297,26 @@ INVARIANTS = {
                ON e.order_id = c.order_id AND e.currency = c.currency
         GROUP BY c.order_id, c.currency, e.earned
         HAVING sum(c.points) > coalesce(e.earned, 0)""",
-    "the expired account holds what lots record as expired": """
+    "the expired account holds what lots lost to expiry": """
         SELECT moved, recorded FROM (
             SELECT (SELECT coalesce(sum(g.amount), 0) FROM ledger_legs AS g
                     JOIN accounts AS a ON a.id = g.account_id
                     WHERE a.kind = 'expired') AS moved,
-                   (SELECT coalesce(sum(expired), 0) FROM lots) AS recorded) AS t
+                   (SELECT coalesce(sum(expired + remaining - held), 0) FROM lot_states)
+                       AS recorded) AS t
         WHERE moved <> recorded""",
     "0 <= expired, expired + remaining <= amount": """
         SELECT id, amount, remaining, expired FROM lots
         WHERE expired < 0 OR expired + remaining > amount""",
     "returns count as expired no more than the order's lots lost to expiry": """
         SELECT c.order_id, c.currency, sum(c.from_expired), (
-                   SELECT sum(l.expired) FROM lots AS l
-                   JOIN accounts AS a ON a.id = l.account_id
-                   WHERE l.order_id = c.order_id AND a.currency = c.currency)
+                   SELECT sum(l.expired + l.remaining - l.held) FROM lot_states AS l
+                   WHERE l.order_id = c.order_id AND l.currency = c.currency)
         FROM order_clawbacks AS c
         GROUP BY c.order_id, c.currency
         HAVING sum(c.from_expired) > coalesce((
-                   SELECT sum(l.expired) FROM lots AS l
-                   JOIN accounts AS a ON a.id = l.account_id
-                   WHERE l.order_id = c.order_id AND a.currency = c.currency), 0)""",
+                   SELECT sum(l.expired + l.remaining - l.held) FROM lot_states AS l
+                   WHERE l.order_id = c.order_id AND l.currency = c.currency), 0)""",
     "clawed_back holds what the returns recorded moving": """
         SELECT moved, recorded FROM (
             SELECT (SELECT coalesce(sum(g.amount), 0) FROM ledger_legs AS g
@@ -523,9 +527,8 @@ class History:
 
     async def order_lots(self, order_id: str) -> dict[str, int]:
         found = await self.conn.fetch(
-            """SELECT a.currency, sum(l.remaining)::bigint AS remaining
-               FROM lots AS l JOIN accounts AS a ON a.id = l.account_id
-               WHERE l.order_id = $1 GROUP BY a.currency""",
+            """SELECT currency, sum(held)::bigint AS remaining
+               FROM lot_states WHERE order_id = $1 GROUP BY currency""",
             order_id,
         )
         return {r["currency"]: r["remaining"] for r in found}
@@ -552,15 +555,15 @@ class History:
         if step.steps in ("mature", "both"):
             due = await rows(
                 self.conn,
-                """SELECT id FROM lots
-                   WHERE maturing AND remaining > 0 AND available_at <= $1""",
+                """SELECT id FROM lot_states
+                   WHERE state = 'earned' AND held > 0 AND available_at <= $1""",
                 self.now,
             )
             assert due == [], "maturing leaves no due lot behind"
         if step.steps in ("expire", "both"):
             late = await rows(
                 self.conn,
-                "SELECT id FROM lots WHERE remaining > 0 AND expires_at <= $1",
+                "SELECT id FROM lot_states WHERE held > 0 AND expires_at <= $1",
                 self.now,
             )
             assert late == [], "expiry leaves no lot past its date"

@@ -136,12 +136,11 @@ async def balance(conn: Conn, member: str = "alice") -> Held:
 
 
 async def lots(conn: Conn) -> list[tuple[str, str, int, int]]:
-    """Every lot as (key of the award, account kind, amount, remaining), oldest first."""
+    """Every lot as (key of the award, state, amount, points held), oldest first."""
     rows = await conn.fetch(
-        """SELECT t.idempotency_key, a.kind, l.amount, l.remaining
-           FROM lots AS l
+        """SELECT t.idempotency_key, l.state, l.amount, l.held
+           FROM lot_states AS l
            JOIN ledger_transactions AS t ON t.id = l.transaction_id
-           JOIN accounts AS a ON a.id = l.account_id
            ORDER BY l.id"""
     )
     return [tuple(row.values()) for row in rows]
@@ -210,7 +209,6 @@ async def test_earned_points_wait_14_days_then_housekeeping_makes_them_available
     )
     assert [(r["kind"], r["amount"]) for r in legs] == [("available", 120), ("earned", -120)]
     assert await lots(conn) == [("e1", "available", 120, 120)]
-    assert await conn.fetchval("SELECT maturing FROM lots") is False
 
     view = await member_view(conn, "default", "alice")
     assert view.balances == {
@@ -453,7 +451,7 @@ async def test_returning_an_order_whose_points_expired_takes_nothing_else(
     taken = await give_back(conn, program, "ret1", "A", "100.00", at=T0 + 40 * DAY)
     assert taken == Clawback("points", 100, 0, 0, to_debt=0, forgiven=0, from_expired=100)
     assert await balance(conn) == Held(available=50, debt=0)
-    assert await lots(conn) == [("e1", "available", 100, 0), ("bonus", "available", 50, 50)]
+    assert await lots(conn) == [("e1", "expired", 100, 0), ("bonus", "available", 50, 50)]
     # The program never recovers more than the order gave: 100 expired, none clawed back.
     assert await program_total(conn, "expired") == 100
     assert await program_total(conn, "clawed_back") == 0
@@ -471,7 +469,10 @@ async def test_returning_an_order_partly_spent_partly_expired(conn: asyncpg.Conn
     assert await lots(conn) == [("e1", "available", 100, 40), ("bonus", "available", 50, 50)]
     [expired] = await expire_due(conn, program, T0 + 30 * DAY)
     assert (expired.lots, expired.points) == (1, 40)
-    assert await conn.fetchval("SELECT expired FROM lots WHERE order_id = 'A'") == 40
+    # The lot keeps what it held when its date passed; it holds nothing any more.
+    assert await conn.fetchrow(
+        "SELECT state, remaining, held FROM lot_states WHERE order_id = 'A'"
+    ) == ("expired", 40, 0)
 
     # Half: 50 points are due; the 40 that expired are gone already, 10 were spent and
     # come out of her other points.
@@ -563,7 +564,7 @@ async def test_rolling_expiry_takes_each_lot_30_days_after_it_was_earned(
     [first] = await expire_due(conn, program, T0 + 30 * DAY)
     assert (first.currency, first.lots, first.points) == ("points", 1, 70)
     assert await balance(conn) == Held(available=50)
-    assert await lots(conn) == [("e1", "available", 100, 0), ("e2", "available", 50, 50)]
+    assert await lots(conn) == [("e1", "expired", 100, 0), ("e2", "available", 50, 50)]
 
     [second] = await expire_due(conn, program, T0 + 40 * DAY)
     assert (second.lots, second.points) == (1, 50)
@@ -581,7 +582,7 @@ async def test_earned_points_past_their_date_expire_without_maturing(
     await earn(conn, "e1", 80, at=T0, kind="earned", expiry=program.expiry_for("points"))
     await run_housekeeping(conn, program, T0 + 10 * DAY)
     assert await balance(conn) == Held(available=0, earned=0)
-    assert await lots(conn) == [("e1", "earned", 80, 0)]
+    assert await lots(conn) == [("e1", "expired", 80, 0)]
     assert await program_total(conn, "expired") == 80
     mature, _ = await run_housekeeping(conn, program, T0 + WAITING)
     assert (mature.lots, mature.points) == (0, 0)
@@ -609,8 +610,8 @@ async def test_fixed_date_expiry_takes_the_points_of_2026_on_new_year(
     assert (done.lots, done.points) == (2, 140)
     assert await balance(conn) == Held(available=25)
     assert await lots(conn) == [
-        ("march", "available", 100, 0),
-        ("eve", "available", 40, 0),
+        ("march", "expired", 100, 0),
+        ("eve", "expired", 40, 0),
         ("newyear", "available", 25, 25),
     ]
 
