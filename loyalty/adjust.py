@@ -273,7 +273,6 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
     program = app.programs[a.program]
     try:
         async with conn.transaction():
-            await ledger.hold(conn, a.program)
             if a.points > 0:
                 await conn.execute(_ENROL, a.program, a.member_id)
                 available_at = now + program.earned_waiting_period if a.kind == "earned" else now

@@ -18,9 +18,11 @@ points first. Outstanding liability is what members hold: 70.
 Lots and cut-offs (``migrations/0003_cutoffs.sql``): all of a member's lots in a currency
 live in the member's ``available`` account, earned ones too; whether a lot is earned,
 available or expired follows from its dates and the program's cut-offs, which maturing
-and expiry move forward in bulk. Every transaction that writes a program's ledger calls
-``hold(conn, program)`` first, before any other statement: the bulk steps then never run
-between two statements of a writer.
+and expiry move forward in bulk. Every function here that writes takes the program's
+shared ledger lock (``hold``) before it reads anything that depends on the cut-offs, and
+keeps it until the transaction ends: the bulk steps, which take it exclusively, never
+run in the middle of a writer. An award takes it inside its one statement, through
+``ledger_cutoffs_held``.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ LEDGER_LOCK = "hashtextextended('loyalty-ledger:' || {program}, 0)"
 async def hold(conn: Conn, program: str) -> None:
     """Take the program's shared ledger lock for the rest of the current transaction.
 
-    Call it before any other statement of a transaction that writes the ledger: the lot
-    states each statement reads then stay those of its whole transaction.
+    The functions of this module take it themselves, before they read anything that
+    depends on the cut-offs. Call it first in a transaction that reads lot states and
+    then writes the ledger by other means; taking it again is free.
     """
     await conn.execute(
         f"SELECT pg_advisory_xact_lock_shared({LEDGER_LOCK.format(program='$1')})", program
     )
 
 
-# The cut-offs of the program and currency of an account, -infinity when none was set.
+# The cut-offs of the program and currency of an account, -infinity when none was set,
+# for readers and for writers that hold the lock already.
 CUTOFFS = """(
     SELECT coalesce(max(c.matured_through), '-infinity') AS matured_through,
            coalesce(max(c.expired_through), '-infinity') AS expired_through
@@ -86,7 +90,8 @@ EARNED = "coalesce({l}.available_at > {cut}.matured_through, false)"
 # Lots give up points in this order: the lots of the preferred order first (returns take
 # back an order's own points first), then soonest-expiring, never-expiring last, oldest
 # first on ties. Each lot gives min(remaining, what is still owed after those before it).
-# Only live lots of the state asked for ({earned}: earned or available) are taken.
+# Only live lots of the state asked for ({earned}: earned or available) are taken, under
+# the cut-offs of the enclosing statement's `cut`.
 _CONSUME = f"""
 UPDATE lots AS l
 SET remaining = l.remaining - least(l.remaining, {{points}} - o.before)
@@ -96,7 +101,7 @@ FROM (
                ORDER BY coalesce(lot.order_id = {{order}}::text, false) DESC,
                         lot.expires_at NULLS LAST, lot.id
            ) - lot.remaining AS before
-    FROM lots AS lot, {CUTOFFS.format(account="{account}")} AS cut
+    FROM lots AS lot, cut
     WHERE lot.account_id = {{account}} AND {LIVE.format(l="lot", cut="cut")}
       AND {EARNED.format(l="lot", cut="cut")} = {{earned}}
 ) AS o
@@ -119,7 +124,8 @@ def _lot_dates(available_at: str, expires_at: str) -> str:
 # One statement per movement: the transaction (skipped if its key was used), its legs,
 # at most one new lot, at most one consumption of lots, and the member's activity.
 _POST = f"""
-WITH tx AS (
+WITH cut AS (SELECT * FROM ledger_cutoffs_held($1, $19::text)),
+tx AS (
     INSERT INTO ledger_transactions (program, idempotency_key, member_id, kind, reason,
                                      source, occurred_at, order_id)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $14::text)
@@ -136,7 +142,7 @@ lot AS (
     INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
                       expires_at, order_id)
     SELECT $10::bigint, tx.id, $11::bigint, $11::bigint, {_lot_dates("$12", "$13")}, $14::text
-    FROM tx, {CUTOFFS.format(account="$10::bigint")} AS cut
+    FROM tx, cut
     WHERE $11::bigint > 0
     RETURNING 1
 ),
@@ -200,7 +206,7 @@ lot AS (
     INSERT INTO lots (account_id, transaction_id, amount, remaining, available_at,
                       expires_at, order_id)
     SELECT ready.pocket, tx.id, $8::bigint, $8::bigint, {_lot_dates("$11", "$12")}, $13::text
-    FROM tx, ready, LATERAL {CUTOFFS.format(account="ready.pocket")} AS cut
+    FROM tx, ready, ledger_cutoffs_held($1, $9) AS cut
     RETURNING 1
 ),
 activity AS (
@@ -217,7 +223,9 @@ SELECT (SELECT id FROM tx) AS transaction_id, (SELECT count(*) FROM ready) AS re
 """
 
 _CONSUME_ALONE = (
-    _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint", earned="$4::boolean")
+    "WITH cut AS (SELECT c.* FROM accounts AS a,"
+    " ledger_cutoffs_held(a.program, a.currency) AS c WHERE a.id = $1::bigint) "
+    + _CONSUME.format(points="$2::bigint", order="$3", account="$1::bigint", earned="$4::boolean")
     + " RETURNING o.had - l.remaining AS taken"
 )
 
@@ -453,6 +461,7 @@ async def spend(
         LedgerRefusal: ``unknown_member`` if the program has never seen the member.
         InsufficientPoints: the account holds fewer points than asked; nothing is written.
     """
+    await hold(conn, program)
     found = await find_accounts(conn, program, currency, member_id, [kind, "available"], [])
     if (member_id, kind) not in found:
         known = await conn.fetchval(
@@ -469,9 +478,16 @@ async def spend(
     counter_account = (await ensure_accounts(conn, program, currency, [(None, counter)]))[
         (None, counter)
     ]
+    # The member's activity row first, then the account: an award locks them in that
+    # order too (its statement upserts the activity, then its trigger the balance).
     balance = await conn.fetchval(
-        "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", member_account
-    )
+        """WITH activity AS (
+               SELECT 1 FROM member_currencies
+               WHERE program = $2 AND member_id = $3 AND currency = $4 FOR UPDATE)
+           SELECT balance FROM accounts
+           WHERE id = $1 AND (SELECT count(*) FROM activity) >= 0 FOR UPDATE""",
+        member_account, program, member_id, currency,
+    )  # fmt: skip
     used = await conn.fetchval(
         "SELECT 1 FROM ledger_transactions WHERE program = $1 AND idempotency_key = $2",
         program,

@@ -94,6 +94,7 @@ async def claw_back(
         LedgerRefusal: ``unknown_order``, ``order_of_another_member`` or
             ``return_exceeds_order``; nothing is written.
     """
+    await ledger.hold(conn, program.name)
     order = await conn.fetchrow(
         """SELECT member_id, amount, returned_amount FROM orders
            WHERE program = $1 AND order_id = $2 FOR UPDATE""",

@@ -26,6 +26,24 @@ CREATE TABLE ledger_cutoffs (
     PRIMARY KEY (program, currency)
 );
 
+-- The cut-offs a writer's statement uses: the function first takes the program's shared
+-- ledger lock (waiting while a bulk step runs), then reads the row. Being VOLATILE, its
+-- query sees what committed up to then, also when the calling statement started before
+-- a bulk step committed; the lock keeps the values until the writer's transaction ends.
+CREATE FUNCTION ledger_cutoffs_held(p_program text, p_currency text,
+                                    OUT matured_through timestamptz,
+                                    OUT expired_through timestamptz)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('loyalty-ledger:' || p_program, 0));
+    SELECT c.matured_through, c.expired_through INTO matured_through, expired_through
+    FROM ledger_cutoffs AS c WHERE c.program = p_program AND c.currency = p_currency;
+    IF NOT FOUND THEN
+        matured_through := '-infinity';
+        expired_through := '-infinity';
+    END IF;
+END $$;
+
 -- Earned lots move into their member's available account, which every member with an
 -- earned lot now has.
 INSERT INTO accounts (program, member_id, currency, kind)
@@ -62,40 +80,86 @@ CREATE INDEX lots_expiring ON lots (expires_at) WHERE expires_at IS NOT NULL;
 ALTER TABLE ledger_legs DROP CONSTRAINT ledger_legs_transaction_id_fkey;
 ALTER TABLE ledger_legs DROP CONSTRAINT ledger_legs_account_id_fkey;
 
+-- Two plans for one query. The trigger updates the member balances and, in the same
+-- query, looks for a leg on a missing account or of a missing transaction; before that,
+-- for an unbalanced transaction. Any of them raises, which undoes the whole statement.
+-- A statement of a few legs (one movement) runs the query as static SQL, whose plan
+-- PL/pgSQL caches, with sequential scans off so the cached plan goes by primary key
+-- whatever the tables' sizes were when it was made (0001 planned at every call, which
+-- cost more than the movement itself). A bulk statement runs the same query through
+-- EXECUTE, planned for its real size each time.
 CREATE OR REPLACE FUNCTION ledger_legs_post() RETURNS trigger LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan AS $$
+SET enable_seqscan = off AS $$
 DECLARE
+    legs bigint;
     unbalanced bigint;
-    missing bigint;
+    no_account bigint;
+    no_transaction bigint;
 BEGIN
-    SELECT n.transaction_id INTO unbalanced
-    FROM new_legs AS n
-    GROUP BY n.transaction_id
-    HAVING sum(n.amount) <> 0
-    LIMIT 1;
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM new_legs LIMIT 17) AS few),
+           (SELECT n.transaction_id FROM new_legs AS n
+            GROUP BY n.transaction_id HAVING sum(n.amount) <> 0 LIMIT 1)
+    INTO legs, unbalanced;
     IF unbalanced IS NOT NULL THEN
         RAISE EXCEPTION 'ledger transaction % does not balance: its legs must sum to zero',
             unbalanced USING ERRCODE = 'check_violation';
     END IF;
-    SELECT n.account_id INTO missing FROM new_legs AS n
-    WHERE NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = n.account_id) LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger leg on account %, which does not exist', missing
+    IF legs <= 16 THEN
+        WITH sums AS (
+            SELECT account_id, sum(amount) AS amount FROM new_legs GROUP BY account_id
+        ),
+        updated AS (
+            UPDATE accounts AS a SET balance = a.balance + s.amount
+            FROM sums AS s
+            WHERE a.id = s.account_id AND a.member_id IS NOT NULL
+            RETURNING 1
+        )
+        SELECT (SELECT s.account_id FROM sums AS s
+                WHERE NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = s.account_id)
+                LIMIT 1),
+               (SELECT t.transaction_id
+                FROM (SELECT DISTINCT transaction_id FROM new_legs) AS t
+                WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions AS x
+                                  WHERE x.id = t.transaction_id) LIMIT 1)
+        INTO no_account, no_transaction
+        FROM (SELECT count(*) FROM updated) AS done;
+    ELSE
+        PERFORM set_config('enable_seqscan', 'on', true);
+        EXECUTE $bulk$
+            WITH sums AS (
+                SELECT account_id, sum(amount) AS amount FROM new_legs GROUP BY account_id
+            ),
+            updated AS (
+                UPDATE accounts AS a SET balance = a.balance + s.amount
+                FROM sums AS s
+                WHERE a.id = s.account_id AND a.member_id IS NOT NULL
+                RETURNING 1
+            )
+            SELECT (SELECT s.account_id FROM sums AS s
+                    WHERE NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = s.account_id)
+                    LIMIT 1),
+                   (SELECT t.transaction_id
+                    FROM (SELECT DISTINCT transaction_id FROM new_legs) AS t
+                    WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions AS x
+                                      WHERE x.id = t.transaction_id) LIMIT 1)
+            FROM (SELECT count(*) FROM updated) AS done
+        $bulk$ INTO no_account, no_transaction;
+    END IF;
+    IF no_account IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger leg on account %, which does not exist', no_account
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    SELECT n.transaction_id INTO missing FROM new_legs AS n
-    WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions AS t WHERE t.id = n.transaction_id)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger leg of transaction %, which does not exist', missing
+    IF no_transaction IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger leg of transaction %, which does not exist', no_transaction
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    UPDATE accounts AS a
-    SET balance = a.balance + s.amount
-    FROM (SELECT account_id, sum(amount) AS amount FROM new_legs GROUP BY account_id) AS s
-    WHERE a.id = s.account_id AND a.member_id IS NOT NULL;
     RETURN NULL;
 END $$;
+
+-- The commit-time check plans once per connection too; with sequential scans off, the
+-- cached plan reads the legs index whatever the table's size was when it was made.
+ALTER FUNCTION ledger_transaction_has_legs() RESET plan_cache_mode;
+ALTER FUNCTION ledger_transaction_has_legs() SET enable_seqscan = off;
 
 CREATE FUNCTION ledger_keep() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -132,3 +196,11 @@ CROSS JOIN LATERAL (
     SELECT coalesce(c.matured_through, '-infinity') AS matured_through,
            coalesce(c.expired_through, '-infinity') AS expired_through
 ) AS cut;
+
+-- Fewer index writes per award. Every award updates the member's activity row: without
+-- an index on last_activity_at, and with room in each page, that update stays on its
+-- page (the inactivity step reads the program's rows through the primary key instead).
+-- Nothing reads transactions by member; the member view goes through the legs.
+DROP INDEX member_currencies_activity;
+ALTER TABLE member_currencies SET (fillfactor = 50);
+DROP INDEX ledger_transactions_member;
