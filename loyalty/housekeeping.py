@@ -35,8 +35,8 @@ def _bulk_post(moves_sql: str, kind: str, reason: str, legs_sql: str, cutoff_sql
     """One bulk step as one statement: read what moves, post one transaction, move the
     cut-off.
 
-    ``moves_sql`` returns the moving points per member account and state (columns
-    ``pocket``, ``earned``, ``lots``, ``points``, ``currency``, ``member_id``);
+    ``moves_sql`` returns the moving points (columns ``lots`` and ``points``, and what
+    ``legs_sql`` needs to name the accounts);
     ``legs_sql`` turns ``moves`` into (account_id, amount) legs; ``cutoff_sql`` updates
     ledger_cutoffs. Parameters: $1 program, $2 cut-off, $3 idempotency key. The
     transaction has no ON CONFLICT: a key used already raises, and the whole statement
@@ -66,34 +66,42 @@ FROM moves
 """
 
 
-# The lots that mature: earned (available_at past the old cut-off), due by the new one,
-# and not expired. Their points move from each member's earned account to the available
-# one, which holds the lots.
-_MATURE = _bulk_post(
-    """
-    SELECT l.account_id AS pocket, true AS earned, count(*) AS lots,
-           sum(l.remaining)::bigint AS points, a.currency, a.member_id
-    FROM ledger_cutoffs AS c
-    JOIN accounts AS a ON a.program = c.program AND a.currency = c.currency
+# The lots of one currency that mature: earned (available_at past the currency's old
+# cut-off $3), due by the new one ($2), and not expired ($4: the expiry cut-off). Their
+# points move, per member, from the earned account to the available one, which holds the
+# lots, as legs of transaction $7. The cut-offs are values, not a join, so that the plan
+# is made for the real number of lots: one range of an index, then one row per member.
+_MATURE_CURRENCY = """
+WITH due AS (
+    SELECT account_id AS pocket, count(*) AS lots, sum(remaining)::bigint AS points
+    FROM lots
+    WHERE available_at > $3::text::timestamptz AND available_at <= $2 AND remaining > 0
+      AND (expires_at IS NULL OR expires_at > $4::text::timestamptz)
+    GROUP BY account_id
+),
+moves AS (
+    SELECT due.*, e.id AS earned_account
+    FROM due
+    JOIN accounts AS a ON a.id = due.pocket AND a.program = $1 AND a.currency = $5
                       AND a.kind = 'available'
-    JOIN lots AS l ON l.account_id = a.id
-    WHERE c.program = $1 AND c.matured_through < $2
-      AND l.available_at > c.matured_through AND l.available_at <= $2
-      AND l.available_at > (SELECT min(matured_through) FROM ledger_cutoffs WHERE program = $1)
-      AND l.remaining > 0 AND (l.expires_at IS NULL OR l.expires_at > c.expired_through)
-    GROUP BY l.account_id, a.currency, a.member_id""",
-    "mature",
-    "earned points matured",
-    """
-    SELECT e.id AS account_id, -m.points AS amount
-    FROM moves AS m
-    JOIN accounts AS e ON e.program = $1 AND e.member_id = m.member_id
-                      AND e.currency = m.currency AND e.kind = 'earned'
+    JOIN accounts AS e ON e.program = $1 AND e.member_id = a.member_id AND e.currency = $5
+                      AND e.kind = 'earned'
+),
+legs AS (
+    INSERT INTO ledger_legs (transaction_id, account_id, amount)
+    SELECT $6::bigint, earned_account, -points FROM moves
     UNION ALL
-    SELECT m.pocket, m.points FROM moves AS m""",
-    """UPDATE ledger_cutoffs SET matured_through = $2
-    WHERE program = $1 AND matured_through < $2""",
+    SELECT $6::bigint, pocket, points FROM moves
+    RETURNING 1
 )
+SELECT coalesce(sum(lots), 0)::bigint AS lots, coalesce(sum(points), 0)::bigint AS points
+FROM moves
+"""
+
+
+class _NothingMatured(Exception):
+    """No lot was due: the maturing transaction is undone, the cut-off still moves."""
+
 
 # Lots that expire now, in currency $4: those past the old expiry cut-off and not past
 # the new one ($2), in their state (earned or available) at this moment.
@@ -171,18 +179,53 @@ async def _exclusive(conn: Conn, program: str) -> None:
 async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
     """Mature every earned lot with ``available_at <= at``: earned → available per member.
 
-    Moves the program's maturing cut-off to ``at``; a cut-off at or before the current
-    one changes nothing.
+    One ledger transaction for the program, with legs per currency; moves each currency's
+    maturing cut-off to ``at``. A cut-off at or before the current one changes nothing.
     """
+    lots = points = 0
+    transaction_id = None
     try:
         async with conn.transaction():
             await _exclusive(conn, program)
-            row = await conn.fetchrow(_MATURE, program, at, f"mature:{at.isoformat()}")
+            # Cut-offs as the text of their values: asyncpg reads -infinity as a naive
+            # datetime, which it would write back as the year 1.
+            cuts = await conn.fetch(
+                """SELECT currency, matured_through::text AS since,
+                          expired_through::text AS expired
+                   FROM ledger_cutoffs WHERE program = $1 AND matured_through < $2
+                   ORDER BY currency""",
+                program, at,
+            )  # fmt: skip
+            try:
+                async with conn.transaction():
+                    transaction_id = await conn.fetchval(
+                        """INSERT INTO ledger_transactions (program, idempotency_key, kind,
+                               reason, source, occurred_at)
+                           VALUES ($1, $2, 'mature', 'earned points matured', 'housekeeping',
+                                   $3)
+                           RETURNING id""",
+                        program, f"mature:{at.isoformat()}", at,
+                    )  # fmt: skip
+                    for cut in cuts:
+                        row = await conn.fetchrow(
+                            _MATURE_CURRENCY, program, at, cut["since"], cut["expired"],
+                            cut["currency"], transaction_id,
+                        )  # fmt: skip
+                        assert row is not None
+                        lots, points = lots + row["lots"], points + row["points"]
+                    if not lots:
+                        raise _NothingMatured
+            except _NothingMatured:
+                transaction_id = None
+            await conn.execute(
+                """UPDATE ledger_cutoffs SET matured_through = $2
+                   WHERE program = $1 AND matured_through < $2""",
+                program, at,
+            )  # fmt: skip
     except asyncpg.UniqueViolationError:
         # This cut-off was matured already: nothing more to do for it.
         return BulkResult("mature", "*", 0, 0, None)
-    assert row is not None
-    return BulkResult("mature", "*", row["lots"], row["points"], row["transaction_id"])
+    return BulkResult("mature", "*", lots, points, transaction_id)
 
 
 async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkResult]:
