@@ -45,8 +45,11 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: asyncpg.Connection, up_to: int | None = None) -> list[Migration]:
     """Apply every migration not yet recorded; returns those applied now.
+
+    ``up_to`` stops after that version (to build an older schema, as tests of a
+    migration's data conversion do).
 
     Raises:
         ConfigurationError: an applied migration's file has changed since.
@@ -64,6 +67,8 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         rows = await conn.fetch("SELECT version, checksum FROM loyalty_migrations")
         done = {row["version"]: row["checksum"] for row in rows}
         for migration in available_migrations():
+            if up_to is not None and migration.version > up_to:
+                break
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
                     raise ConfigurationError(

@@ -33,6 +33,7 @@ from loyalty.migrate import available_migrations, migrate
 from loyalty.models import LedgerReceipt
 from loyalty.policies import Rolling, lot_expiry
 from tests.conftest import with_database
+from tests.test_ledger_stories import enrol
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -43,13 +44,6 @@ WAITING = timedelta(days=14)
 PATIENCE = 30.0
 # The exclusive ledger lock of program `default`, as the bulk steps take it.
 EXCLUSIVE_DEFAULT = "SELECT pg_advisory_xact_lock(hashtextextended('loyalty-ledger:default', 0))"
-
-
-async def enrol(conn: Conn, *members: str) -> None:
-    for member in members:
-        await conn.execute(
-            "INSERT INTO members (program, member_id) VALUES ('default', $1)", member
-        )
 
 
 async def give(
@@ -567,23 +561,7 @@ async def test_migration_0003_keeps_every_lot_in_its_state(pg_admin_dsn: str) ->
 async def check_migration_0003(conn: asyncpg.Connection) -> None:
     migrations = available_migrations()
     assert [m.version for m in migrations[:3]] == [1, 2, 3]
-    # Migrations 1 and 2 applied and recorded as `migrate` does.
-    await conn.execute(
-        """CREATE TABLE loyalty_migrations (
-               version     integer PRIMARY KEY,
-               name        text NOT NULL,
-               checksum    text NOT NULL,
-               applied_at  timestamptz NOT NULL DEFAULT now())"""
-    )
-    for migration in migrations[:2]:
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO loyalty_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
+    assert [m.version for m in await migrate(conn, up_to=2)] == [1, 2]
 
     # The old format. Alice: 100 earned points maturing on day 14, in her earned account;
     # 50 available points (available_at set, as old awards and maturing left it), 20 of
