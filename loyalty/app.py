@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
+from loyalty.rules import EarnRule, check_rules
 
 
 class Program(BaseModel):
@@ -31,6 +32,8 @@ class Program(BaseModel):
             one never expires.
         return_policy: what happens to points of a returned order that were already
             spent: ``debt`` or ``forgive``.
+        earn_rules: points for purchases, activities and referrals (see `loyalty.rules`);
+            names unique, currencies among ``currencies``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,12 +43,16 @@ class Program(BaseModel):
     earned_waiting_period: timedelta = timedelta(days=14)
     expiry: dict[CurrencyName, ExpiryPolicy] = Field(default_factory=dict)
     return_policy: ReturnPolicy = "debt"
+    earn_rules: tuple[EarnRule, ...] = ()
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:
         unknown = sorted(set(self.expiry) - set(self.currencies))
         if unknown:
             raise ValueError(f"expiry names unknown currencies: {', '.join(unknown)}")
+        problems = check_rules(self.earn_rules, self.currencies)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def expiry_for(self, currency: str) -> ExpiryPolicy:

@@ -18,17 +18,20 @@ from typing import Any
 
 import asyncpg
 
-from loyalty import ledger
+from loyalty import ledger, rules
 from loyalty.app import LoyaltyApp
 from loyalty.db import Conn
 from loyalty.errors import LedgerRefusal
 from loyalty.events import (
+    Activity,
     AnyEvent,
     MemberDeleted,
     MemberUpdated,
     PointsDeposit,
     PointsWithdrawal,
     Purchase,
+    Referral,
+    ReferralApproved,
     Return,
     any_event_adapter,
 )
@@ -111,7 +114,11 @@ class EventProcessor:
                     currency=program.currencies[0], reason=f"paid on order {event.order_id}",
                     source=key, key=key, occurred_at=event.occurred_at,
                 )  # fmt: skip
+            await rules.apply_rules(conn, program, event)
             return "applied"
+        if isinstance(event, Activity | Referral | ReferralApproved):
+            awarded = await rules.apply_rules(conn, program, event)
+            return "applied" if awarded else "no_effect"
         if isinstance(event, Return):
             await claw_back(
                 conn, program, member_id=event.member_id, order_id=event.order_id,

@@ -1,0 +1,371 @@
+"""Earn rules: points for purchases, activities and referrals, inside the router's batch.
+
+A program's ``earn_rules`` are evaluated for every ``purchase``, ``activity``,
+``referral`` and ``referral_approved`` event, in the transaction that applies the event
+(no workflow per event). Several rules can match one event; each awards on its own, with
+the ledger key ``event:<event_id>:rule:<rule name>``, so an event applied twice awards once.
+
+Caps (``limit``, ``max_per_member``, ``max_total``) hold under concurrent events for one
+member: a rule with caps first locks its usage row for the member
+(``earn_rule_usage``) and, with ``max_total``, the rule's row (``earn_rule_totals``),
+then counts. Every award is recorded in ``earn_rule_awards`` (with ``qualifying``), which
+the sliding window of ``limit`` counts.
+
+Worked example: ``PerAmount(points_per_unit=1)`` on a purchase of 42.50 EUR with a
+discount of 2.50 and 500 points redeemed (worth 5.00 at ``point_value`` 0.01): 35 points.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from loyalty.events import (
+    MAX_POINTS,
+    Activity,
+    AnyEvent,
+    CurrencyCode,
+    CurrencyName,
+    PointKind,
+    Points,
+    Purchase,
+    Referral,
+    ReferralApproved,
+)
+from loyalty.policies import lot_expiry
+
+if TYPE_CHECKING:
+    from loyalty.app import Program
+    from loyalty.db import Conn
+
+RuleName = Annotated[str, Field(min_length=1, max_length=100)]
+Count = Annotated[int, Field(gt=0, le=MAX_POINTS)]
+_ROUNDING = {"floor": ROUND_FLOOR, "half_up": ROUND_HALF_UP, "ceil": ROUND_CEILING}
+
+
+class Limit(BaseModel):
+    """At most ``n`` awards of a rule per member in any window of length ``per``.
+
+    A sliding window by the events' ``occurred_at``: ``Limit(1, per=timedelta(days=1))``
+    awards a login, then nothing for logins less than 24 hours later (or earlier, for an
+    event that arrives late).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n: Count
+    per: timedelta
+
+    def __init__(self, n: int | None = None, /, **data: Any) -> None:
+        if n is not None:
+            data["n"] = n
+        super().__init__(**data)
+
+    @model_validator(mode="after")
+    def _positive(self) -> Limit:
+        if self.per <= timedelta(0):
+            raise ValueError("per: must be a positive duration")
+        return self
+
+
+class _Rule(BaseModel):
+    """Options every rule has.
+
+    Attributes:
+        name: unique in the program; the ledger key and the caps use it. Default: derived
+            from the rule (``per_amount``, ``activity:web_login``, ``referral``,
+            ``referral_approved``).
+        kind: ``available`` (usable at once) or ``earned`` (usable after ``waiting_period``,
+            by default the program's ``earned_waiting_period``).
+        currency: the point currency awarded; default: the program's first currency.
+        qualifying: whether the points count towards tiers (stored with each award in
+            ``earn_rule_awards.qualifying``).
+        limit: per-member frequency cap, a sliding window (`Limit`).
+        max_per_member: at most this many awards of the rule per member, ever.
+        max_total: at most this many awards of the rule in the program, all members.
+        valid_from, valid_until: the rule applies to events with
+            ``valid_from <= occurred_at < valid_until`` (limited-time promotions).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: RuleName
+    kind: PointKind = "available"
+    waiting_period: timedelta | None = None
+    currency: CurrencyName | None = None
+    qualifying: bool = True
+    limit: Limit | None = None
+    max_per_member: Count | None = None
+    max_total: Count | None = None
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None:
+            data = {**data, "name": cls._derived_name(data)}
+        return data
+
+    @classmethod
+    def _derived_name(cls, data: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Rule:
+        if self.waiting_period is not None:
+            if self.kind != "earned":
+                raise ValueError("waiting_period: only earned points wait; kind is available")
+            if self.waiting_period <= timedelta(0):
+                raise ValueError("waiting_period: must be a positive duration")
+        if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
+            raise ValueError("valid_until: must be after valid_from")
+        return self
+
+    @property
+    def capped(self) -> bool:
+        """Whether awards need the usage rows locked and counted."""
+        return bool(self.limit or self.max_per_member or self.max_total)
+
+    def in_window(self, at: datetime) -> bool:
+        """Whether an event at ``at`` falls within the rule's validity dates."""
+        return (self.valid_from is None or self.valid_from <= at) and (
+            self.valid_until is None or at < self.valid_until
+        )
+
+    def points_for(self, event: AnyEvent) -> int:
+        """Points the rule gives for the event, before caps (0: does not apply)."""
+        raise NotImplementedError
+
+
+class PerAmount(_Rule):
+    """Points per unit of a purchase's amount.
+
+    ``amount`` is the order's total. With ``exclude_points_paid``, the money value of
+    ``points_redeemed`` (``point_value`` each, 0.01 by default) is taken off first; with
+    ``exclude_discount``, the ``discount``; never below zero. Points are
+    ``rounding(base / unit * points_per_unit)``. The award carries the purchase's
+    ``order_id``, so a return claws it back.
+    """
+
+    type: Literal["per_amount"] = "per_amount"
+    on: Literal["purchase"] = "purchase"
+    points_per_unit: Points = 1
+    unit: Decimal = Field(Decimal(1), gt=0, allow_inf_nan=False)
+    rounding: Literal["floor", "half_up", "ceil"] = "floor"
+    exclude_points_paid: bool = True
+    exclude_discount: bool = True
+    point_value: Decimal = Field(Decimal("0.01"), ge=0, allow_inf_nan=False)
+    money_currency: CurrencyCode | None = None
+
+    @classmethod
+    def _derived_name(cls, data: dict[str, Any]) -> str:
+        return "per_amount"
+
+    def points_for(self, event: AnyEvent) -> int:
+        """Points for a purchase (see the class)."""
+        if not isinstance(event, Purchase):
+            return 0
+        if self.money_currency is not None and event.currency != self.money_currency:
+            return 0
+        base = event.amount
+        if self.exclude_points_paid:
+            base -= event.points_redeemed * self.point_value
+        if self.exclude_discount:
+            base -= event.discount
+        base = max(base, Decimal(0))
+        points = (base / self.unit * self.points_per_unit).to_integral_value(
+            rounding=_ROUNDING[self.rounding]
+        )
+        return min(int(points), MAX_POINTS)
+
+
+class OnActivity(_Rule):
+    """``points`` for each ``activity`` event of that name.
+
+    ``OnActivity("web_login", points=10)``: the activity's name comes first.
+    """
+
+    type: Literal["on_activity"] = "on_activity"
+    activity: Annotated[str, Field(min_length=1, max_length=64)]
+    points: Points
+
+    def __init__(self, activity: str | None = None, /, **data: Any) -> None:
+        if activity is not None:
+            data["activity"] = activity
+        super().__init__(**data)
+
+    @classmethod
+    def _derived_name(cls, data: dict[str, Any]) -> str:
+        return f"activity:{data.get('activity')}"
+
+    def points_for(self, event: AnyEvent) -> int:
+        """``points`` for an activity of the rule's name."""
+        return self.points if isinstance(event, Activity) and event.name == self.activity else 0
+
+
+class OnReferral(_Rule):
+    """``points`` for the referrer (the event's member) on each ``referral`` event."""
+
+    type: Literal["on_referral"] = "on_referral"
+    points: Points
+
+    @classmethod
+    def _derived_name(cls, data: dict[str, Any]) -> str:
+        return "referral"
+
+    def points_for(self, event: AnyEvent) -> int:
+        """``points`` for a referral."""
+        return self.points if isinstance(event, Referral) else 0
+
+
+class OnReferralApproved(_Rule):
+    """``points`` for the friend (the event's member) on each ``referral_approved`` event.
+
+    The referrer's reward for an approved referral belongs to the derived
+    ``referral_friend_approved`` event, whose member is the referrer.
+    """
+
+    type: Literal["on_referral_approved"] = "on_referral_approved"
+    points: Points
+
+    @classmethod
+    def _derived_name(cls, data: dict[str, Any]) -> str:
+        return "referral_approved"
+
+    def points_for(self, event: AnyEvent) -> int:
+        """``points`` for an accepted referral."""
+        return self.points if isinstance(event, ReferralApproved) else 0
+
+
+EarnRule = Annotated[
+    PerAmount | OnActivity | OnReferral | OnReferralApproved, Field(discriminator="type")
+]
+
+
+def check_rules(rules: tuple[_Rule, ...], currencies: tuple[str, ...]) -> list[str]:
+    """Problems of a program's rules: duplicate names, unknown currencies (one line each)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if rule.name in seen:
+            problems.append(f"earn_rules.{i}.name: {rule.name!r} is used by another rule")
+        seen.add(rule.name)
+        if rule.currency is not None and rule.currency not in currencies:
+            problems.append(
+                f"earn_rules.{i}.currency: {rule.currency!r} is not a currency of the "
+                f"program ({', '.join(currencies)})"
+            )
+    return problems
+
+
+# Lock the member's usage row of the rule (created on first use) before counting.
+_LOCK_USAGE = """
+INSERT INTO earn_rule_usage (program, rule, member_id) VALUES ($1, $2, $3)
+ON CONFLICT (program, rule, member_id) DO UPDATE SET awards = earn_rule_usage.awards
+RETURNING awards
+"""
+_LOCK_TOTAL = """
+INSERT INTO earn_rule_totals (program, rule) VALUES ($1, $2)
+ON CONFLICT (program, rule) DO UPDATE SET awards = earn_rule_totals.awards
+RETURNING awards
+"""
+# Run after the locks, so that it sees what the transactions it waited for committed.
+# `recent`: the most awards of the rule for the member in one window (end - per, end]
+# that would hold the new award. Events may arrive out of time order, so the windows
+# ending after the event count too; the busiest ends at the event or at an award.
+_COUNT = """
+WITH mine AS (
+    SELECT occurred_at FROM earn_rule_awards
+    WHERE program = $1 AND rule = $2 AND member_id = $3
+      AND occurred_at > $5::timestamptz - $6::interval
+      AND occurred_at < $5::timestamptz + $6::interval
+)
+SELECT EXISTS (SELECT 1 FROM earn_rule_awards
+               WHERE program = $1 AND rule = $2 AND event_id = $4) AS done,
+       (SELECT coalesce(max((SELECT count(*) FROM mine
+                             WHERE mine.occurred_at > e.at - $6::interval
+                               AND mine.occurred_at <= e.at)), 0)
+        FROM (SELECT $5::timestamptz AS at
+              UNION SELECT occurred_at FROM mine WHERE occurred_at >= $5) AS e) AS recent
+"""
+_RECORD = """
+WITH award AS (
+    INSERT INTO earn_rule_awards (program, rule, member_id, event_id, occurred_at, currency,
+                                  points, qualifying, transaction_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (program, rule, event_id) DO NOTHING
+    RETURNING 1
+),
+usage AS (
+    UPDATE earn_rule_usage SET awards = awards + 1
+    WHERE program = $1 AND rule = $2 AND member_id = $3 AND EXISTS (SELECT 1 FROM award)
+    RETURNING 1
+)
+UPDATE earn_rule_totals SET awards = awards + 1
+WHERE program = $1 AND rule = $2 AND $10::boolean AND EXISTS (SELECT 1 FROM award)
+"""
+
+
+async def apply_rules(conn: Conn, program: Program, event: AnyEvent) -> int:
+    """Award the points of every rule of the program that matches the event.
+
+    Runs in the caller's transaction. Returns how many rules awarded (now or, for an
+    event applied before, the first time).
+    """
+    awarded = 0
+    for rule in program.earn_rules:
+        if not rule.in_window(event.occurred_at):
+            continue
+        points = rule.points_for(event)
+        if points <= 0:
+            continue
+        if await _award(conn, program, rule, event, points):
+            awarded += 1
+    return awarded
+
+
+async def _award(conn: Conn, program: Program, rule: _Rule, event: AnyEvent, points: int) -> bool:
+    # Imported here: the ledger imports loyalty.db, which imports the app, which imports
+    # this module for the rule models.
+    from loyalty import ledger
+
+    at = event.occurred_at
+    if rule.capped:
+        per_member = await conn.fetchval(_LOCK_USAGE, program.name, rule.name, event.member_id)
+        total = 0
+        if rule.max_total is not None:
+            total = await conn.fetchval(_LOCK_TOTAL, program.name, rule.name)
+        window = rule.limit.per if rule.limit else timedelta(0)
+        seen = await conn.fetchrow(
+            _COUNT, program.name, rule.name, event.member_id, event.event_id, at, window
+        )
+        assert seen is not None
+        if seen["done"]:
+            return True
+        if (
+            (rule.limit is not None and seen["recent"] >= rule.limit.n)
+            or (rule.max_per_member is not None and per_member >= rule.max_per_member)
+            or (rule.max_total is not None and total >= rule.max_total)
+        ):
+            return False
+    currency = rule.currency or program.currencies[0]
+    available_at = None
+    if rule.kind == "earned":
+        available_at = at + (rule.waiting_period or program.earned_waiting_period)
+    key = f"event:{event.event_id}:rule:{rule.name}"
+    receipt = await ledger.award(
+        conn, program=program.name, member_id=event.member_id, points=points, kind=rule.kind,
+        currency=currency, reason=f"earn rule {rule.name}", source=f"event:{event.event_id}",
+        key=key, occurred_at=at, available_at=available_at,
+        expires_at=lot_expiry(program.expiry_for(currency), at),
+        order_id=event.order_id if isinstance(event, Purchase) else None,
+    )  # fmt: skip
+    await conn.execute(
+        _RECORD, program.name, rule.name, event.member_id, event.event_id, at, currency,
+        points, rule.qualifying, receipt.transaction_id, rule.max_total is not None,
+    )  # fmt: skip
+    return True
