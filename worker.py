@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.db import create_pool, prepare_database
+from loyalty.flows import check_app
 from loyalty.models import RouterInput
 from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
@@ -115,8 +116,10 @@ async def run_worker(
 ) -> None:
     """Run the worker until ``stop`` is set; one pool and one LISTEN connection in all.
 
-    Migrates the database, registers programs and search attributes, starts the routers.
+    Refuses an app with wrong flow definitions (`InvalidFlows`) before anything else, then
+    migrates the database, registers programs and search attributes, starts the routers.
     """
+    check_app(app)
     await prepare_database(dsn, app)
     await ensure_search_attributes(client)
     pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)

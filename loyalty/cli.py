@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loyalty import cli_adjust, cli_audit, cli_ledger
+from loyalty import cli_adjust, cli_audit, cli_flows, cli_ledger
 from loyalty.app import load_app
 from loyalty.clikit import app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent, UnknownMember
@@ -234,24 +234,6 @@ def member(
 
 
 @cli.command()
-def flows(
-    ctx: typer.Context,
-    app_spec: Annotated[
-        str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
-    ] = None,
-) -> None:
-    """List the flows of the app with trigger, entry policy and journey counts."""
-    settings = settings_of(ctx)
-    app = app_or_exit(settings, app_spec)
-    table = Table("flow", "trigger", "entry", "running", "completed", "failed", title="Flows")
-    for flow in app.flows:
-        table.add_row(getattr(flow, "__name__", str(flow)), "-", "-", "-", "-", "-")
-    console.print(table)
-    if not app.flows:
-        console.print("no flows defined")
-
-
-@cli.command()
 def events(
     ctx: typer.Context,
     failed: Annotated[bool, typer.Option(help="List dead-lettered events.")] = False,
@@ -300,7 +282,7 @@ def events(
     run(go())
 
 
-for commands in (cli_ledger, cli_audit, cli_adjust):
+for commands in (cli_ledger, cli_audit, cli_adjust, cli_flows):
     commands.register(cli)
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from loyalty.app import LoyaltyApp, load_app
 from loyalty.errors import ConfigurationError
+from loyalty.flows import check_app
 from loyalty.settings import Settings
 
 console = Console()
@@ -24,6 +25,12 @@ def problem(message: str) -> None:
     errors.print(f"error: {message}", markup=False, highlight=False)
 
 
+def report(exc: ConfigurationError) -> None:
+    """Print a configuration error, one line per problem when it lists several."""
+    for line in getattr(exc, "problems", None) or [str(exc)]:
+        problem(line)
+
+
 def settings_of(ctx: typer.Context) -> Settings:
     """The settings loaded once by the command line's callback."""
     settings: Settings = ctx.obj
@@ -35,14 +42,19 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except ConfigurationError as exc:
-        problem(str(exc))
+        report(exc)
         raise typer.Exit(2) from None
 
 
 def app_or_exit(settings: Settings, spec: str | None) -> LoyaltyApp:
-    """The app named by ``--app`` or ``LOYALTY_APP``; a bad one exits with code 2."""
+    """The app named by ``--app`` or ``LOYALTY_APP``; a bad one exits with code 2.
+
+    Its flows are checked here, before any server starts (`loyalty.flows.check_app`).
+    """
     try:
-        return load_app(spec or settings.app)
+        app = load_app(spec or settings.app)
+        check_app(app)
+        return app
     except ConfigurationError as exc:
-        problem(str(exc))
+        report(exc)
         raise typer.Exit(2) from None

@@ -11,6 +11,18 @@ class ConfigurationError(LoyaltyError):
     """Settings, the app module or a local server cannot be used as configured."""
 
 
+class InvalidFlows(ConfigurationError):
+    """The app's flow definitions are wrong; the worker refuses to start.
+
+    Attributes:
+        problems: one line per problem, each naming the flow.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class InvalidEvent(LoyaltyError):
     """One or more events failed validation; nothing was written.
 
