@@ -20,6 +20,7 @@ from temporalio.common import (
 )
 from temporalio.worker import Worker
 
+from activities.journeys import JourneyActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.db import create_pool, prepare_database
@@ -118,16 +119,24 @@ async def run_worker(
 
     Refuses an app with wrong flow definitions (`InvalidFlows`) before anything else, then
     migrates the database, registers programs and search attributes, starts the routers.
+    The worker runs the routers, every flow's journey workflow and the journey toolkit's
+    activities; the routers start journeys with ``client``.
     """
-    check_app(app)
+    specs = check_app(app)
     await prepare_database(dsn, app)
     await ensure_search_attributes(client)
     pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)
     listener = InboxListener(dsn)
     try:
         await listener.start()
-        router = RouterActivities(pool, listener, EventProcessor(app), settings)
-        worker = build_worker(client, settings, [router.route_events], [EventRouter])
+        router = RouterActivities(pool, listener, EventProcessor(app), settings, client)
+        journeys = JourneyActivities(pool, app)
+        worker = build_worker(
+            client,
+            settings,
+            [router.route_events, *journeys.all()],
+            [EventRouter, *(spec.cls for spec in specs)],
+        )
         async with worker:
             await start_routers(client, settings, app)
             if ready is not None:

@@ -1,16 +1,23 @@
-"""The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY."""
+"""The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY.
+
+After each batch commits, the session starts the journeys recorded for its partition
+(`loyalty.outbox.start_journeys`), leftovers of an earlier crash included.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 from temporalio import activity
+from temporalio.client import Client
 
 from loyalty.db import connect
 from loyalty.inbox import INBOX_CHANNEL, next_retry_at
 from loyalty.models import RouterProgress, RouteSession
+from loyalty.outbox import start_journeys
 from loyalty.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
 
@@ -82,11 +89,14 @@ class RouterActivities:
         listener: InboxListener,
         processor: EventProcessor,
         settings: Settings,
+        client: Client,
     ) -> None:
         self.pool = pool
         self.listener = listener
         self.processor = processor
         self.settings = settings
+        # Starts the journeys that batches record.
+        self.client = client
 
     @activity.defn(name="route_events")
     async def route_events(self, session: RouteSession) -> RouterProgress:
@@ -111,6 +121,18 @@ class RouterActivities:
                     partition=session.partition,
                     batch_size=settings.router_batch_size,
                     max_attempts=settings.event_max_attempts,
+                    task_queue=settings.task_queue,
+                )
+                # After commit; also picks up journeys a crashed session left unstarted.
+                await start_journeys(
+                    conn,
+                    self.client,
+                    self.processor.app,
+                    program=session.program,
+                    partitions=session.partitions,
+                    partition=session.partition,
+                    task_queue=settings.task_queue,
+                    on_progress=partial(activity.heartbeat, progress.model_dump()),
                 )
                 retry_at = (
                     None

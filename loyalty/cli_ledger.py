@@ -39,6 +39,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Mature every earned lot that is due, then expire what is due, in bulk."""
         from loyalty.db import Database, connect, prepare_database
+        from loyalty.derived import listens
         from loyalty.housekeeping import run_housekeeping
 
         settings = settings_of(ctx)
@@ -58,7 +59,10 @@ def register(cli: typer.Typer) -> None:
                                   title=f"Housekeeping at {cutoff.isoformat()}")  # fmt: skip
                     for p in programs:
                         with console.status(f"housekeeping of program {p.name}"):
-                            results = await run_housekeeping(conn, p, cutoff)
+                            results = await run_housekeeping(
+                                conn, p, cutoff,
+                                derive_events=listens(app, "points_matured", p.name),
+                            )  # fmt: skip
                         for r in results:
                             table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",
                                           f"{r.points:,}")  # fmt: skip

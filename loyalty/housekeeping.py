@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from loyalty import ledger
+from loyalty import derived, ledger
 from loyalty.app import Program
 from loyalty.db import Conn
 from loyalty.policies import Inactivity
@@ -80,7 +80,7 @@ WITH due AS (
     GROUP BY account_id
 ),
 moves AS (
-    SELECT due.*, e.id AS earned_account
+    SELECT due.*, e.id AS earned_account, a.member_id
     FROM due
     JOIN accounts AS a ON a.id = due.pocket AND a.program = $1 AND a.currency = $5
                       AND a.kind = 'available'
@@ -97,6 +97,12 @@ legs AS (
 SELECT coalesce(sum(lots), 0)::bigint AS lots, coalesce(sum(points), 0)::bigint AS points
 FROM moves
 """
+
+
+# The same, also deriving one `points_matured` event per member ($7: the cut-off as text).
+_MATURE_CURRENCY_DERIVING = _MATURE_CURRENCY.replace(
+    "legs AS (", f"{derived.matured_events_sql()}\nlegs AS (", 1
+)
 
 
 class _NothingMatured(Exception):
@@ -176,11 +182,16 @@ async def _exclusive(conn: Conn, program: str) -> None:
     await conn.execute(_CUTOFF_ROWS, program)
 
 
-async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
+async def mature_due(
+    conn: Conn, program: str, at: datetime, *, derive_events: bool = False
+) -> BulkResult:
     """Mature every earned lot with ``available_at <= at``: earned → available per member.
 
     One ledger transaction for the program, with legs per currency; moves each currency's
     maturing cut-off to ``at``. A cut-off at or before the current one changes nothing.
+    With ``derive_events``, the same statement also writes one ``points_matured`` event
+    per member and currency to the inbox (see `loyalty.derived`); off by default, as a
+    run can mature millions of members: turn it on when a flow listens to them.
     """
     lots = points = 0
     transaction_id = None
@@ -207,10 +218,14 @@ async def mature_due(conn: Conn, program: str, at: datetime) -> BulkResult:
                         program, f"mature:{at.isoformat()}", at,
                     )  # fmt: skip
                     for cut in cuts:
+                        args = [program, at, cut["since"], cut["expired"], cut["currency"],
+                                transaction_id]  # fmt: skip
+                        if derive_events:
+                            args.append(at.isoformat())
                         row = await conn.fetchrow(
-                            _MATURE_CURRENCY, program, at, cut["since"], cut["expired"],
-                            cut["currency"], transaction_id,
-                        )  # fmt: skip
+                            _MATURE_CURRENCY_DERIVING if derive_events else _MATURE_CURRENCY,
+                            *args,
+                        )
                         assert row is not None
                         lots, points = lots + row["lots"], points + row["points"]
                     if not lots:
@@ -268,6 +283,14 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
     return results
 
 
-async def run_housekeeping(conn: Conn, program: Program, at: datetime) -> list[BulkResult]:
-    """Mature, then expire: points that mature and expire at once are expired."""
-    return [await mature_due(conn, program.name, at), *await expire_due(conn, program, at)]
+async def run_housekeeping(
+    conn: Conn, program: Program, at: datetime, *, derive_events: bool = False
+) -> list[BulkResult]:
+    """Mature, then expire: points that mature and expire at once are expired.
+
+    ``derive_events``: write ``points_matured`` events (see `mature_due`).
+    """
+    return [
+        await mature_due(conn, program.name, at, derive_events=derive_events),
+        *await expire_due(conn, program, at),
+    ]

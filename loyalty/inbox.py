@@ -14,16 +14,16 @@ import asyncpg
 
 from loyalty.db import Conn
 from loyalty.errors import InvalidEvent
-from loyalty.events import IncomingEvent
+from loyalty.events import AnyEvent
 from loyalty.models import EmitResult, EventOutcome, FailedEvent
 
 INBOX_CHANNEL = "loyalty_inbox"
 PROCESSED_CHANNEL = "loyalty_processed"
 
 _INSERT = """
-INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                     $6::timestamptz[])
+INSERT INTO events (program, event_id, type, member_id, payload, occurred_at, caused_by)
+SELECT *, $7::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                                 $6::timestamptz[])
 ON CONFLICT (program, event_id) DO NOTHING
 RETURNING program, event_id
 """
@@ -59,10 +59,13 @@ WHERE e.id = o.id
 """
 
 
-async def insert_events(conn: Conn, events: Sequence[IncomingEvent]) -> list[EmitResult]:
+async def insert_events(
+    conn: Conn, events: Sequence[AnyEvent], caused_by: int | None = None
+) -> list[EmitResult]:
     """Insert validated events in one statement; existing (program, event_id) are duplicates.
 
-    The statement is atomic: an unknown program rejects the whole call.
+    The statement is atomic: an unknown program rejects the whole call. ``caused_by`` is
+    the row id of the event that derived these (see `loyalty.derived`); None for emits.
 
     Raises:
         InvalidEvent: an event names a program the database does not know.
@@ -76,6 +79,7 @@ async def insert_events(conn: Conn, events: Sequence[IncomingEvent]) -> list[Emi
             [e.member_id for e in events],
             [e.model_dump(mode="json") for e in events],
             [e.occurred_at for e in events],
+            caused_by,
         )
     except asyncpg.ForeignKeyViolationError:
         await check_programs(conn, {e.program for e in events})

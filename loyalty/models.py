@@ -152,3 +152,57 @@ class MemberView(Model):
     balances: dict[str, Balance]
     upcoming_expiries: list[Expiry]
     entries: list[Entry]
+
+
+class AwardPointsInput(Model):
+    """A journey step that gives a member points (`activities.journeys`)."""
+
+    program: str
+    member_id: str = Field(min_length=1, max_length=128)
+    points: int = Field(gt=0)
+    kind: Literal["available", "earned"] = "available"
+    currency: str = "points"
+    reason: str = Field(min_length=1)
+    # ``journey:<workflow_id>:<action or step>``: a retried or replayed step reuses it.
+    idempotency_key: str = Field(min_length=1)
+    workflow_id: str
+
+
+class RemovePointsInput(Model):
+    """A journey step that takes points from a member (`activities.journeys`)."""
+
+    program: str
+    member_id: str = Field(min_length=1, max_length=128)
+    points: int = Field(gt=0)
+    kind: Literal["available", "earned"] = "available"
+    currency: str = "points"
+    reason: str = Field(min_length=1)
+    idempotency_key: str = Field(min_length=1)
+    workflow_id: str
+
+
+class GetMemberInput(Model):
+    """A journey reads a member."""
+
+    program: str
+    member_id: str
+
+
+class SendMessageInput(Model):
+    """A journey step that sends a message through the ``log`` provider."""
+
+    program: str
+    member_id: str = Field(min_length=1, max_length=128)
+    template: str = Field(min_length=1)
+    channel: str = "email"
+    data: dict[str, object] = {}
+    idempotency_key: str = Field(min_length=1)
+    workflow_id: str
+
+
+class MessageReceipt(Model):
+    """A recorded message; a repeated key returns the first record."""
+
+    message_id: int
+    idempotency_key: str
+    duplicate: bool = False

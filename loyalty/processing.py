@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from loyalty import ledger, rules
+from loyalty import derived, ledger, rules
 from loyalty.app import LoyaltyApp
 from loyalty.db import Conn
 from loyalty.errors import LedgerRefusal
 from loyalty.events import (
     Activity,
     AnyEvent,
+    BaseEvent,
     MemberDeleted,
     MemberUpdated,
     PointsDeposit,
@@ -37,6 +38,7 @@ from loyalty.events import (
 )
 from loyalty.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.models import RouterProgress
+from loyalty.outbox import record_journeys
 from loyalty.policies import lot_expiry
 from loyalty.returns import claw_back, record_order
 
@@ -63,8 +65,12 @@ class EventProcessor:
     def __init__(self, app: LoyaltyApp) -> None:
         self.app = app
 
+    @derived.derives_events
     async def apply(self, conn: Conn, event: AnyEvent) -> str:
         """Apply the event; returns ``applied`` or ``no_effect``.
+
+        In the same transaction, writes the events it derives to the inbox
+        (`loyalty.derived`).
 
         Raises:
             LedgerRefusal: the event is refused for a business reason.
@@ -157,9 +163,15 @@ async def process_batch(
     partition: int,
     batch_size: int,
     max_attempts: int,
+    task_queue: str,
     careful: bool = False,
 ) -> RouterProgress:
     """Claim and apply one batch in one transaction; returns what happened.
+
+    Every processed event (any outcome) is matched against the app's flows, and the
+    journeys it triggers are recorded in ``journey_starts`` in the same transaction
+    (`loyalty.outbox`); ``task_queue`` goes into their ids. The caller starts them after
+    commit.
 
     The batch is first applied without a savepoint per event (two round trips fewer per
     event). If any event raises, that transaction is rolled back and the batch is claimed
@@ -183,6 +195,8 @@ async def process_batch(
             # Members whose event failed in this batch: their later events wait, unattempted,
             # so that a member's events are never applied out of order.
             held: set[str] = set()
+            # (inbox row id, event) of every processed event: the journeys' triggers.
+            processed: list[tuple[int, BaseEvent]] = []
             for row in rows:
                 outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
                 if row["member_id"] in held:
@@ -219,6 +233,7 @@ async def process_batch(
                         outcome.update(status="processed", outcome=result)
                 outcomes.append(outcome)
                 if outcome["status"] == "processed":
+                    processed.append((row["id"], event))
                     counts[outcome["outcome"]] += 1
                 elif outcome["status"] == "rejected":
                     counts["rejected"] += 1
@@ -237,10 +252,12 @@ async def process_batch(
                 program, sorted(members),
             )  # fmt: skip
             await record_outcomes(conn, outcomes)
+            await record_journeys(conn, processor.app, processed, task_queue=task_queue)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
         return RouterProgress(batches=1, events=len(rows), **counts)
     except _RedoCarefully:
         return await process_batch(
             conn, processor, program=program, partitions=partitions, partition=partition,
-            batch_size=batch_size, max_attempts=max_attempts, careful=True,
+            batch_size=batch_size, max_attempts=max_attempts, task_queue=task_queue,
+            careful=True,
         )  # fmt: skip

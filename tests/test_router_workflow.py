@@ -28,7 +28,9 @@ async def test_router_continues_as_new_and_carries_its_totals(
 ) -> None:
     settings = Settings(**{**settings_env, "LOYALTY_ROUTER_SESSION_SECONDS": 0.3})  # type: ignore[arg-type]
     listener = InboxListener(database_url)
-    activities = RouterActivities(pool, listener, EventProcessor(TEST_APP), settings)
+    activities = RouterActivities(
+        pool, listener, EventProcessor(TEST_APP), settings, time_env.client
+    )
     worker = build_worker(time_env.client, settings, [activities.route_events], [EventRouter])
     results = await client.emit_many(
         [

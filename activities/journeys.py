@@ -1,0 +1,141 @@
+"""Activities of the journey toolkit (`loyalty.journeys`): ledger, member view, messages.
+
+Each ledger or message step carries the idempotency key its workflow derived from the
+workflow id and step, so a retried activity returns the first result instead of applying
+twice. Business refusals are non-retryable `ApplicationError`s with a ``type``
+(``InsufficientPoints``, ``UnknownMember``, ``UnknownProgram``, ``UnknownCurrency``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from loyalty import ledger
+from loyalty.app import LoyaltyApp, Program
+from loyalty.errors import LedgerRefusal, UnknownMember
+from loyalty.members import member_view
+from loyalty.models import (
+    AwardPointsInput,
+    GetMemberInput,
+    LedgerReceipt,
+    MemberView,
+    MessageReceipt,
+    RemovePointsInput,
+    SendMessageInput,
+)
+from loyalty.policies import lot_expiry
+
+
+def _refusal(exc: LedgerRefusal) -> ApplicationError:
+    kind = "".join(part.title() for part in exc.code.split("_"))
+    return ApplicationError(str(exc), exc.code, type=kind, non_retryable=True)
+
+
+class JourneyActivities:
+    """The toolkit's activities; the worker registers the bound methods (`all`)."""
+
+    def __init__(self, pool: asyncpg.Pool, app: LoyaltyApp) -> None:
+        self.pool = pool
+        self.app = app
+
+    def all(self) -> list[Callable[..., Any]]:
+        """Every activity of the toolkit, bound, for the worker."""
+        return [self.award_points, self.remove_points, self.get_member, self.send_message]
+
+    def _program(self, name: str, currency: str | None = None) -> Program:
+        program = self.app.program(name)
+        if program is None:
+            raise ApplicationError(
+                f"program {name!r} is not defined by the app",
+                type="UnknownProgram",
+                non_retryable=True,
+            )
+        if currency is not None and currency not in program.currencies:
+            raise ApplicationError(
+                f"program {name!r} has no currency {currency!r}; "
+                f"it has {', '.join(program.currencies)}",
+                type="UnknownCurrency",
+                non_retryable=True,
+            )
+        return program
+
+    @activity.defn(name="journey_award_points")
+    async def award_points(self, step: AwardPointsInput) -> LedgerReceipt:
+        """Give points; a key already used returns the first receipt (``duplicate``)."""
+        program = self._program(step.program, step.currency)
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await ledger.award(
+                conn, program=step.program, member_id=step.member_id, points=step.points,
+                kind=step.kind, currency=step.currency, reason=step.reason,
+                source=f"journey:{step.workflow_id}", key=step.idempotency_key,
+                occurred_at=now,
+                available_at=now + program.earned_waiting_period,
+                expires_at=lot_expiry(program.expiry_for(step.currency), now),
+            )  # fmt: skip
+
+    @activity.defn(name="journey_remove_points")
+    async def remove_points(self, step: RemovePointsInput) -> LedgerReceipt:
+        """Take points from the available or earned balance.
+
+        Raises:
+            ApplicationError: ``InsufficientPoints`` or ``UnknownMember``, non-retryable.
+        """
+        self._program(step.program, step.currency)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await ledger.spend(
+                    conn, program=step.program, member_id=step.member_id, points=step.points,
+                    kind=step.kind, currency=step.currency, reason=step.reason,
+                    source=f"journey:{step.workflow_id}", key=step.idempotency_key,
+                    occurred_at=datetime.now(UTC),
+                )  # fmt: skip
+        except LedgerRefusal as exc:
+            raise _refusal(exc) from exc
+
+    @activity.defn(name="journey_get_member")
+    async def get_member(self, query: GetMemberInput) -> MemberView:
+        """The member's tier, balances, expiries and latest entries.
+
+        Raises:
+            ApplicationError: ``UnknownMember``, non-retryable.
+        """
+        try:
+            async with self.pool.acquire() as conn:
+                return await member_view(conn, query.program, query.member_id)
+        except UnknownMember as exc:
+            raise ApplicationError(str(exc), type="UnknownMember", non_retryable=True) from exc
+
+    @activity.defn(name="journey_send_message")
+    async def send_message(self, message: SendMessageInput) -> MessageReceipt:
+        """Record the message in ``message_log`` (the ``log`` provider), once per key."""
+        self._program(message.program)
+        async with self.pool.acquire() as conn:
+            message_id = await conn.fetchval(
+                """INSERT INTO message_log
+                       (program, member_id, template, channel, data, idempotency_key,
+                        workflow_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (idempotency_key) DO NOTHING
+                   RETURNING id""",
+                message.program, message.member_id, message.template, message.channel,
+                json.loads(json.dumps(message.data, default=str)), message.idempotency_key,
+                message.workflow_id,
+            )  # fmt: skip
+            if message_id is not None:
+                return MessageReceipt(
+                    message_id=message_id, idempotency_key=message.idempotency_key
+                )
+            first = await conn.fetchval(
+                "SELECT id FROM message_log WHERE idempotency_key = $1", message.idempotency_key
+            )
+        return MessageReceipt(
+            message_id=first, idempotency_key=message.idempotency_key, duplicate=True
+        )
