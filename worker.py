@@ -19,6 +19,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.journeys import JourneyActivities
 from activities.router import InboxListener, RouterActivities
@@ -97,13 +98,22 @@ def build_worker(
     activities: Sequence[object],
     workflows: Sequence[type],
 ) -> Worker:
-    """A worker on the configured task queue."""
+    """A worker on the configured task queue.
+
+    The `loyalty` package passes through the workflow sandbox: its models are the same
+    classes inside journeys as in the data converter (so `isinstance(event, Purchase)`
+    holds for an event a journey receives), and it is imported once, not per run.
+    Workflow code still must not call its I/O functions.
+    """
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=list(workflows),
         activities=list(activities),  # type: ignore[arg-type]
         max_concurrent_activities=200,
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("loyalty")
+        ),
     )
 
 

@@ -1,4 +1,5 @@
-"""Activities of the journey toolkit (`loyalty.journeys`): ledger, member view, messages.
+"""Activities of the journey toolkit (`loyalty.journeys`): ledger, member view, messages,
+waits for events.
 
 Each ledger or message step carries the idempotency key its workflow derived from the
 workflow id and step, so a retried activity returns the first result instead of applying
@@ -23,12 +24,15 @@ from loyalty.errors import LedgerRefusal, UnknownMember
 from loyalty.members import member_view
 from loyalty.models import (
     AwardPointsInput,
+    EndWaitInput,
     GetMemberInput,
     LedgerReceipt,
     MemberView,
     MessageReceipt,
+    RegisterWaitInput,
     RemovePointsInput,
     SendMessageInput,
+    WaitReceipt,
 )
 from loyalty.policies import lot_expiry
 
@@ -47,7 +51,14 @@ class JourneyActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity of the toolkit, bound, for the worker."""
-        return [self.award_points, self.remove_points, self.get_member, self.send_message]
+        return [
+            self.award_points,
+            self.remove_points,
+            self.get_member,
+            self.send_message,
+            self.register_wait,
+            self.end_wait,
+        ]
 
     def _program(self, name: str, currency: str | None = None) -> Program:
         program = self.app.program(name)
@@ -138,4 +149,40 @@ class JourneyActivities:
             )
         return MessageReceipt(
             message_id=first, idempotency_key=message.idempotency_key, duplicate=True
+        )
+
+    @activity.defn(name="journey_register_wait")
+    async def register_wait(self, wait: RegisterWaitInput) -> WaitReceipt:
+        """Record that the journey waits for the member's event; a retry keeps the first row.
+
+        Events that reach the inbox from ``registered_at`` on are signalled to the journey.
+        """
+        self._program(wait.program)
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO journey_waits
+                       (workflow_id, wait_key, program, member_id, event_type)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (workflow_id, wait_key) DO NOTHING""",
+                wait.workflow_id, wait.wait_key, wait.program, wait.member_id, wait.event_type,
+            )  # fmt: skip
+            registered_at = await conn.fetchval(
+                "SELECT registered_at FROM journey_waits WHERE workflow_id = $1 AND wait_key = $2",
+                wait.workflow_id, wait.wait_key,
+            )  # fmt: skip
+        return WaitReceipt(
+            workflow_id=wait.workflow_id, wait_key=wait.wait_key, registered_at=registered_at
+        )
+
+    @activity.defn(name="journey_end_wait")
+    async def end_wait(self, wait: EndWaitInput) -> WaitReceipt:
+        """Delete the wait (event received or timed out); returns when it was registered."""
+        async with self.pool.acquire() as conn:
+            registered_at = await conn.fetchval(
+                """DELETE FROM journey_waits WHERE workflow_id = $1 AND wait_key = $2
+                   RETURNING registered_at""",
+                wait.workflow_id, wait.wait_key,
+            )  # fmt: skip
+        return WaitReceipt(
+            workflow_id=wait.workflow_id, wait_key=wait.wait_key, registered_at=registered_at
         )

@@ -1,7 +1,8 @@
 """The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY.
 
 After each batch commits, the session starts the journeys recorded for its partition
-(`loyalty.outbox.start_journeys`), leftovers of an earlier crash included.
+(`loyalty.outbox.start_journeys`) and sends the signals recorded for waiting journeys
+(`loyalty.signals.send_signals`), leftovers of an earlier crash included.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from loyalty.models import RouterProgress, RouteSession
 from loyalty.outbox import start_journeys
 from loyalty.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
+from loyalty.signals import send_signals
 
 # Heartbeats while idle keep the activity alive under its heartbeat timeout.
 IDLE_HEARTBEAT_SECONDS = 2.0
@@ -132,6 +134,14 @@ class RouterActivities:
                     partitions=session.partitions,
                     partition=session.partition,
                     task_queue=settings.task_queue,
+                    on_progress=partial(activity.heartbeat, progress.model_dump()),
+                )
+                await send_signals(
+                    conn,
+                    self.client,
+                    program=session.program,
+                    partitions=session.partitions,
+                    partition=session.partition,
                     on_progress=partial(activity.heartbeat, progress.model_dump()),
                 )
                 retry_at = (

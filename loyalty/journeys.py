@@ -19,6 +19,14 @@ Program: taken from the journey's ``LoyaltyProgram`` search attribute, which the
 sets when it starts the journey (it is the trigger event's program); ``program=``
 overrides it, e.g. for a journey started by hand without search attributes.
 
+Waiting for an event: `wait_for_event` registers the wait (an activity: a
+``journey_waits`` row), then waits for the ``loyalty_event`` signal that the event router
+sends when it processes a matching event of the member (`loyalty.signals`), or for the
+timeout; either way an activity deletes the row. Each wait has the key ``<action>`` or
+``wait-<n>`` (``n`` counts the unnamed waits of the run, apart from the ledger and
+message steps), which the signal carries back, so a late signal for an earlier wait is
+never taken for a later one.
+
 Durable sleep is `temporalio.workflow.sleep` (or ``asyncio.sleep`` inside a workflow):
 a Temporal timer, so a 30-day wait survives worker restarts and deployments.
 
@@ -28,8 +36,9 @@ models through ``workflow.unsafe.imports_passed_through()``.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -37,15 +46,20 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journeys import JourneyActivities
+    from loyalty.events import AnyEvent, BaseEvent
     from loyalty.models import (
         AwardPointsInput,
+        EndWaitInput,
         GetMemberInput,
         LedgerReceipt,
+        LoyaltyEventSignal,
         MemberView,
         MessageReceipt,
+        RegisterWaitInput,
         RemovePointsInput,
         SendMessageInput,
     )
+    from loyalty.signals import SIGNAL_NAME
     from loyalty.temporal import PROGRAM
 
 # Ledger and message steps are short database statements.
@@ -58,6 +72,12 @@ STEP_RETRY_POLICY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
 )
 _COUNTER = "_loyalty_journey_steps"
+_WAIT_COUNTER = "_loyalty_journey_waits"
+# {wait key: event or None}: the open waits of the instance and what each received.
+_WAITS = "_loyalty_journey_open_waits"
+EVENT_TYPES: frozenset[str] = frozenset(
+    cls.model_fields["type"].default for cls in get_args(get_args(AnyEvent)[0])
+)
 
 __all__ = [
     "STEP_RETRY_POLICY",
@@ -67,6 +87,7 @@ __all__ = [
     "remove_points",
     "send_message",
     "step_key",
+    "wait_for_event",
 ]
 
 
@@ -202,3 +223,97 @@ async def send_message(
         start_to_close_timeout=STEP_TIMEOUT,
         retry_policy=STEP_RETRY_POLICY,
     )
+
+
+def _open_waits() -> dict[str, BaseEvent | None]:
+    """The instance's open waits; sets the ``loyalty_event`` handler on first use.
+
+    Signals that arrive before the handler is set are buffered by Temporal and delivered
+    when it is set.
+    """
+    instance = workflow.instance()
+    waits: dict[str, BaseEvent | None] | None = getattr(instance, _WAITS, None)
+    if waits is None:
+        waits = {}
+        setattr(instance, _WAITS, waits)
+        opened = waits
+
+        def on_event(signal: LoyaltyEventSignal) -> None:
+            # The first matching event wins; signals of ended waits are dropped.
+            if signal.wait_key in opened and opened[signal.wait_key] is None:
+                opened[signal.wait_key] = signal.event
+
+        workflow.set_signal_handler(SIGNAL_NAME, on_event)
+    return waits
+
+
+def _wait_key(action: str | None) -> str:
+    if action is not None:
+        if not action:
+            raise ApplicationError("action must be a non-empty string", non_retryable=True)
+        return action
+    instance = workflow.instance()
+    count: int = getattr(instance, _WAIT_COUNTER, 0) + 1
+    setattr(instance, _WAIT_COUNTER, count)
+    return f"wait-{count}"
+
+
+async def wait_for_event(
+    member_id: str,
+    event_type: str,
+    timeout: timedelta,
+    *,
+    action: str | None = None,
+    program: str | None = None,
+) -> BaseEvent | None:
+    """Wait for the member's next event of a type, e.g. a purchase within 7 days.
+
+    Events that reach the inbox after the wait is registered count; earlier ones do not.
+    The router delivers the first matching event as the ``loyalty_event`` signal.
+
+    Args:
+        member_id: the member.
+        event_type: an event type, e.g. ``purchase`` or ``activity``.
+        timeout: how long to wait (a durable timer).
+        action: the wait's key; default ``wait-<n>``. Two open waits need two keys.
+        program: default: the journey's ``LoyaltyProgram`` search attribute.
+
+    Returns:
+        The event (e.g. a `loyalty.events.Purchase`), or None when the timeout passed.
+    """
+    if event_type not in EVENT_TYPES:
+        raise ApplicationError(
+            f"unknown event type {event_type!r}; known: {', '.join(sorted(EVENT_TYPES))}",
+            type="UnknownEventType",
+            non_retryable=True,
+        )
+    key = _wait_key(action)
+    waits = _open_waits()
+    if key in waits:
+        raise ApplicationError(
+            f"a wait with key {key!r} is already open", type="DuplicateWait", non_retryable=True
+        )
+    workflow_id = workflow.info().workflow_id
+    waits[key] = None
+    try:
+        await workflow.execute_activity_method(
+            JourneyActivities.register_wait,
+            RegisterWaitInput(
+                program=_program(program), member_id=member_id, event_type=event_type,
+                workflow_id=workflow_id, wait_key=key,
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY_POLICY,
+        )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(lambda: waits[key] is not None, timeout=timeout)
+        await workflow.execute_activity_method(
+            JourneyActivities.end_wait,
+            EndWaitInput(workflow_id=workflow_id, wait_key=key),
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY_POLICY,
+        )
+        # An event that came while the row was being deleted still counts.
+        return waits[key]
+    finally:
+        del waits[key]

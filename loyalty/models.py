@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loyalty.events import AnyEvent
+
 
 class Model(BaseModel):
     """Base of the boundary models."""
@@ -206,3 +208,35 @@ class MessageReceipt(Model):
     message_id: int
     idempotency_key: str
     duplicate: bool = False
+
+
+class RegisterWaitInput(Model):
+    """A journey starts waiting for one of a member's events (`wait_for_event`)."""
+
+    program: str
+    member_id: str = Field(min_length=1, max_length=128)
+    event_type: str = Field(min_length=1)
+    workflow_id: str
+    wait_key: str = Field(min_length=1)
+
+
+class EndWaitInput(Model):
+    """A journey's wait ended (event received or timed out): forget it."""
+
+    workflow_id: str
+    wait_key: str
+
+
+class WaitReceipt(Model):
+    """What the register and end activities did: ``registered_at`` of the wait, if any."""
+
+    workflow_id: str
+    wait_key: str
+    registered_at: datetime | None = None
+
+
+class LoyaltyEventSignal(Model):
+    """The ``loyalty_event`` signal: the event a journey's wait matched."""
+
+    wait_key: str
+    event: AnyEvent

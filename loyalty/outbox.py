@@ -44,6 +44,36 @@ _INDEX: weakref.WeakKeyDictionary[LoyaltyApp, dict[str, list[FlowSpec]]] = (
 )
 
 
+async def record_attempts(
+    conn: Conn,
+    table: str,
+    key: str,
+    key_type: str,
+    done_column: str,
+    done: Sequence[Any],
+    failed: Sequence[tuple[Any, str]],
+) -> None:
+    """Mark an outbox's rows done (``done_column`` = now), or count a failed attempt.
+
+    ``table``, ``key``, ``key_type`` and ``done_column`` are names from this package,
+    never input.
+    """
+    if done:
+        await conn.execute(
+            f"""UPDATE {table} SET {done_column} = now(), attempts = attempts + 1
+                WHERE {key} = ANY($1::{key_type}[])""",
+            list(done),
+        )
+    if failed:
+        await conn.execute(
+            f"""UPDATE {table} AS o SET attempts = o.attempts + 1, last_error = f.error
+                FROM unnest($1::{key_type}[], $2::text[]) AS f(key, error)
+                WHERE o.{key} = f.key""",
+            [k for k, _ in failed],
+            [e for _, e in failed],
+        )
+
+
 def flows_by_type(app: LoyaltyApp) -> dict[str, list[FlowSpec]]:
     """The app's flows indexed by the event types their triggers listen to (cached)."""
     index = _INDEX.get(app)
@@ -194,20 +224,9 @@ async def start_journeys(
     errors = await asyncio.gather(*(start_one(row) for row in rows))
     started = [r["workflow_id"] for r, e in zip(rows, errors, strict=True) if e is None]
     failed = [(r["workflow_id"], e) for r, e in zip(rows, errors, strict=True) if e is not None]
-    if started:
-        await conn.execute(
-            """UPDATE journey_starts SET started_at = now(), attempts = attempts + 1
-               WHERE workflow_id = ANY($1::text[])""",
-            started,
-        )
-    if failed:
-        for workflow_id, error in failed:
-            log.warning("journey %s not started yet: %s", workflow_id, error)
-        await conn.execute(
-            """UPDATE journey_starts AS j SET attempts = j.attempts + 1, last_error = f.error
-               FROM unnest($1::text[], $2::text[]) AS f(workflow_id, error)
-               WHERE j.workflow_id = f.workflow_id""",
-            [w for w, _ in failed],
-            [e for _, e in failed],
-        )
+    for workflow_id, error in failed:
+        log.warning("journey %s not started yet: %s", workflow_id, error)
+    await record_attempts(
+        conn, "journey_starts", "workflow_id", "text", "started_at", started, failed
+    )
     return len(started)

@@ -41,6 +41,7 @@ from loyalty.models import RouterProgress
 from loyalty.outbox import record_journeys
 from loyalty.policies import lot_expiry
 from loyalty.returns import claw_back, record_order
+from loyalty.signals import record_signals
 
 # Errors that say "try the whole batch again", not "this event is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -170,8 +171,9 @@ async def process_batch(
 
     Every processed event (any outcome) is matched against the app's flows, and the
     journeys it triggers are recorded in ``journey_starts`` in the same transaction
-    (`loyalty.outbox`); ``task_queue`` goes into their ids. The caller starts them after
-    commit.
+    (`loyalty.outbox`); ``task_queue`` goes into their ids. The signals it owes to
+    journeys waiting for it are recorded in ``journey_signals`` (`loyalty.signals`). The
+    caller starts the journeys and sends the signals after commit.
 
     The batch is first applied without a savepoint per event (two round trips fewer per
     event). If any event raises, that transaction is rolled back and the batch is claimed
@@ -253,6 +255,7 @@ async def process_batch(
             )  # fmt: skip
             await record_outcomes(conn, outcomes)
             await record_journeys(conn, processor.app, processed, task_queue=task_queue)
+            await record_signals(conn, processed)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
         return RouterProgress(batches=1, events=len(rows), **counts)
     except _RedoCarefully:

@@ -117,9 +117,13 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server, for workflows with long timers."""
+    """A time-skipping test server of the test's own, for workflows with long timers.
+
+    One per test: time skips only while no workflow of the server is busy, so a test that
+    leaves work behind (a router still running) would stop the clock of every later one.
+    """
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=DATA_CONVERTER,
         test_server_existing_path=find_binary("temporal-test-server"),
