@@ -1,0 +1,113 @@
+"""The app of bench/ingest.py, and the naive per-event workflow it is compared with.
+
+Program ``default``: 1 point per EUR of a purchase (``PerAmount``), 10 points for a
+``web_login`` at most once a day (``OnActivity`` with a ``Limit``). One flow,
+``StoreVisit``, on the activity ``store_visit``, which only the journey phase emits.
+
+``ApplyEventWorkflow`` / ``NaiveApplier.apply_event`` are the baseline: one workflow per
+event, one activity that writes the award with ``loyalty.ledger.award``. The login's
+daily cap becomes an idempotency key per member and day (calendar day, where the rule has
+a sliding window: the same outcome for this benchmark's events, which share one day).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Literal
+
+from temporalio import activity, workflow
+
+# Passed through: the sandbox must not re-import asyncpg or pydantic per workflow run.
+with workflow.unsafe.imports_passed_through():
+    import asyncpg
+    from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+    from loyalty import events, ledger
+    from loyalty.app import LoyaltyApp, Program
+    from loyalty.flows import flow
+    from loyalty.rules import Limit, OnActivity, PerAmount
+    from loyalty.triggers import Activity
+
+LOGIN_POINTS = 10
+JOURNEY_ACTIVITY = "store_visit"
+APPLY_TIMEOUT = timedelta(seconds=60)
+
+
+@flow(trigger=Activity(JOURNEY_ACTIVITY))
+@workflow.defn
+class StoreVisit:
+    """A journey per store visit; it does nothing, the benchmark counts its starts."""
+
+    @workflow.run
+    async def run(self, trigger: events.Activity) -> None:
+        workflow.logger.debug("store visit of %s", trigger.member_id)
+
+
+app = LoyaltyApp(
+    programs=[
+        Program(
+            name="default",
+            earn_rules=(
+                PerAmount(points_per_unit=1),
+                OnActivity("web_login", points=LOGIN_POINTS, limit=Limit(1, per=timedelta(days=1))),
+            ),
+        )
+    ],
+    flows=[StoreVisit],
+)
+
+
+class NaiveEvent(BaseModel):
+    """One event for the baseline: a purchase (with its amount) or a web_login."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    member_id: str
+    type: Literal["purchase", "web_login"]
+    amount: Decimal = Decimal(0)
+    occurred_at: AwareDatetime
+
+
+class NaiveReceipt(BaseModel):
+    """The ledger transaction the event produced (or found under its key)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    transaction_id: int
+
+
+class NaiveApplier:
+    """The baseline's one activity; holds the worker's pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @activity.defn
+    async def apply_event(self, event: NaiveEvent) -> NaiveReceipt:
+        """Award a purchase's points, or a login's once per member and day."""
+        if event.type == "purchase":
+            points = int(event.amount.to_integral_value(ROUND_FLOOR))
+            key = f"naive:{event.event_id}"
+        else:
+            points = LOGIN_POINTS
+            key = f"naive:login:{event.member_id}:{event.occurred_at.date()}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            receipt = await ledger.award(
+                conn, program="default", member_id=event.member_id, points=points,
+                kind="available", currency="points", reason=f"naive {event.type}",
+                source="bench", key=key, occurred_at=event.occurred_at, available_at=None,
+            )  # fmt: skip
+        return NaiveReceipt(transaction_id=receipt.transaction_id)
+
+
+@workflow.defn
+class ApplyEventWorkflow:
+    """The naive design: a workflow per event, with one activity that applies it."""
+
+    @workflow.run
+    async def run(self, event: NaiveEvent) -> NaiveReceipt:
+        return await workflow.execute_activity_method(
+            NaiveApplier.apply_event, event, start_to_close_timeout=APPLY_TIMEOUT
+        )
