@@ -44,7 +44,7 @@ from loyalty.events import (
     ReferralApproved,
     ReferralFriendApproved,
 )
-from loyalty.flows import flow_spec
+from loyalty.flows import flows_by_type
 from loyalty.inbox import insert_events
 from loyalty.triggers import PointsAbove as PointsAboveTrigger
 
@@ -67,21 +67,16 @@ def derived_id(prefix: str, *parts: object) -> str:
 
 def listens(app: LoyaltyApp, event_type: str, program: str) -> bool:
     """Whether a flow of the app is triggered by events of this type in this program."""
-    for cls in app.flows:
-        spec = flow_spec(cls)
-        if spec and spec.applies_to(program) and event_type in spec.trigger.event_types:
-            return True
-    return False
+    return any(spec.applies_to(program) for spec in flows_by_type(app).get(event_type, ()))
 
 
 def thresholds(app: LoyaltyApp, program: str) -> tuple[int, ...]:
     """The thresholds of the ``PointsAbove`` triggers of the program's flows, ascending."""
-    found = set()
-    for cls in app.flows:
-        spec = flow_spec(cls)
-        if spec and spec.applies_to(program) and isinstance(spec.trigger, PointsAboveTrigger):
-            found.add(spec.trigger.threshold)
-    return tuple(sorted(found))
+    return tuple(sorted({
+        spec.trigger.threshold
+        for spec in flows_by_type(app).get("points_above", ())
+        if spec.applies_to(program) and isinstance(spec.trigger, PointsAboveTrigger)
+    }))  # fmt: skip
 
 
 async def available_balance(conn: Conn, program: str, member_id: str, currency: str) -> int:

@@ -13,6 +13,7 @@ makes a trigger delivered twice start one journey.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -124,7 +125,7 @@ class FlowSpec:
         return "all" if self.programs is None else ", ".join(self.programs)
 
 
-def _workflow_name(cls: type) -> str | None:
+def workflow_name(cls: type) -> str | None:
     # The SDK keeps the definition on the class; there is no public accessor.
     definition = workflow._Definition.from_class(cls)
     return None if definition is None else (definition.name or cls.__name__)
@@ -174,7 +175,7 @@ def flow(
                 f"flow {label!r}: program must be a program name, a list of them, or None"
             )
         spec = FlowSpec(
-            name=name or _workflow_name(cls) or cls.__name__,
+            name=name or workflow_name(cls) or cls.__name__,
             trigger=trigger,
             entry=entry,
             programs=None if programs is None else tuple(programs),
@@ -214,7 +215,7 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
             continue
         specs.append(spec)
         label = f"flow {spec.name!r}"
-        if _workflow_name(item) is None:
+        if workflow_name(item) is None:
             problems.append(
                 f"{label}: {item.__name__} is not a Temporal workflow; "
                 "decorate it with @workflow.defn below @flow"
@@ -246,6 +247,26 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
     if problems:
         raise InvalidFlows(problems)
     return specs
+
+
+_INDEX: weakref.WeakKeyDictionary[LoyaltyApp, dict[str, list[FlowSpec]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def flows_by_type(app: LoyaltyApp) -> dict[str, list[FlowSpec]]:
+    """The app's flows indexed by the event types their triggers listen to.
+
+    Checked (``check_app``) and built once per app: the router asks for every event.
+    """
+    index = _INDEX.get(app)
+    if index is None:
+        index = {}
+        for spec in check_app(app):
+            for event_type in spec.trigger.event_types:
+                index.setdefault(event_type, []).append(spec)
+        _INDEX[app] = index
+    return index
 
 
 def journey_id(

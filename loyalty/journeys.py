@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -55,12 +55,15 @@ with workflow.unsafe.imports_passed_through():
         LoyaltyEventSignal,
         MemberView,
         MessageReceipt,
+        PointsStep,
         RegisterWaitInput,
         RemovePointsInput,
         SendMessageInput,
     )
     from loyalty.signals import SIGNAL_NAME
     from loyalty.temporal import PROGRAM
+
+_Step = TypeVar("_Step", bound=PointsStep)
 
 # Ledger and message steps are short database statements.
 STEP_TIMEOUT = timedelta(seconds=30)
@@ -121,6 +124,24 @@ def _program(program: str | None) -> str:
     return found
 
 
+def _points_step(
+    model: type[_Step],
+    member_id: str,
+    points: int,
+    kind: Literal["available", "earned"],
+    currency: str,
+    reason: str,
+    action: str | None,
+    program: str | None,
+) -> _Step:
+    """A points step, with its program and idempotency key resolved."""
+    return model(
+        program=_program(program), member_id=member_id, points=points, kind=kind,
+        currency=currency, reason=reason, idempotency_key=step_key(action),
+        workflow_id=workflow.info().workflow_id,
+    )  # fmt: skip
+
+
 async def award_points(
     member_id: str,
     points: int,
@@ -143,11 +164,9 @@ async def award_points(
         action: the step's name in its idempotency key; default: the step counter.
         program: default: the journey's ``LoyaltyProgram`` search attribute.
     """
-    step = AwardPointsInput(
-        program=_program(program), member_id=member_id, points=points, kind=kind,
-        currency=currency, reason=reason, idempotency_key=step_key(action),
-        workflow_id=workflow.info().workflow_id,
-    )  # fmt: skip
+    step = _points_step(
+        AwardPointsInput, member_id, points, kind, currency, reason, action, program
+    )
     return await workflow.execute_activity_method(
         JourneyActivities.award_points,
         step,
@@ -172,11 +191,9 @@ async def remove_points(
         ActivityError: its cause an ApplicationError of type ``InsufficientPoints`` (the
             balance is lower) or ``UnknownMember``; not retried.
     """
-    step = RemovePointsInput(
-        program=_program(program), member_id=member_id, points=points, kind=kind,
-        currency=currency, reason=reason, idempotency_key=step_key(action),
-        workflow_id=workflow.info().workflow_id,
-    )  # fmt: skip
+    step = _points_step(
+        RemovePointsInput, member_id, points, kind, currency, reason, action, program
+    )
     return await workflow.execute_activity_method(
         JourneyActivities.remove_points,
         step,

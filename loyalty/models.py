@@ -156,8 +156,8 @@ class MemberView(Model):
     entries: list[Entry]
 
 
-class AwardPointsInput(Model):
-    """A journey step that gives a member points (`activities.journeys`)."""
+class PointsStep(Model):
+    """A journey step that moves a member's points (`activities.journeys`)."""
 
     program: str
     member_id: str = Field(min_length=1, max_length=128)
@@ -170,17 +170,12 @@ class AwardPointsInput(Model):
     workflow_id: str
 
 
-class RemovePointsInput(Model):
-    """A journey step that takes points from a member (`activities.journeys`)."""
+class AwardPointsInput(PointsStep):
+    """A journey step that gives a member points."""
 
-    program: str
-    member_id: str = Field(min_length=1, max_length=128)
-    points: int = Field(gt=0)
-    kind: Literal["available", "earned"] = "available"
-    currency: str = "points"
-    reason: str = Field(min_length=1)
-    idempotency_key: str = Field(min_length=1)
-    workflow_id: str
+
+class RemovePointsInput(PointsStep):
+    """A journey step that takes points from a member."""
 
 
 class GetMemberInput(Model):

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import traceback
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -28,7 +27,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from loyalty.app import LoyaltyApp
 from loyalty.db import Conn
 from loyalty.events import BaseEvent, any_event_adapter
-from loyalty.flows import JOURNEY_ID_REUSE_POLICY, FlowSpec, _workflow_name, check_app, journey_id
+from loyalty.flows import (
+    JOURNEY_ID_REUSE_POLICY,
+    FlowSpec,
+    flows_by_type,
+    journey_id,
+    workflow_name,
+)
 from loyalty.temporal import FLOW, MEMBER_ID, PROGRAM, TRIGGER
 
 log = logging.getLogger("loyalty.outbox")
@@ -38,10 +43,6 @@ START_CONCURRENCY = 32
 START_LIMIT = 500
 # A journey start that waits longer than this is given up for this round.
 START_TIMEOUT = timedelta(seconds=5)
-
-_INDEX: weakref.WeakKeyDictionary[LoyaltyApp, dict[str, list[FlowSpec]]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 async def record_attempts(
@@ -72,18 +73,6 @@ async def record_attempts(
             [k for k, _ in failed],
             [e for _, e in failed],
         )
-
-
-def flows_by_type(app: LoyaltyApp) -> dict[str, list[FlowSpec]]:
-    """The app's flows indexed by the event types their triggers listen to (cached)."""
-    index = _INDEX.get(app)
-    if index is None:
-        index = {}
-        for spec in check_app(app):
-            for event_type in spec.trigger.event_types:
-                index.setdefault(event_type, []).append(spec)
-        _INDEX[app] = index
-    return index
 
 
 def spec_named(app: LoyaltyApp, name: str) -> FlowSpec | None:
@@ -150,7 +139,7 @@ def summary(spec: FlowSpec, event: BaseEvent) -> str:
 async def _start(
     client: Client, spec: FlowSpec, workflow_id: str, event: BaseEvent, task_queue: str
 ) -> None:
-    name = _workflow_name(spec.cls)
+    name = workflow_name(spec.cls)
     assert name is not None
     # Already started: by this very journey (a retried start) or by the earlier journey
     # of a once-per-member flow; either way it is started.
