@@ -18,6 +18,7 @@ from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
 from loyalty.rules import EarnRule, check_rules
+from loyalty.tiers import TierScheme, check_schemes
 
 
 class Program(BaseModel):
@@ -34,6 +35,8 @@ class Program(BaseModel):
             spent: ``debt`` or ``forgive``.
         earn_rules: points for purchases, activities and referrals (see `loyalty.rules`);
             names unique, currencies among ``currencies``.
+        tier_schemes: ordered tiers on qualifying points (see `loyalty.tiers`); the
+            first scheme is the one ``members.tier`` holds.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -44,6 +47,7 @@ class Program(BaseModel):
     expiry: dict[CurrencyName, ExpiryPolicy] = Field(default_factory=dict)
     return_policy: ReturnPolicy = "debt"
     earn_rules: tuple[EarnRule, ...] = ()
+    tier_schemes: tuple[TierScheme, ...] = ()
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:
@@ -51,6 +55,7 @@ class Program(BaseModel):
         if unknown:
             raise ValueError(f"expiry names unknown currencies: {', '.join(unknown)}")
         problems = check_rules(self.earn_rules, self.currencies)
+        problems += check_schemes(self.tier_schemes, self.currencies)
         if problems:
             raise ValueError("; ".join(problems))
         return self

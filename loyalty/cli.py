@@ -201,6 +201,13 @@ def member(
             f"[bold]{view.member_id}[/] in program [bold]{view.program}[/], "
             f"tier: {view.tier or '-'}"
         )
+        if view.tiers:
+            tiers = Table("scheme", "tier", "since", "qualifying", "next tier", title="Tiers")
+            for t in view.tiers:
+                upcoming = f"{t.next_tier} in {t.points_to_next:,}" if t.next_tier else "-"
+                since = t.since.date().isoformat() if t.since else "start"
+                tiers.add_row(t.scheme, t.tier, since, f"{t.qualifying:,} {t.currency}", upcoming)
+            console.print(tiers)
         balances = Table(
             "currency", "available", "earned", "debt", "lifetime earned", title="Balances"
         )

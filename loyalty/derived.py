@@ -14,6 +14,9 @@ unique). The router then claims it like any event, and flows react to it.
   ``points_above:<x>:<causing event_id>``. The balance is read before and after the
   event (one indexed read each), only when the program has such thresholds. Balance
   changes made by housekeeping (maturing, expiry) are not watched.
+* ``new_stage`` (cause ``earn``): a promotion, derived by `loyalty.tiers.promote` in
+  the transaction that awarded the qualifying points,
+  ``new_stage:<scheme>:<to tier>:<causing event_id>``.
 * ``referral_friend_approved``: every applied ``referral_approved`` event derives one for
   the referrer (``member_id`` = ``referrer_id``, ``friend_id`` = the approving member),
   ``referral_friend_approved:<causing event_id>``.
@@ -118,11 +121,15 @@ def derive(event: AnyEvent, *, before: int, after: int, watched: tuple[int, ...]
 
 async def record(conn: Conn, cause: AnyEvent, derived: list[AnyEvent]) -> None:
     """Insert derived events, ``caused_by`` the cause's row (None if not in the inbox)."""
-    if not derived:
-        return
+    if derived:
+        await record_caused_by(conn, derived, cause_event_id=cause.event_id)
+
+
+async def record_caused_by(conn: Conn, derived: list[AnyEvent], *, cause_event_id: str) -> None:
+    """Insert derived events of one program whose cause is known by its event id."""
     caused_by: int | None = await conn.fetchval(
         "SELECT id FROM events WHERE program = $1 AND event_id = $2",
-        cause.program, cause.event_id,
+        derived[0].program, cause_event_id,
     )  # fmt: skip
     await insert_events(conn, derived, caused_by=caused_by)
 

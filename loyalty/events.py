@@ -156,6 +156,8 @@ class NewStage(BaseEvent):
     to_tier: str
     direction: Literal["up", "down"]
     cause: Literal["earn", "maintenance"]
+    # The program's tier scheme the member moved in (a program may have several).
+    scheme: str = "main"
 
 
 class PointsAbove(BaseEvent):

@@ -26,7 +26,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError, InvalidFlows
 from loyalty.events import DERIVED_TYPES, INCOMING_TYPES
-from loyalty.triggers import Trigger
+from loyalty.triggers import NewStage, Trigger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A journey id once used is never used again while Temporal keeps the closed workflow
@@ -228,6 +228,7 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
                     f"{label}: trigger {spec.trigger} listens to unknown event type "
                     f"{event_type!r}; known types: {', '.join(known_types)}"
                 )
+        problems += _unknown_tiers(app, spec, label)
         for program in spec.programs or ():
             if app.program(program) is None:
                 problems.append(
@@ -247,6 +248,30 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
     if problems:
         raise InvalidFlows(problems)
     return specs
+
+
+def _unknown_tiers(app: LoyaltyApp, spec: FlowSpec, label: str) -> list[str]:
+    """A ``NewStage`` trigger naming a tier or scheme that no program it applies to has."""
+    trigger = spec.trigger
+    if not isinstance(trigger, NewStage):
+        return []
+    schemes = [
+        scheme
+        for program in app.programs.values()
+        if spec.applies_to(program.name)
+        for scheme in program.tier_schemes
+        if trigger.scheme in (None, scheme.name)
+    ]
+    if not schemes:
+        where = f"scheme {trigger.scheme!r}" if trigger.scheme else "tier scheme"
+        return [f"{label}: trigger {trigger} needs a {where} in the programs it applies to"]
+    known = {name for scheme in schemes for name in scheme.tier_names()}
+    return [
+        f"{label}: trigger {trigger}: {param} names unknown tier {tier!r}; "
+        f"tiers: {', '.join(sorted(known))}"
+        for param, tier in (("to", trigger.to), ("from_", trigger.from_))
+        if tier is not None and tier not in known
+    ]
 
 
 _INDEX: weakref.WeakKeyDictionary[LoyaltyApp, dict[str, list[FlowSpec]]] = (

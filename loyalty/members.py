@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from loyalty import tiers
 from loyalty.db import Conn
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
@@ -95,10 +96,16 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
         account_ids,
         ENTRY_LIMIT,
     )
+    config = await conn.fetchval("SELECT config FROM programs WHERE name = $1", program)
+    statuses = await tiers.statuses(conn, program, config or {}, member_id)
+    # members.tier holds the first scheme's tier; the status knows it for a member whose
+    # row was created before the program had schemes.
+    tier = statuses[0].tier if statuses else (member["tier"] if member else None)
     return MemberView(
         member_id=member_id,
         program=program,
-        tier=member["tier"] if member else None,
+        tier=tier,
+        tiers=statuses,
         profile=member["profile"] if member else {},
         balances=balances,
         upcoming_expiries=upcoming,

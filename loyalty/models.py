@@ -144,12 +144,30 @@ class Entry(Model):
     source: str
 
 
+class TierStatus(Model):
+    """A member's place in one tier scheme (`loyalty.tiers`).
+
+    ``qualifying`` is the measure now (qualifying points in the scheme's window);
+    ``next_tier`` and ``points_to_next`` are None in the top tier; ``since`` is None in the
+    starting tier.
+    """
+
+    scheme: str
+    tier: str
+    since: datetime | None
+    qualifying: int
+    currency: str
+    next_tier: str | None
+    points_to_next: int | None
+
+
 class MemberView(Model):
     """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns."""
 
     member_id: str
     program: str
     tier: str | None
+    tiers: list[TierStatus] = []
     profile: dict[str, object] = {}
     balances: dict[str, Balance]
     upcoming_expiries: list[Expiry]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 
-from loyalty import ledger
+from loyalty import ledger, tiers
 from loyalty.app import Program
 from loyalty.db import Conn
 from loyalty.errors import LedgerRefusal
@@ -159,6 +159,10 @@ async def claw_back(
             result.forgiven, transaction_id,
         )  # fmt: skip
         results.append(result)
+        await tiers.take_back_for_return(
+            conn, program, order_id=order_id, currency=row["currency"], returned=returned,
+            amount=order["amount"], key=f"{key}:{row['currency']}",
+        )  # fmt: skip
     await conn.execute(
         "UPDATE orders SET returned_amount = $3 WHERE program = $1 AND order_id = $2",
         program.name, order_id, returned,

@@ -316,7 +316,11 @@ async def apply_rules(conn: Conn, program: Program, event: AnyEvent) -> int:
     Runs in the caller's transaction. Returns how many rules awarded (now or, for an
     event applied before, the first time).
     """
+    from loyalty import tiers  # tiers imports the app, which imports this module
+
     awarded = 0
+    measured = tiers.measured_currencies(program)
+    qualifying: set[str] = set()
     for rule in program.earn_rules:
         if not rule.in_window(event.occurred_at):
             continue
@@ -325,6 +329,17 @@ async def apply_rules(conn: Conn, program: Program, event: AnyEvent) -> int:
             continue
         if await _award(conn, program, rule, event, points):
             awarded += 1
+            currency = rule.currency or program.currencies[0]
+            if rule.qualifying and currency in measured:
+                await tiers.record_qualifying(conn, program.name, [tiers.Qualifying(
+                    event.member_id, currency, event.occurred_at, points,
+                    f"event:{event.event_id}:rule:{rule.name}",
+                    event.order_id if isinstance(event, Purchase) else None,
+                )])  # fmt: skip
+                qualifying.add(currency)
+    if qualifying:
+        earner = tiers.Earner(event.member_id, event.occurred_at, event.event_id)
+        await tiers.promote(conn, program, [earner], frozenset(qualifying))
     return awarded
 
 

@@ -127,16 +127,19 @@ class NewStage(Trigger):
         to: only moves into this tier.
         from_: only moves out of this tier.
         direction: only ``up`` (promotions) or ``down`` (demotions).
+        scheme: only moves in this tier scheme (default: any scheme).
     """
 
     EVENT_TYPE: ClassVar[str] = "new_stage"
     to: str | None = None
     from_: str | None = None
     direction: str | None = None
+    scheme: str | None = None
 
     def __post_init__(self) -> None:
         _text(self.to, "NewStage", "to", optional=True)
         _text(self.from_, "NewStage", "from_", optional=True)
+        _text(self.scheme, "NewStage", "scheme", optional=True)
         _require(
             self.direction in (None, "up", "down"),
             "NewStage",
@@ -150,6 +153,7 @@ class NewStage(Trigger):
             and self.to in (None, event.to_tier)
             and (self.from_ is None or self.from_ == event.from_tier)
             and self.direction in (None, event.direction)
+            and self.scheme in (None, event.scheme)
         )
 
     def _params(self) -> list[str]:
@@ -159,6 +163,7 @@ class NewStage(Trigger):
                 ("to", self.to),
                 ("from_", self.from_),
                 ("direction", self.direction),
+                ("scheme", self.scheme),
             )
             if value is not None
         ]

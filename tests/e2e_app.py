@@ -4,7 +4,9 @@ Earn rules of the ``default`` program: 1 point per EUR of a purchase (the part p
 points excluded), 10 points for a ``web_login`` at most once a day, 20 points to the
 referrer of a referral, 30 points to the friend who approves one.
 
-NewStage has no flow here: tiers, which derive ``new_stage`` events, are a later issue.
+The ``coffee`` program has tiers (bronze 0, silver 30, gold 60 qualifying points, lifetime),
+10 points per ``web_login`` at most once a day and 1 point per EUR; its flows react to
+tier changes (``NewStage``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from loyalty.app import LoyaltyApp, Program
 from loyalty.flows import Entry, flow
 from loyalty.journeys import award_points, get_member, send_message
 from loyalty.rules import Limit, OnActivity, OnReferral, OnReferralApproved, PerAmount
+from loyalty.tiers import Tier, TierScheme
 from loyalty.triggers import (
     Activity,
     BonusExpiring,
     Custom,
+    NewStage,
     PointsAbove,
     PointsDeposit,
     Purchase,
@@ -183,6 +187,35 @@ class AppOrder:
         await send_message(trigger.member_id, "app_order", data={"order_id": trigger.order_id})
 
 
+@flow(trigger=NewStage(direction="up"), program="coffee")
+@workflow.defn
+class TierUp:
+    """A message at every promotion, with the tiers it moved between."""
+
+    @workflow.run
+    async def run(self, trigger: events.NewStage) -> None:
+        await send_message(
+            trigger.member_id, "tier_up", program=trigger.program,
+            data={"from": trigger.from_tier, "to": trigger.to_tier, "cause": trigger.cause},
+        )  # fmt: skip
+
+
+@flow(trigger=NewStage(from_="silver", to="gold"), entry=Entry.ONCE_PER_MEMBER, program="coffee")
+@workflow.defn
+class SilverToGold:
+    """The Zeta case: silver → gold congratulates once, with a welcome gift."""
+
+    @workflow.run
+    async def run(self, trigger: events.NewStage) -> None:
+        await award_points(trigger.member_id, 100, reason="gold welcome", program=trigger.program)
+        await send_message(trigger.member_id, "gold_welcome", program=trigger.program)
+
+
+COFFEE_TIERS = TierScheme(
+    tiers=(Tier(name="bronze", threshold=0), Tier(name="silver", threshold=30),
+           Tier(name="gold", threshold=60)),
+)  # fmt: skip
+
 app = LoyaltyApp(
     programs=[
         Program(
@@ -193,7 +226,15 @@ app = LoyaltyApp(
                 OnReferral(points=20),
                 OnReferralApproved(points=30),
             ),
-        )
+        ),
+        Program(
+            name="coffee",
+            earn_rules=(
+                PerAmount(points_per_unit=1),
+                OnActivity("web_login", points=10, limit=Limit(1, per=timedelta(days=1))),
+            ),
+            tier_schemes=(COFFEE_TIERS,),
+        ),
     ],
     flows=[
         BigPurchase,
@@ -208,5 +249,7 @@ app = LoyaltyApp(
         WelcomeBack,
         FirstAppLogin,
         AppOrder,
+        TierUp,
+        SilverToGold,
     ],
 )

@@ -14,7 +14,13 @@ from loyalty.app import LoyaltyApp, Program
 from loyalty.events import NewStage as NewStageEvent
 from loyalty.events import Purchase as PurchaseEvent
 from loyalty.flows import Entry, flow
+from loyalty.tiers import Tier, TierScheme
 from loyalty.triggers import Activity, Custom, NewStage, Purchase
+
+COFFEE_TIERS = TierScheme(
+    tiers=(Tier(name="bronze", threshold=0), Tier(name="silver", threshold=100),
+           Tier(name="gold", threshold=500))
+)  # fmt: skip
 
 
 @flow(trigger=NewStage(to="gold"), entry=Entry.ONCE_PER_MEMBER, program="coffee")
@@ -52,7 +58,7 @@ class LoginThanksWorkflow:
 
 
 app = LoyaltyApp(
-    programs=[Program(name="default"), Program(name="coffee")],
+    programs=[Program(name="default"), Program(name="coffee", tier_schemes=(COFFEE_TIERS,))],
     flows=[GoldWelcome, BigSpender, LoginThanksWorkflow],
 )
 
@@ -100,6 +106,22 @@ class UnknownProgram:
         pass
 
 
+@flow(trigger=NewStage(to="platinum", from_="silver"), program="coffee")
+@workflow.defn
+class UnknownTier:
+    @workflow.run
+    async def run(self) -> None:
+        pass
+
+
+@flow(trigger=NewStage(direction="up"), program="default")
+@workflow.defn
+class NoScheme:
+    @workflow.run
+    async def run(self) -> None:
+        pass
+
+
 @flow(trigger=Activity("web_login"))
 class NotAWorkflow:
     async def run(self) -> None:
@@ -107,9 +129,10 @@ class NotAWorkflow:
 
 
 bad_app = LoyaltyApp(
-    programs=[Program(name="default"), Program(name="coffee")],
-    flows=[NoTrigger, TwinA, TwinB, UnknownType, UnknownProgram, NotAWorkflow],
-)
+    programs=[Program(name="default"), Program(name="coffee", tier_schemes=(COFFEE_TIERS,))],
+    flows=[NoTrigger, TwinA, TwinB, UnknownType, UnknownProgram, UnknownTier, NoScheme,
+           NotAWorkflow],
+)  # fmt: skip
 # The messages check_app gives for bad_app, in order.
 BAD_APP_PROBLEMS = [
     "flow 'NoTrigger': no trigger; decorate the class with @flow(trigger=...) above @workflow.defn",
@@ -118,6 +141,10 @@ BAD_APP_PROBLEMS = [
     "points_withdrawal, member_updated, member_deleted, new_stage, points_above, "
     "bonus_expiring, points_matured, referral_friend_approved",
     "flow 'UnknownProgram': program 'tea' is not defined by the app; programs: default, coffee",
+    "flow 'UnknownTier': trigger NewStage(to=platinum, from_=silver): to names unknown tier "
+    "'platinum'; tiers: bronze, gold, silver",
+    "flow 'NoScheme': trigger NewStage(direction=up) needs a tier scheme in the programs it "
+    "applies to",
     "flow 'NotAWorkflow': NotAWorkflow is not a Temporal workflow; decorate it with "
     "@workflow.defn below @flow",
     "flow 'twin': 2 flows have this name (TwinA, TwinB); set name= on @flow to tell them apart",

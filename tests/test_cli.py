@@ -113,6 +113,7 @@ async def test_emit_accepts_and_member_json_shows_the_entry(
         "member_id",
         "program",
         "tier",
+        "tiers",
         "balances",
         "upcoming_expiries",
         "entries",

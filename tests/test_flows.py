@@ -25,7 +25,14 @@ from loyalty.errors import ConfigurationError, InvalidFlows
 from loyalty.flows import Entry, FlowSpec, check_app, flow, flow_spec, journey_id
 from loyalty.temporal import FLOW
 from tests.conftest import StartWorker
-from tests.flows_app import BAD_APP_PROBLEMS, BigSpender, GoldWelcome, app, bad_app
+from tests.flows_app import (
+    BAD_APP_PROBLEMS,
+    COFFEE_TIERS,
+    BigSpender,
+    GoldWelcome,
+    app,
+    bad_app,
+)
 from tests.test_cli import cli_env, loyalty
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -370,7 +377,9 @@ def test_every_refusal_is_listed_with_its_message() -> None:
 )  # fmt: skip
 def test_a_class_listed_twice_and_an_instance_are_refused(flows: list[Any], problem: str) -> None:
     with pytest.raises(InvalidFlows) as raised:
-        check_app(LoyaltyApp(programs=[Program(name="coffee")], flows=flows))
+        check_app(
+            LoyaltyApp(programs=[Program(name="coffee", tier_schemes=(COFFEE_TIERS,))], flows=flows)
+        )
     assert len(raised.value.problems) == 1
     assert raised.value.problems[0].startswith(problem)
 

@@ -5,9 +5,9 @@ events, and checks that the flow's journey started exactly once (its determinist
 in ``journey_starts``, and Temporal's description of that workflow) and what it did:
 the member's exact balance and the ``message_log`` rows of the ``log`` provider.
 
-Not covered here, since tiers are a later issue: ``NewStage`` and the SessionM case
-(a login crossing the tier threshold promotes). The Zeta case (a congratulation sent
-once) is shown on ``Activity`` and ``PointsAbove`` triggers instead of a tier change.
+``NewStage`` runs in the ``coffee`` program, which has tiers: the SessionM case (a login
+crossing the tier threshold promotes, and the tier is readable afterwards) and the Zeta
+case (silver → gold congratulates once, even when the event is delivered twice).
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ def activity(event_id: str, member: str, name: str, at: datetime = T0) -> events
     return events.Activity(event_id=event_id, member_id=member, name=name, occurred_at=at)
 
 
-def jid(queue: str, flow: str, member: str, event_id: str | None = None) -> str:
+def jid(
+    queue: str, flow: str, member: str, event_id: str | None = None, program: str = "default"
+) -> str:
     """A journey id as the router builds it (``:`` of derived event ids is encoded)."""
     tail = "" if event_id is None else f"/event/{event_id.replace(':', '%3A')}"
-    return f"journey/default/{flow}/{member}{tail}@{queue}"
+    return f"journey/{program}/{flow}/{member}{tail}@{queue}"
 
 
 async def emit_and_wait(client: LoyaltyClient, *batch: events.BaseEvent) -> list[str]:
@@ -460,3 +462,72 @@ async def test_once_per_member_points_above_triggered_twice_congratulates_once(
         {"member_id": "z2", "data": {}, "workflow_id": journey}
     ]
     assert await available(client, "z2") == 1100
+
+
+def in_coffee(event: events.BaseEvent) -> events.BaseEvent:
+    return event.model_copy(update={"program": "coffee"})
+
+
+async def test_sessionm_logins_cross_the_threshold_and_promote_with_a_new_stage_journey(
+    client: LoyaltyClient,
+    start_worker: StartWorker,
+    conn: asyncpg.Connection,
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """SessionM's case: web_login awards 10 points once a day; the third day's login
+    crosses silver's 30 and promotes at once; the tier is readable afterwards."""
+    queue = (await start_worker(app=app)).task_queue
+    logins = [in_coffee(activity(f"login-{d}", "s1", "web_login", T0 + timedelta(days=d)))
+              for d in range(3)]  # fmt: skip
+    again = in_coffee(activity("login-2b", "s1", "web_login", T0 + timedelta(days=2, hours=1)))
+    outcomes = await emit_and_wait(client, *logins, logins[2], again)
+    assert outcomes == ["applied", "applied", "applied", "duplicate", "no_effect"]
+    member = await client.member("s1", program="coffee")
+    assert member.tier == "silver"
+    status = member.tiers[0]
+    assert (status.qualifying, status.next_tier, status.points_to_next) == (30, "gold", 30)
+    assert member.balances["points"].available == 30
+    stage = "new_stage:main:silver:login-2"
+    journey = jid(queue, "TierUp", "s1", stage, program="coffee")
+    assert await journeys(conn, "TierUp") == [journey]
+    await completed(dev_env.client, journey)
+    assert await messages(conn, "tier_up") == [
+        {"member_id": "s1", "data": {"from": "bronze", "to": "silver", "cause": "earn"},
+         "workflow_id": journey}
+    ]  # fmt: skip
+    assert await journeys(conn, "SilverToGold") == []
+
+
+async def test_zeta_silver_to_gold_congratulates_once_even_when_delivered_twice(
+    client: LoyaltyClient,
+    start_worker: StartWorker,
+    conn: asyncpg.Connection,
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """Zeta's case: silver → gold starts one congratulation journey (once per member),
+    though the purchase that promotes is delivered twice; a jump straight from bronze to
+    gold is not silver → gold and starts none."""
+    queue = (await start_worker(app=app)).task_queue
+    to_gold = in_coffee(purchase("p2", "z1", 25))
+    outcomes = await emit_and_wait(
+        client, in_coffee(purchase("p1", "z1", 40)), to_gold, to_gold,
+        in_coffee(purchase("p3", "z2", 70)),
+    )  # fmt: skip
+    assert outcomes == ["applied", "applied", "duplicate", "applied"]
+    await settled(conn)
+    moves = await conn.fetch(
+        """SELECT member_id, payload->>'from_tier' AS f, payload->>'to_tier' AS t
+           FROM events WHERE type = 'new_stage' ORDER BY id"""
+    )
+    assert [tuple(r) for r in moves] == [
+        ("z1", "bronze", "silver"), ("z1", "silver", "gold"), ("z2", "bronze", "gold")
+    ]  # fmt: skip
+    journey = jid(queue, "SilverToGold", "z1", program="coffee")
+    assert await journeys(conn, "SilverToGold") == [journey]
+    await completed(dev_env.client, journey)
+    assert await messages(conn, "gold_welcome") == [
+        {"member_id": "z1", "data": {}, "workflow_id": journey}
+    ]
+    z1 = await client.member("z1", program="coffee")
+    assert (z1.tier, z1.balances["points"].available) == ("gold", 40 + 25 + 100)
+    assert len(await journeys(conn, "TierUp")) == 3
