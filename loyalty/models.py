@@ -161,6 +161,23 @@ class TierStatus(Model):
     points_to_next: int | None
 
 
+class MaintenanceProgress(Model):
+    """A tier maintenance run as far as it got (a row of ``maintenance_runs``)."""
+
+    id: int
+    program: str
+    scheme: str
+    as_of: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    cursor: str = ""
+    chunks: int = 0
+    scanned: int = 0
+    promoted: int = 0
+    demoted: int = 0
+    in_grace: int = 0
+
+
 class MemberView(Model):
     """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns."""
 

@@ -213,7 +213,7 @@ up AS (
     FROM target AS t LEFT JOIN cur AS c USING (member_id)
     WHERE t.rank > coalesce(c.rank, 0)
     ON CONFLICT (program, scheme, member_id) DO UPDATE
-    SET tier = EXCLUDED.tier, rank = EXCLUDED.rank, since = EXCLUDED.since
+    SET tier = EXCLUDED.tier, rank = EXCLUDED.rank, since = EXCLUDED.since, below_since = NULL
     WHERE member_tiers.rank < EXCLUDED.rank
     RETURNING member_id, tier
 ),
