@@ -1,4 +1,5 @@
-"""`loyalty housekeeping run`: mature and expire points now."""
+"""`loyalty housekeeping run`: mature and expire points now, then prune the journey
+outboxes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from loyalty.clikit import app_or_exit, console, problem, run, settings_of
 
 def register(cli: typer.Typer) -> None:
     """Add the ledger commands to the command line."""
-    housekeeping = typer.Typer(help="Mature earned points and expire points.")
+    housekeeping = typer.Typer(
+        help="Mature earned points, expire points, prune the journey outboxes."
+    )
     cli.add_typer(housekeeping, name="housekeeping")
 
     @housekeeping.command("run")
@@ -37,10 +40,13 @@ def register(cli: typer.Typer) -> None:
             str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
         ] = None,
     ) -> None:
-        """Mature every earned lot that is due, then expire what is due, in bulk."""
+        """Mature every earned lot that is due, then expire what is due, in bulk; then
+        delete the journey starts and signals done more than LOYALTY_JOURNEY_RETENTION
+        days ago."""
         from loyalty.db import Database, connect, prepare_database
         from loyalty.derived import listens
         from loyalty.housekeeping import run_housekeeping
+        from loyalty.retention import prune
 
         settings = settings_of(ctx)
         app = app_or_exit(settings, app_spec)
@@ -67,6 +73,16 @@ def register(cli: typer.Typer) -> None:
                             table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",
                                           f"{r.points:,}")  # fmt: skip
                     console.print(table)
+                    # Every program's rows: the outboxes are the deployment's, not a
+                    # program's, and they are not ledger data.
+                    with console.status("pruning the journey outboxes"):
+                        pruned = await prune(conn, older_than=settings.journey_retention)
+                    console.print(
+                        f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
+                        f"{settings.journey_retention_days} days ago): "
+                        f"{pruned.starts:,} journey starts, {pruned.signals:,} signals",
+                        soft_wrap=True,
+                    )
                 finally:
                     await conn.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -55,9 +56,19 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias="LOYALTY_ROUTER_IDLE_POLL_SECONDS"
     )
     event_max_attempts: int = Field(5, ge=1, le=100, validation_alias="LOYALTY_EVENT_MAX_ATTEMPTS")
+    # Days that `loyalty housekeeping run` keeps journey starts and signals after they
+    # were started or sent (`loyalty.retention`).
+    journey_retention_days: int = Field(
+        7, ge=1, le=36_500, validation_alias="LOYALTY_JOURNEY_RETENTION"
+    )
 
     dev_temporal_port: int = Field(7233, validation_alias="LOYALTY_DEV_TEMPORAL_PORT")
     dev_ui_port: int = Field(8233, validation_alias="LOYALTY_DEV_UI_PORT")
+
+    @property
+    def journey_retention(self) -> timedelta:
+        """How long started journeys and sent signals stay in their outboxes."""
+        return timedelta(days=self.journey_retention_days)
 
     @property
     def effective_temporal_address(self) -> str:
