@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from temporalio.api.enums.v1 import IndexedValueType
@@ -22,14 +23,16 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.journeys import JourneyActivities
+from activities.maintenance import MaintenanceActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.db import create_pool, prepare_database
 from loyalty.flows import check_app
-from loyalty.models import RouterInput
+from loyalty.models import MaintenanceLoopInput, RouterInput
 from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
+from workflows.maintenance import TierMaintenance, maintenance_workflow_id
 from workflows.router import EventRouter, router_workflow_id
 
 log = logging.getLogger("loyalty.worker")
@@ -92,18 +95,44 @@ async def start_routers(client: Client, settings: Settings, app: LoyaltyApp) -> 
     return ids
 
 
+async def start_loops(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
+    """Start one TierMaintenance loop per program and tier scheme unless it already runs."""
+    ids = []
+    for program in app.programs.values():
+        for scheme in program.tier_schemes:
+            workflow_id = maintenance_workflow_id(settings.task_queue, program.name, scheme.name)
+            await client.start_workflow(
+                TierMaintenance.run,
+                MaintenanceLoopInput(program=program.name, scheme=scheme.name),
+                id=workflow_id,
+                task_queue=settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(PROGRAM, program.name),
+                        SearchAttributePair(FLOW, "tier-maintenance"),
+                    ]
+                ),
+                static_summary=f"Tier maintenance of program {program.name}, scheme {scheme.name}",
+            )
+            ids.append(workflow_id)
+    return ids
+
+
 def build_worker(
     client: Client,
     settings: Settings,
     activities: Sequence[object],
     workflows: Sequence[type],
+    **options: Any,
 ) -> Worker:
     """A worker on the configured task queue.
 
     The `loyalty` package passes through the workflow sandbox: its models are the same
     classes inside journeys as in the data converter (so `isinstance(event, Purchase)`
     holds for an event a journey receives), and it is imported once, not per run.
-    Workflow code still must not call its I/O functions.
+    Workflow code still must not call its I/O functions. ``options`` go to the Worker
+    (tests use ``max_cached_workflows=0``).
     """
     return Worker(
         client,
@@ -114,6 +143,7 @@ def build_worker(
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("loyalty")
         ),
+        **options,
     )
 
 
@@ -129,8 +159,8 @@ async def run_worker(
 
     Refuses an app with wrong flow definitions (`InvalidFlows`) before anything else, then
     migrates the database, registers programs and search attributes, starts the routers.
-    The worker runs the routers, every flow's journey workflow and the journey toolkit's
-    activities; the routers start journeys with ``client``.
+    The worker runs the routers, the tier maintenance loops, every flow's journey workflow
+    and the journey toolkit's activities; the routers start journeys with ``client``.
     """
     specs = check_app(app)
     await prepare_database(dsn, app)
@@ -141,14 +171,16 @@ async def run_worker(
         await listener.start()
         router = RouterActivities(pool, listener, EventProcessor(app), settings, client)
         journeys = JourneyActivities(pool, app)
+        maintenance = MaintenanceActivities(pool, app, settings)
         worker = build_worker(
             client,
             settings,
-            [router.route_events, *journeys.all()],
-            [EventRouter, *(spec.cls for spec in specs)],
+            [router.route_events, *journeys.all(), *maintenance.all()],
+            [EventRouter, TierMaintenance, *(spec.cls for spec in specs)],
         )
         async with worker:
             await start_routers(client, settings, app)
+            await start_loops(client, settings, app)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loyalty import cli_adjust, cli_audit, cli_flows, cli_ledger
+from loyalty import cli_adjust, cli_audit, cli_flows, cli_ledger, cli_maintenance
 from loyalty.app import load_app
 from loyalty.clikit import app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent, UnknownMember
@@ -289,7 +289,7 @@ def events(
     run(go())
 
 
-for commands in (cli_ledger, cli_audit, cli_adjust, cli_flows):
+for commands in (cli_ledger, cli_audit, cli_adjust, cli_flows, cli_maintenance):
     commands.register(cli)
 
 

@@ -33,7 +33,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # (the namespace's retention period): a trigger delivered twice starts one journey.
 JOURNEY_ID_REUSE_POLICY = WorkflowIDReusePolicy.REJECT_DUPLICATE
 # The LoyaltyFlow search attribute of the event routers; no flow may take it.
-RESERVED_NAMES = frozenset({"event-router"})
+RESERVED_NAMES = frozenset({"event-router", "tier-maintenance", "EventRouter", "TierMaintenance"})
 _FLOW_ATTRIBUTE = "__loyalty_flow__"
 
 C = TypeVar("C", bound=type)
@@ -221,7 +221,7 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
                 "decorate it with @workflow.defn below @flow"
             )
         if spec.name in RESERVED_NAMES:
-            problems.append(f"{label}: the name is reserved for the event routers")
+            problems.append(f"{label}: the name is reserved for the engine's own workflows")
         for event_type in spec.trigger.event_types:
             if event_type not in known_types:
                 problems.append(

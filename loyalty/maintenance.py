@@ -21,6 +21,10 @@ exclusively (`loyalty.ledger.hold` is the shared side every writer holds), so it
 measures committed, quiescent data: no award is half-way. An award that commits after
 the chunk promotes as usual (`loyalty.tiers.promote`) from the tier the chunk left.
 
+A schedule anchored on join dates (`loyalty.tiers.Schedule`) reviews, in each run, only
+the members whose join-date anniversary (``members.created_at``) fell after the previous
+finished run and up to ``as_of``; the first run reviews everyone.
+
 The run's row in ``maintenance_runs`` carries the cursor and the counts; each chunk
 moves them in its own transaction, so a run that stopped (a worker killed, an activity
 retried) resumes after the last committed chunk and counts every change once.
@@ -51,12 +55,19 @@ DEFAULT_CHUNK = 10_000
 # One chunk. Parameters: $1 program, $2 scheme, $3 cursor, $4 chunk size, $5 currency,
 # $6 window kind, $7 window length, $8 as_of, $9 entry thresholds, $10 retain
 # thresholds, $11 tier names (lowest first), $12 grace period, $13 demotion policy,
-# $14 whether this is the program's first scheme (members.tier), $15 as_of as text.
+# $14 whether this is the program's first scheme (members.tier), $15 as_of as text,
+# $16 whether the schedule is anchored on join dates, $17 the previous run's as_of.
 _CHUNK = f"""
 WITH chunk AS (
-    SELECT member_id FROM members
-    WHERE program = $1 AND member_id > $3
-    ORDER BY member_id
+    SELECT mb.member_id FROM members AS mb
+    WHERE mb.program = $1 AND mb.member_id > $3
+      AND (NOT $16::boolean OR $17::timestamptz IS NULL OR EXISTS (
+          SELECT 1 FROM (VALUES (0), (1)) AS k(back),
+               LATERAL (SELECT mb.created_at + make_interval(years =>
+                   extract(year FROM $8::timestamptz AT TIME ZONE 'UTC')::integer - k.back
+                   - extract(year FROM mb.created_at AT TIME ZONE 'UTC')::integer) AS day) AS a
+          WHERE a.day > $17::timestamptz AND a.day <= $8::timestamptz))
+    ORDER BY mb.member_id
     LIMIT $4
 ),
 bounds AS (SELECT max(member_id) AS last FROM chunk),
@@ -73,13 +84,17 @@ state AS (
            t.below_since
     FROM chunk AS c
     LEFT JOIN measured AS m USING (member_id)
+    -- The chunk's key range as well: the planner cannot know that the chunk holds few
+    -- members, and would otherwise hash the whole table at every chunk.
     LEFT JOIN member_tiers AS t
            ON t.program = $1 AND t.scheme = $2 AND t.member_id = c.member_id
+          AND t.member_id > $3 AND t.member_id <= (SELECT last FROM bounds)
 ),
-met AS (
-    SELECT s.*,
-           (SELECT max(x.r) - 1 FROM unnest($9::bigint[]) WITH ORDINALITY AS x(v, r)
-            WHERE x.v <= s.measure)::integer AS entry_rank,
+-- Materialized: the ranks are read several times below, and an inlined subquery would be
+-- evaluated at each reading. Entry thresholds ascend strictly, from 0, so width_bucket
+-- counts those met; retain thresholds need not ascend.
+met AS MATERIALIZED (
+    SELECT s.*, width_bucket(s.measure, $9::bigint[]) - 1 AS entry_rank,
            (SELECT max(x.r) - 1 FROM unnest($10::bigint[]) WITH ORDINALITY AS x(v, r)
             WHERE x.v <= s.measure AND x.r <= s.rank + 1)::integer AS retain_rank
     FROM state AS s
@@ -124,6 +139,7 @@ shown AS (
     UPDATE members AS mb SET tier = mv.to_tier, updated_at = now()
     FROM moves AS mv
     WHERE $14::boolean AND mb.program = $1 AND mb.member_id = mv.member_id
+      AND mb.member_id > $3 AND mb.member_id <= (SELECT last FROM bounds)
     RETURNING 1
 ),
 derived AS (
@@ -171,7 +187,9 @@ async def start_run(conn: Conn, program: str, scheme: str, as_of: datetime) -> M
     """The run measuring at ``as_of``: created, or as far as it got (a resumed run)."""
     row = await conn.fetchrow(
         """WITH new AS (
-               INSERT INTO maintenance_runs (program, scheme, as_of) VALUES ($1, $2, $3)
+               INSERT INTO maintenance_runs (program, scheme, as_of, previous_as_of)
+               SELECT $1, $2, $3, max(as_of) FROM maintenance_runs
+               WHERE program = $1 AND scheme = $2 AND as_of < $3 AND finished_at IS NOT NULL
                ON CONFLICT (program, scheme, as_of) DO NOTHING
                RETURNING *
            )
@@ -213,7 +231,8 @@ async def run_chunk(
             scheme.currency_in(program), kind, length, current["as_of"],
             [t.threshold for t in scheme.tiers], [t.retain_threshold for t in scheme.tiers],
             scheme.tier_names(), scheme.grace_period, scheme.demotion, index == 0,
-            current["as_of"].isoformat(),
+            current["as_of"].isoformat(), scheme.schedule.anchor == "join_date",
+            current["previous_as_of"],
         )  # fmt: skip
         assert row is not None
         advanced = await conn.fetchrow(

@@ -168,6 +168,7 @@ class MaintenanceProgress(Model):
     program: str
     scheme: str
     as_of: datetime
+    previous_as_of: datetime | None = None
     started_at: datetime
     finished_at: datetime | None = None
     cursor: str = ""
@@ -176,6 +177,50 @@ class MaintenanceProgress(Model):
     promoted: int = 0
     demoted: int = 0
     in_grace: int = 0
+
+
+class MaintenanceSlice(Model):
+    """Work for one maintenance activity: chunks of the run at ``as_of``, for a while.
+
+    The chunk size and the pause between chunks are the worker's settings
+    (``LOYALTY_MAINTENANCE_CHUNK``, ``LOYALTY_MAINTENANCE_PAUSE_SECONDS``)."""
+
+    program: str
+    scheme: str
+    as_of: datetime
+    seconds: float = Field(30.0, gt=0)
+
+
+class NextRunInput(Model):
+    """Asks for a scheme's next maintenance time after ``after``."""
+
+    program: str
+    scheme: str
+    after: datetime
+
+
+class MaintenanceLoopInput(Model):
+    """The state a tier maintenance loop carries across continue-as-new."""
+
+    program: str
+    scheme: str
+    # None: the first run is at the schedule's first time after the loop starts.
+    next_run_at: datetime | None = None
+    paused: bool = False
+    runs: int = 0
+    last: MaintenanceProgress | None = None
+
+
+class MaintenanceStatus(Model):
+    """What the loop's ``status`` query answers."""
+
+    program: str
+    scheme: str
+    paused: bool
+    next_run_at: datetime | None
+    running: MaintenanceProgress | None
+    last: MaintenanceProgress | None
+    runs: int
 
 
 class MemberView(Model):

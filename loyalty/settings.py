@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias="LOYALTY_ROUTER_IDLE_POLL_SECONDS"
     )
     event_max_attempts: int = Field(5, ge=1, le=100, validation_alias="LOYALTY_EVENT_MAX_ATTEMPTS")
+    # Members per tier maintenance chunk (one transaction under the program's ledger lock),
+    # and a pause after each chunk that gives the router room in between.
+    maintenance_chunk: int = Field(
+        10_000, ge=1, le=1_000_000, validation_alias="LOYALTY_MAINTENANCE_CHUNK"
+    )
+    maintenance_pause_seconds: float = Field(
+        0.0, ge=0, le=60, validation_alias="LOYALTY_MAINTENANCE_PAUSE_SECONDS"
+    )
     # Days that `loyalty housekeeping run` keeps journey starts and signals after they
     # were started or sent (`loyalty.retention`).
     journey_retention_days: int = Field(

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loyalty.events import MAX_POINTS, CurrencyName, NewStage
@@ -73,6 +74,43 @@ class Tier(BaseModel):
         return self.threshold if self.retain is None else self.retain
 
 
+class Schedule(BaseModel):
+    """When tier maintenance runs: ``every`` (a duration) or ``cron`` (UTC), not both.
+
+    Attributes:
+        every: a run every this long, counted from the previous run (default one day).
+        cron: a cron expression in UTC, e.g. ``"0 3 1 * *"`` (03:00 on the 1st).
+        anchor: ``program`` reviews every member at each run; ``join_date`` reviews, at
+            each run, only the members whose join-date anniversary passed since the
+            previous run, so each member is reviewed once a year on their own date.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    every: timedelta | None = None
+    cron: str | None = None
+    anchor: Literal["program", "join_date"] = "program"
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Schedule:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("schedule: give every or cron, not both")
+        if self.every is not None and self.every <= timedelta(0):
+            raise ValueError("schedule: every must be a positive duration")
+        if self.cron is not None:
+            try:
+                CronSim(self.cron, datetime(2000, 1, 1, tzinfo=UTC))
+            except CronSimError as exc:
+                raise ValueError(f"schedule: cron {self.cron!r}: {exc}") from exc
+        return self
+
+    def next_after(self, at: datetime) -> datetime:
+        """The first run time strictly after ``at``."""
+        if self.cron is not None:
+            return next(CronSim(self.cron, at.astimezone(UTC)))
+        return at + (self.every or timedelta(days=1))
+
+
 class TierScheme(BaseModel):
     """Ordered tiers on a qualifying measure.
 
@@ -88,6 +126,7 @@ class TierScheme(BaseModel):
             threshold before demoting them.
         demotion: ``highest_met`` (to the highest tier whose retain threshold is still
             met) or ``one_down``.
+        schedule: when maintenance runs (`Schedule`; default: every day).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,6 +137,7 @@ class TierScheme(BaseModel):
     window: Window = "lifetime"
     grace_period: timedelta = timedelta(0)
     demotion: Literal["highest_met", "one_down"] = "highest_met"
+    schedule: Schedule = Schedule()
 
     @model_validator(mode="after")
     def _ordered(self) -> TierScheme:

@@ -32,6 +32,7 @@ from loyalty.embedded import EmbeddedPostgres, find_binary
 from loyalty.settings import Settings
 from loyalty.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from starter.client import LoyaltyClient
+from workflows.maintenance import maintenance_workflow_id
 from workflows.router import router_workflow_id
 
 TEMPLATE = "loyalty_test_template"
@@ -196,6 +197,11 @@ async def start_worker(
             router_workflow_id(merged.task_queue, program, p, merged.router_partitions)
             for program in app.programs
             for p in range(merged.router_partitions)
+        )
+        routers.extend(
+            maintenance_workflow_id(merged.task_queue, program.name, scheme.name)
+            for program in app.programs.values()
+            for scheme in program.tier_schemes
         )
         return merged
 

@@ -23,7 +23,7 @@ from loyalty.inbox import insert_events
 from loyalty.maintenance import history, run_chunk, run_maintenance, start_run
 from loyalty.processing import EventProcessor
 from loyalty.rules import PerAmount
-from loyalty.tiers import Tier, TierScheme
+from loyalty.tiers import Schedule, Tier, TierScheme
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -253,3 +253,40 @@ async def test_chunk_size_does_not_change_the_outcome(
     run = await run_maintenance(conn, program, program.tier_schemes[0], T0 + 366 * DAY, chunk=size)
     assert await tiers(conn) == {"m0": "bronze", "m1": "bronze", "m2": "bronze", "m3": "gold"}
     assert (run.scanned, run.demoted) == (4, 2)
+
+
+async def test_a_schedule_anchored_on_join_dates_reviews_members_on_their_anniversary(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    program = coffee(schedule=Schedule(every=30 * DAY, anchor="join_date"))
+    scheme = program.tier_schemes[0]
+    proc = await setup(database_url, program)
+    earned = datetime(2025, 6, 1, tzinfo=UTC)
+    for member, joined in (("ann", datetime(2025, 3, 10, tzinfo=UTC)),
+                           ("bob", datetime(2025, 9, 10, tzinfo=UTC))):  # fmt: skip
+        await buy(conn, proc, member, 70, earned)
+        await conn.execute(
+            "UPDATE members SET created_at = $2 WHERE member_id = $1", member, joined
+        )
+    # The first run reviews everyone: both still hold 70 points in the window.
+    first = await run_maintenance(conn, program, scheme, datetime(2026, 1, 1, tzinfo=UTC))
+    assert (first.scanned, first.demoted) == (2, 0)
+    # Their points left the window on 1 June; only ann's anniversary (10 March) passed.
+    second = await run_maintenance(conn, program, scheme, datetime(2026, 7, 1, tzinfo=UTC))
+    assert (second.scanned, second.demoted) == (1, 1)
+    assert second.previous_as_of == datetime(2026, 1, 1, tzinfo=UTC)
+    assert await tiers(conn) == {"ann": "bronze", "bob": "gold"}
+    third = await run_maintenance(conn, program, scheme, datetime(2026, 10, 1, tzinfo=UTC))
+    assert (third.scanned, third.demoted) == (1, 1)
+    assert await tiers(conn) == {"ann": "bronze", "bob": "bronze"}
+
+
+def test_a_schedule_is_every_or_cron_and_finds_the_next_run() -> None:
+    at = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    assert Schedule().next_after(at) == at + DAY
+    assert Schedule(every=7 * DAY).next_after(at) == at + 7 * DAY
+    assert Schedule(cron="0 3 1 * *").next_after(at) == datetime(2026, 2, 1, 3, 0, tzinfo=UTC)
+    with pytest.raises(ValueError, match="give every or cron, not both"):
+        Schedule(every=DAY, cron="0 3 * * *")
+    with pytest.raises(ValueError, match="schedule: cron 'every day': "):
+        Schedule(cron="every day")

@@ -16,6 +16,9 @@ CREATE TABLE maintenance_runs (
     program      text NOT NULL REFERENCES programs (name),
     scheme       text NOT NULL,
     as_of        timestamptz NOT NULL,
+    -- The as_of of the scheme's previous finished run: a schedule anchored on join
+    -- dates reviews the members whose anniversary falls in (previous_as_of, as_of].
+    previous_as_of  timestamptz,
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
     cursor       text NOT NULL DEFAULT '',
