@@ -202,11 +202,16 @@ def member(
             f"tier: {view.tier or '-'}"
         )
         if view.tiers:
-            tiers = Table("scheme", "tier", "since", "qualifying", "next tier", title="Tiers")
+            tiers = Table("scheme", "tier", "since", "qualifying", "next tier", "reviewed",
+                          title="Tiers")  # fmt: skip
             for t in view.tiers:
                 upcoming = f"{t.next_tier} in {t.points_to_next:,}" if t.next_tier else "-"
                 since = t.since.date().isoformat() if t.since else "start"
-                tiers.add_row(t.scheme, t.tier, since, f"{t.qualifying:,} {t.currency}", upcoming)
+                review = t.reviewed_at.date().isoformat() if t.reviewed_at else "-"
+                if t.grace_until:
+                    review += f" (grace until {t.grace_until.date().isoformat()})"
+                tiers.add_row(t.scheme, t.tier, since, f"{t.qualifying:,} {t.currency}",
+                              upcoming, review)  # fmt: skip
             console.print(tiers)
         balances = Table(
             "currency", "available", "earned", "debt", "lifetime earned", title="Balances"

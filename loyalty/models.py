@@ -149,7 +149,8 @@ class TierStatus(Model):
 
     ``qualifying`` is the measure now (qualifying points in the scheme's window);
     ``next_tier`` and ``points_to_next`` are None in the top tier; ``since`` is None in the
-    starting tier.
+    starting tier; ``reviewed_at`` is when maintenance next reviews the member;
+    ``grace_until`` is set while the member is below the tier's retain threshold.
     """
 
     scheme: str
@@ -159,6 +160,8 @@ class TierStatus(Model):
     currency: str
     next_tier: str | None
     points_to_next: int | None
+    reviewed_at: datetime | None = None
+    grace_until: datetime | None = None
 
 
 class MaintenanceProgress(Model):

@@ -21,9 +21,10 @@ from loyalty.db import Conn, connect, prepare_database
 from loyalty.events import Purchase
 from loyalty.inbox import insert_events
 from loyalty.maintenance import history, run_chunk, run_maintenance, start_run
+from loyalty.members import member_view
 from loyalty.processing import EventProcessor
 from loyalty.rules import PerAmount
-from loyalty.tiers import Schedule, Tier, TierScheme
+from loyalty.tiers import Schedule, Tier, TierScheme, next_anniversary
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -131,6 +132,13 @@ async def test_the_grace_period_delays_demotion_and_earning_back_ends_it(
     assert (first.demoted, first.in_grace) == (0, 2)
     below = await conn.fetchval("SELECT below_since FROM member_tiers WHERE member_id = 'ann'")
     assert below == T0 + 366 * DAY
+    # The member view tells when the grace ends and when the next review is (daily).
+    status = (await member_view(conn, "coffee", "ann")).tiers[0]
+    assert (status.tier, status.grace_until, status.reviewed_at) == (
+        "gold",
+        T0 + 396 * DAY,
+        T0 + 367 * DAY,
+    )
     # bob earns back over gold's retain during his grace: it ends.
     await buy(conn, proc, "bob", 55, T0 + 370 * DAY)
     mid = await run_maintenance(conn, program, scheme, T0 + 380 * DAY)
@@ -279,6 +287,21 @@ async def test_a_schedule_anchored_on_join_dates_reviews_members_on_their_annive
     third = await run_maintenance(conn, program, scheme, datetime(2026, 10, 1, tzinfo=UTC))
     assert (third.scanned, third.demoted) == (1, 1)
     assert await tiers(conn) == {"ann": "bronze", "bob": "bronze"}
+    # Reviewed next on the member's own anniversary.
+    now = await conn.fetchval("SELECT now()")
+    view = await member_view(conn, "coffee", "bob")
+    assert view.tiers[0].reviewed_at == next_anniversary(datetime(2025, 9, 10, tzinfo=UTC), now)
+    assert view.tiers[0].reviewed_at.strftime("%m-%d") == "09-10"
+
+
+def test_the_next_anniversary_of_29_february_is_28_february() -> None:
+    joined = datetime(2024, 2, 29, 10, 0, tzinfo=UTC)
+    assert next_anniversary(joined, datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+        2026, 2, 28, 10, 0, tzinfo=UTC
+    )
+    assert next_anniversary(joined, datetime(2027, 12, 1, tzinfo=UTC)) == datetime(
+        2028, 2, 29, 10, 0, tzinfo=UTC
+    )
 
 
 def test_a_schedule_is_every_or_cron_and_finds_the_next_run() -> None:
