@@ -6,6 +6,8 @@ The app is `tests.e2e_app:app`, whose ``coffee`` program has tiers bronze (0), s
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from tests.conftest import StartWorker
@@ -43,6 +45,19 @@ async def test_run_now_shows_the_counts_and_the_tier_distribution_and_history_li
     assert [(row[0], row[-2], row[-1]) for row in chart] == [
         ("bronze", "3", "60.0%"), ("silver", "1", "20.0%"), ("gold", "1", "20.0%")
     ]  # fmt: skip
+    # The promotions went through the inbox: the TierUp flow's journeys ran for both.
+    async with asyncio.timeout(30):
+        while (
+            await conn.fetchval("SELECT count(*) FROM message_log WHERE template = 'tier_up'") < 2
+        ):
+            await asyncio.sleep(0.05)
+    sent = await conn.fetch(
+        "SELECT member_id, data FROM message_log WHERE template = 'tier_up' ORDER BY member_id"
+    )
+    assert [(r["member_id"], r["data"]) for r in sent] == [
+        ("m1", {"from": "bronze", "to": "silver", "cause": "maintenance"}),
+        ("m2", {"from": "bronze", "to": "gold", "cause": "maintenance"}),
+    ]
     history = await loyalty(env, "maintenance", "history", "--program", "coffee")
     assert history.code == 0, history.err
     assert "Maintenance runs of coffee" in history.out
