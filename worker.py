@@ -22,16 +22,18 @@ from temporalio.common import (
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.housekeeping import HousekeepingActivities
 from activities.journeys import JourneyActivities
 from activities.maintenance import MaintenanceActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.db import create_pool, prepare_database
 from loyalty.flows import check_app
-from loyalty.models import MaintenanceLoopInput, RouterInput
+from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
 from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
+from workflows.housekeeping import Housekeeping, housekeeping_workflow_id
 from workflows.maintenance import TierMaintenance, maintenance_workflow_id
 from workflows.router import EventRouter, router_workflow_id
 
@@ -119,6 +121,29 @@ async def start_loops(client: Client, settings: Settings, app: LoyaltyApp) -> li
     return ids
 
 
+async def start_housekeeping(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
+    """Start one Housekeeping loop per program unless it already runs."""
+    ids = []
+    for program in app.programs.values():
+        workflow_id = housekeeping_workflow_id(settings.task_queue, program.name)
+        await client.start_workflow(
+            Housekeeping.run,
+            HousekeepingLoopInput(program=program.name),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(PROGRAM, program.name),
+                    SearchAttributePair(FLOW, "housekeeping"),
+                ]
+            ),
+            static_summary=f"Housekeeping of program {program.name}",
+        )
+        ids.append(workflow_id)
+    return ids
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -159,8 +184,9 @@ async def run_worker(
 
     Refuses an app with wrong flow definitions (`InvalidFlows`) before anything else, then
     migrates the database, registers programs and search attributes, starts the routers.
-    The worker runs the routers, the tier maintenance loops, every flow's journey workflow
-    and the journey toolkit's activities; the routers start journeys with ``client``.
+    The worker runs the routers, the tier maintenance and housekeeping loops, every flow's
+    journey workflow and the journey toolkit's activities; the routers start journeys with
+    ``client``.
     """
     specs = check_app(app)
     await prepare_database(dsn, app)
@@ -172,15 +198,17 @@ async def run_worker(
         router = RouterActivities(pool, listener, EventProcessor(app), settings, client)
         journeys = JourneyActivities(pool, app)
         maintenance = MaintenanceActivities(pool, app, settings)
+        housekeeping = HousekeepingActivities(pool, app, settings)
         worker = build_worker(
             client,
             settings,
-            [router.route_events, *journeys.all(), *maintenance.all()],
-            [EventRouter, TierMaintenance, *(spec.cls for spec in specs)],
+            [router.route_events, *journeys.all(), *maintenance.all(), *housekeeping.all()],
+            [EventRouter, TierMaintenance, Housekeeping, *(spec.cls for spec in specs)],
         )
         async with worker:
             await start_routers(client, settings, app)
             await start_loops(client, settings, app)
+            await start_housekeeping(client, settings, app)
             if ready is not None:
                 ready.set()
             await stop.wait()

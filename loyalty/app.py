@@ -18,7 +18,7 @@ from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
 from loyalty.rules import EarnRule, check_rules
-from loyalty.tiers import TierScheme, check_schemes
+from loyalty.tiers import Schedule, TierScheme, check_schemes
 
 
 class Program(BaseModel):
@@ -37,6 +37,9 @@ class Program(BaseModel):
             names unique, currencies among ``currencies``.
         tier_schemes: ordered tiers on qualifying points (see `loyalty.tiers`); the
             first scheme is the one ``members.tier`` holds.
+        housekeeping: when the program's housekeeping loop runs (maturing, expiry,
+            ``bonus_expiring`` reminders, pruning; see `workflows.housekeeping`): every
+            day by default; its ``anchor`` does not apply.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,6 +51,7 @@ class Program(BaseModel):
     return_policy: ReturnPolicy = "debt"
     earn_rules: tuple[EarnRule, ...] = ()
     tier_schemes: tuple[TierScheme, ...] = ()
+    housekeeping: Schedule = Schedule()
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:

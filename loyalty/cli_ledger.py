@@ -1,5 +1,5 @@
-"""`loyalty housekeeping run`: mature and expire points now, then prune the journey
-outboxes."""
+"""`loyalty housekeeping run`: mature and expire points now, write the ``bonus_expiring``
+reminders that are due, then prune the journey outboxes."""
 
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ def register(cli: typer.Typer) -> None:
             str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
         ] = None,
     ) -> None:
-        """Mature every earned lot that is due, then expire what is due, in bulk; then
-        delete the journey starts and signals done more than LOYALTY_JOURNEY_RETENTION
-        days ago."""
+        """Mature every earned lot that is due, then expire what is due, in bulk; write
+        the bonus_expiring reminders of the BonusExpiring flows; then delete the journey
+        starts and signals done more than LOYALTY_JOURNEY_RETENTION days ago."""
         from loyalty.db import Database, connect, prepare_database
         from loyalty.derived import listens
+        from loyalty.expiring import derive_reminders, reminder_days
         from loyalty.housekeeping import run_housekeeping
         from loyalty.retention import prune
 
@@ -72,7 +73,15 @@ def register(cli: typer.Typer) -> None:
                         for r in results:
                             table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",
                                           f"{r.points:,}")  # fmt: skip
+                    reminded: list[str] = []
+                    for p in programs:
+                        if reminder_days(app, p.name):
+                            with console.status(f"bonus_expiring reminders of program {p.name}"):
+                                written = await derive_reminders(conn, app, p, cutoff)
+                            reminded.append(f"{written:,} in program {p.name}")
                     console.print(table)
+                    if reminded:
+                        console.print(f"bonus_expiring reminders written: {', '.join(reminded)}")
                     # Every program's rows: the outboxes are the deployment's, not a
                     # program's, and they are not ledger data.
                     with console.status("pruning the journey outboxes"):

@@ -169,12 +169,17 @@ class PointsAbove(BaseEvent):
 
 
 class BonusExpiring(BaseEvent):
-    """Points will expire soon."""
+    """Points will expire soon: ``points`` of currency ``account`` at ``expires_at``.
+
+    ``days_left`` is the reminder's N (``BonusExpiring(days_before=N)``), not the time
+    really left: see `loyalty.expiring`.
+    """
 
     type: Literal["bonus_expiring"] = "bonus_expiring"
     points: int
     expires_at: AwareDatetime
     days_left: int
+    account: CurrencyName = "points"
 
 
 class PointsMatured(BaseEvent):

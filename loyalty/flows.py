@@ -33,7 +33,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # (the namespace's retention period): a trigger delivered twice starts one journey.
 JOURNEY_ID_REUSE_POLICY = WorkflowIDReusePolicy.REJECT_DUPLICATE
 # The LoyaltyFlow search attribute of the event routers; no flow may take it.
-RESERVED_NAMES = frozenset({"event-router", "tier-maintenance", "EventRouter", "TierMaintenance"})
+RESERVED_NAMES = frozenset(
+    {"event-router", "tier-maintenance", "housekeeping", "EventRouter", "TierMaintenance",
+     "Housekeeping"}
+)  # fmt: skip
 _FLOW_ATTRIBUTE = "__loyalty_flow__"
 
 C = TypeVar("C", bound=type)

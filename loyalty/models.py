@@ -318,3 +318,67 @@ class LoyaltyEventSignal(Model):
 
     wait_key: str
     event: AnyEvent
+
+
+class HousekeepingProgress(Model):
+    """A housekeeping run as far as it got (a row of ``housekeeping_runs``).
+
+    ``step`` is the next step to do: mature, expire, remind (``bonus_expiring``, in
+    chunks after the cursor), prune, then done."""
+
+    id: int
+    program: str
+    as_of: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    step: Literal["mature", "expire", "remind", "prune", "done"] = "mature"
+    matured_lots: int = 0
+    matured_points: int = 0
+    expired_lots: int = 0
+    expired_points: int = 0
+    cursor_member: str = ""
+    cursor_currency: str = ""
+    chunks: int = 0
+    reminders: int = 0
+    pruned_starts: int = 0
+    pruned_signals: int = 0
+
+
+class HousekeepingWork(Model):
+    """Work for one housekeeping activity: a step of the program's run at ``as_of``.
+
+    The reminder step writes chunks for about ``seconds``, then returns its progress."""
+
+    program: str
+    as_of: datetime
+    seconds: float = Field(30.0, gt=0)
+
+
+class NextHousekeepingInput(Model):
+    """Asks for a program's next housekeeping time after ``after``."""
+
+    program: str
+    after: datetime
+
+
+class HousekeepingLoopInput(Model):
+    """The state a housekeeping loop carries across continue-as-new."""
+
+    program: str
+    # None: the first run is at the schedule's first time after the loop starts.
+    next_run_at: datetime | None = None
+    paused: bool = False
+    runs: int = 0
+    last: HousekeepingProgress | None = None
+
+
+class HousekeepingStatus(Model):
+    """What the housekeeping loop's ``status`` query answers."""
+
+    program: str
+    paused: bool
+    next_run_at: datetime | None
+    running: HousekeepingProgress | None
+    last: HousekeepingProgress | None
+    runs: int

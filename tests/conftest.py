@@ -32,6 +32,7 @@ from loyalty.embedded import EmbeddedPostgres, find_binary
 from loyalty.settings import Settings
 from loyalty.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from starter.client import LoyaltyClient
+from workflows.housekeeping import housekeeping_workflow_id
 from workflows.maintenance import maintenance_workflow_id
 from workflows.router import router_workflow_id
 
@@ -203,6 +204,7 @@ async def start_worker(
             for program in app.programs.values()
             for scheme in program.tier_schemes
         )
+        routers.extend(housekeeping_workflow_id(merged.task_queue, p) for p in app.programs)
         return merged
 
     yield start
