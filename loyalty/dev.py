@@ -67,6 +67,8 @@ async def _serve(
             lines.append(f"Temporal Web UI: [link={ui_url}]{ui_url}[/link]")
             namespace = settings.temporal_namespace
             lines.append(f"Routers: {ui_url}/namespaces/{namespace}/workflows?query={query}")
+            loops = "WorkflowType%3D%22TierMaintenance%22%20OR%20WorkflowType%3D%22Housekeeping%22"
+            lines.append(f"Loops: {ui_url}/namespaces/{namespace}/workflows?query={loops}")
         lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
         lines.append("Stop with Ctrl-C.")
         console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
