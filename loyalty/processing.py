@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from loyalty import derived, ledger, rules
+from loyalty import bulk, derived, ledger, rules
 from loyalty.app import LoyaltyApp
 from loyalty.db import Conn
 from loyalty.errors import LedgerRefusal
@@ -166,6 +166,7 @@ async def process_batch(
     max_attempts: int,
     task_queue: str,
     careful: bool = False,
+    use_bulk: bool = True,
 ) -> RouterProgress:
     """Claim and apply one batch in one transaction; returns what happened.
 
@@ -179,6 +180,11 @@ async def process_batch(
     event). If any event raises, that transaction is rolled back and the batch is claimed
     again and applied carefully, each event in its own savepoint, so that the failure is
     isolated and recorded.
+
+    In the first pass, the members whose events are all simple (`loyalty.bulk`) have
+    them applied set-based, in a few statements for the whole batch, before the others'
+    events are applied one by one; ``use_bulk=False`` applies every event one by one (to
+    compare the two). The careful pass is always one by one.
     """
     try:
         async with conn.transaction():
@@ -199,10 +205,17 @@ async def process_batch(
             held: set[str] = set()
             # (inbox row id, event) of every processed event: the journeys' triggers.
             processed: list[tuple[int, BaseEvent]] = []
+            # Outcomes of the events applied in bulk, by inbox row id.
+            in_bulk: dict[int, tuple[AnyEvent, str]] = {}
+            if not careful and use_bulk:
+                in_bulk = await _apply_bulk(conn, processor.app, program, rows)
             for row in rows:
                 outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
                 if row["member_id"] in held:
                     outcome.update(status="pending", attempts=row["attempts"])
+                elif row["id"] in in_bulk:
+                    event, result = in_bulk[row["id"]]
+                    outcome.update(status="processed", outcome=result)
                 elif not careful:
                     try:
                         event = any_event_adapter.validate_python(row["payload"])
@@ -264,3 +277,39 @@ async def process_batch(
             batch_size=batch_size, max_attempts=max_attempts, task_queue=task_queue,
             careful=True,
         )  # fmt: skip
+
+
+async def _apply_bulk(
+    conn: Conn, app: LoyaltyApp, program: str, rows: list[asyncpg.Record]
+) -> dict[int, tuple[AnyEvent, str]]:
+    """Apply the events of the batch's bulk members (`loyalty.bulk`) before the others.
+
+    Returns (event, outcome) by inbox row id for the events applied; the members the bulk
+    path hands back keep all their events for the per-event path. Members are disjoint
+    between the two paths, so applying the bulk part first keeps every member's order.
+
+    Raises:
+        _RedoCarefully: the bulk part failed for another reason than a transient error.
+    """
+    parsed: dict[int, AnyEvent | None] = {}
+    for row in rows:
+        try:
+            parsed[row["id"]] = any_event_adapter.validate_python(row["payload"])
+        except ValueError:
+            parsed[row["id"]] = None  # the per-event path reports it
+    members = bulk.bulk_members(app, program, ((r["member_id"], parsed[r["id"]]) for r in rows))
+    chosen = [(r["id"], parsed[r["id"]]) for r in rows if r["member_id"] in members]
+    events = [event for _, event in chosen if event is not None]
+    if not events:
+        return {}
+    try:
+        done = await bulk.apply_bulk(conn, app, program, events)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        raise _RedoCarefully from exc
+    return {
+        row_id: (event, done.outcomes[event.event_id])
+        for row_id, event in chosen
+        if event is not None and event.member_id not in done.fallback
+    }
