@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import httpx
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -29,6 +30,7 @@ from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.db import create_pool, prepare_database
 from loyalty.flows import check_app
+from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
 from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
@@ -38,6 +40,9 @@ from workflows.maintenance import TierMaintenance, maintenance_workflow_id
 from workflows.router import EventRouter, router_workflow_id
 
 log = logging.getLogger("loyalty.worker")
+# Webhook providers set their own per-request timeout; this bounds everything else.
+HTTP_TIMEOUT = httpx.Timeout(10.0)
+HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 async def ensure_search_attributes(client: Client) -> None:
@@ -182,21 +187,25 @@ async def run_worker(
 ) -> None:
     """Run the worker until ``stop`` is set; one pool and one LISTEN connection in all.
 
-    Refuses an app with wrong flow definitions (`InvalidFlows`) before anything else, then
-    migrates the database, registers programs and search attributes, starts the routers.
+    Refuses an app with wrong flow definitions or templates (`InvalidFlows`) or a webhook
+    provider whose secret variable is not set (`ConfigurationError`) before anything else,
+    then migrates the database, registers programs and search attributes, starts the
+    routers.
     The worker runs the routers, the tier maintenance and housekeeping loops, every flow's
     journey workflow and the journey toolkit's activities; the routers start journeys with
-    ``client``.
+    ``client``. One httpx client serves every webhook message and is closed at the end.
     """
     specs = check_app(app)
+    secrets = load_secrets(app.programs)
     await prepare_database(dsn, app)
     await ensure_search_attributes(client)
     pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)
     listener = InboxListener(dsn)
+    http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS, follow_redirects=False)
     try:
         await listener.start()
         router = RouterActivities(pool, listener, EventProcessor(app), settings, client)
-        journeys = JourneyActivities(pool, app)
+        journeys = JourneyActivities(pool, app, http, secrets)
         maintenance = MaintenanceActivities(pool, app, settings)
         housekeeping = HousekeepingActivities(pool, app, settings)
         worker = build_worker(
@@ -215,3 +224,4 @@ async def run_worker(
     finally:
         await listener.close()
         await pool.close()
+        await http.aclose()

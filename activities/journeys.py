@@ -1,6 +1,7 @@
 """Activities of the journey toolkit (`loyalty.journeys`): ledger, member view, messages,
 waits for events.
 
+Messages go through `activities.messages.MessageSender` (providers, consent, templates).
 Each ledger or message step carries the idempotency key its workflow derived from the
 workflow id and step, so a retried activity returns the first result instead of applying
 twice. Business refusals are non-retryable `ApplicationError`s with a ``type``
@@ -9,19 +10,21 @@ twice. Business refusals are non-retryable `ApplicationError`s with a ``type``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.messages import MessageSender
 from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import LedgerRefusal, UnknownMember
 from loyalty.members import member_view
+from loyalty.messages import Secrets
 from loyalty.models import (
     AwardPointsInput,
     EndWaitInput,
@@ -45,9 +48,17 @@ def _refusal(exc: LedgerRefusal) -> ApplicationError:
 class JourneyActivities:
     """The toolkit's activities; the worker registers the bound methods (`all`)."""
 
-    def __init__(self, pool: asyncpg.Pool, app: LoyaltyApp) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        app: LoyaltyApp,
+        http: httpx.AsyncClient | None = None,
+        secrets: Secrets | None = None,
+    ) -> None:
+        """Args: the worker's pool, app, httpx client and webhook secrets (`run_worker`)."""
         self.pool = pool
         self.app = app
+        self.messages = MessageSender(pool, app, http, secrets)
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity of the toolkit, bound, for the worker."""
@@ -126,30 +137,11 @@ class JourneyActivities:
 
     @activity.defn(name="journey_send_message")
     async def send_message(self, message: SendMessageInput) -> MessageReceipt:
-        """Record the message in ``message_log`` (the ``log`` provider), once per key."""
-        self._program(message.program)
-        async with self.pool.acquire() as conn:
-            message_id = await conn.fetchval(
-                """INSERT INTO message_log
-                       (program, member_id, template, channel, data, idempotency_key,
-                        workflow_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
-                   ON CONFLICT (idempotency_key) DO NOTHING
-                   RETURNING id""",
-                message.program, message.member_id, message.template, message.channel,
-                json.loads(json.dumps(message.data, default=str)), message.idempotency_key,
-                message.workflow_id,
-            )  # fmt: skip
-            if message_id is not None:
-                return MessageReceipt(
-                    message_id=message_id, idempotency_key=message.idempotency_key
-                )
-            first = await conn.fetchval(
-                "SELECT id FROM message_log WHERE idempotency_key = $1", message.idempotency_key
-            )
-        return MessageReceipt(
-            message_id=first, idempotency_key=message.idempotency_key, duplicate=True
-        )
+        """Send the message through its channel's provider, once per key.
+
+        See `activities.messages`: consent, templates, webhook retries and the log.
+        """
+        return await self.messages.send(self._program(message.program), message)
 
     @activity.defn(name="journey_register_wait")
     async def register_wait(self, wait: RegisterWaitInput) -> WaitReceipt:

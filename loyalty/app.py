@@ -11,11 +11,13 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
+from loyalty.messages import Messages
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
 from loyalty.rules import EarnRule, check_rules
 from loyalty.tiers import Schedule, TierScheme, check_schemes
@@ -40,6 +42,8 @@ class Program(BaseModel):
         housekeeping: when the program's housekeeping loop runs (maturing, expiry,
             ``bonus_expiring`` reminders, pruning; see `workflows.housekeeping`): every
             day by default; its ``anchor`` does not apply.
+        messages: the provider of each message channel (see `loyalty.messages`); by
+            default everything goes to the ``log`` provider. Not stored in the database.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,6 +56,7 @@ class Program(BaseModel):
     earn_rules: tuple[EarnRule, ...] = ()
     tier_schemes: tuple[TierScheme, ...] = ()
     housekeeping: Schedule = Schedule()
+    messages: Messages = Messages()
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:
@@ -69,14 +74,29 @@ class Program(BaseModel):
         return self.expiry.get(currency, NoExpiry())
 
     def config(self) -> dict[str, object]:
-        """The settings stored with the program in the database (JSON)."""
-        return self.model_dump(mode="json", exclude={"name"})
+        """The settings stored with the program in the database (JSON).
+
+        ``messages`` stays out: it is the worker's outbound configuration (URLs, names of
+        secret variables, headers), not something the ledger's SQL needs.
+        """
+        return self.model_dump(mode="json", exclude={"name", "messages"})
 
 
 class LoyaltyApp:
-    """Programs and flows, checked when the app is created."""
+    """Programs, flows and the folder of message templates, checked when the app is created.
 
-    def __init__(self, programs: Sequence[Program] = (), flows: Sequence[type] = ()) -> None:
+    ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.templates`),
+    usually next to the flows: ``Path(__file__).parent / "templates"``. Without it,
+    messages carry no rendered body.
+    """
+
+    def __init__(
+        self,
+        programs: Sequence[Program] = (),
+        flows: Sequence[type] = (),
+        templates: Path | str | None = None,
+    ) -> None:
+        self.templates = Path(templates) if templates is not None else None
         self.programs: dict[str, Program] = {}
         for program in programs or [Program(name="default")]:
             if program.name in self.programs:

@@ -26,6 +26,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError, InvalidFlows
 from loyalty.events import DERIVED_TYPES, INCOMING_TYPES
+from loyalty.templates import check_templates
 from loyalty.triggers import NewStage, Trigger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -199,8 +200,11 @@ def flow_spec(cls: object) -> FlowSpec | None:
 def check_app(app: LoyaltyApp) -> list[FlowSpec]:
     """The app's flow specs, in order, once every definition is right.
 
+    Also parses the app's message templates (`loyalty.templates.check_templates`).
+
     Raises:
-        InvalidFlows: a `ConfigurationError` with one line per problem, naming the flow.
+        InvalidFlows: a `ConfigurationError` with one line per problem, naming the flow
+            or the template file.
     """
     problems: list[str] = []
     specs: list[FlowSpec] = []
@@ -248,6 +252,8 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
                 f"flow {flow_name!r}: {len(classes)} flows have this name ({listed}); "
                 "set name= on @flow to tell them apart"
             )
+    if app.templates is not None:
+        problems += check_templates(app.templates)
     if problems:
         raise InvalidFlows(problems)
     return specs

@@ -74,6 +74,10 @@ STEP_RETRY_POLICY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
 )
+# A message step: one webhook request (at most 60 seconds, `WebhookProvider`) and the
+# message log's statements. Its retries end at the provider's max_attempts: the activity
+# then raises a non-retryable error.
+MESSAGE_TIMEOUT = timedelta(seconds=90)
 _COUNTER = "_loyalty_journey_steps"
 _WAIT_COUNTER = "_loyalty_journey_waits"
 # {wait key: event or None}: the open waits of the instance and what each received.
@@ -83,6 +87,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
 )
 
 __all__ = [
+    "MESSAGE_TIMEOUT",
     "STEP_RETRY_POLICY",
     "STEP_TIMEOUT",
     "award_points",
@@ -222,22 +227,41 @@ async def send_message(
     *,
     channel: str = "email",
     data: dict[str, object] | None = None,
+    event: BaseEvent | None = None,
     action: str | None = None,
     program: str | None = None,
 ) -> MessageReceipt:
-    """Send the member a message from a template, once (here: the ``log`` provider).
+    """Send the member a message from a template, once, through the channel's provider.
 
-    The ``log`` provider records the message in the ``message_log`` table.
+    The program's `loyalty.messages.Messages` picks the provider: ``log`` (records the
+    rendered message in ``message_log``) or ``webhook`` (a signed JSON POST; 5xx,
+    timeouts and connection errors are retried with backoff up to the provider's
+    ``max_attempts``). A member whose profile has ``consent: {<channel>: false}`` is not
+    sent to: the receipt's status is ``skipped``.
+
+    Args:
+        member_id: the member.
+        template: the template's name: the file ``<template>.j2`` of the app's templates
+            folder (see `loyalty.templates`), and the name the receiver gets.
+        channel: e.g. ``email``, ``sms``, ``push``.
+        data: extra template variables (``data``), also sent to the webhook; JSON values.
+        event: the trigger event, for the template (``event``) and the webhook.
+        action: the step's name in its idempotency key; default: the step counter.
+        program: default: the journey's ``LoyaltyProgram`` search attribute.
+
+    Raises:
+        ActivityError: its cause an ApplicationError of type ``TemplateError``,
+            ``MessageRejected`` (a 4xx answer) or ``MessageFailed`` (attempts used up).
     """
     message = SendMessageInput(
         program=_program(program), member_id=member_id, template=template, channel=channel,
         data=data or {}, idempotency_key=step_key(action),
-        workflow_id=workflow.info().workflow_id,
+        workflow_id=workflow.info().workflow_id, event=event,
     )  # fmt: skip
     return await workflow.execute_activity_method(
         JourneyActivities.send_message,
         message,
-        start_to_close_timeout=STEP_TIMEOUT,
+        start_to_close_timeout=MESSAGE_TIMEOUT,
         retry_policy=STEP_RETRY_POLICY,
     )
 

@@ -269,23 +269,62 @@ class GetMemberInput(Model):
 
 
 class SendMessageInput(Model):
-    """A journey step that sends a message through the ``log`` provider."""
+    """A journey step that sends a message through its channel's provider.
+
+    ``event`` is the trigger event, in the template context and the webhook body.
+    """
 
     program: str
     member_id: str = Field(min_length=1, max_length=128)
-    template: str = Field(min_length=1)
+    template: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
     channel: str = "email"
     data: dict[str, object] = {}
     idempotency_key: str = Field(min_length=1)
     workflow_id: str
+    event: AnyEvent | None = None
 
 
 class MessageReceipt(Model):
-    """A recorded message; a repeated key returns the first record."""
+    """A recorded message; a repeated key returns the first record.
+
+    ``status``: ``sent``, or ``skipped`` when the member withdrew consent for the channel
+    (``detail``: ``no consent``).
+    """
 
     message_id: int
     idempotency_key: str
     duplicate: bool = False
+    status: Literal["sent", "skipped"] = "sent"
+    provider: Literal["log", "webhook"] = "log"
+    detail: str | None = None
+
+
+class MessageAttempt(Model):
+    """One delivery attempt of a message (`loyalty messages`)."""
+
+    attempt: int
+    at: datetime
+    http_status: int | None
+    error: str | None
+
+
+class MessageRecord(Model):
+    """A message of the message log with its attempts (`loyalty messages --json`)."""
+
+    id: int
+    program: str
+    member_id: str
+    template: str
+    channel: str
+    provider: str
+    status: str
+    detail: str | None
+    body: str | None
+    data: dict[str, object]
+    idempotency_key: str
+    workflow_id: str | None
+    created_at: datetime
+    attempts: list[MessageAttempt] = []
 
 
 class RegisterWaitInput(Model):
