@@ -1,21 +1,15 @@
-"""The demo app: two programs (two brands) side by side.
+"""The demo app, loaded by `loyalty dev --demo` and `loyalty demo`: ``examples.demo:app``.
 
-Flows and the story played by `make run` grow with the flows, tiers and messages issues.
+Two brands side by side (coffee and tea, `examples.programs`), their flows
+(`examples.flows`), message templates (``templates/``) and the story that the demo plays
+(`examples.story`).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from examples.flows import FLOWS
+from examples.messaging import TEMPLATES
+from examples.programs import programs
+from loyalty.app import LoyaltyApp
 
-from loyalty.app import LoyaltyApp, Program
-
-app = LoyaltyApp(
-    programs=[
-        Program(name="default"),
-        Program(
-            name="coffee",
-            currencies=("points", "tier_points"),
-            earned_waiting_period=timedelta(minutes=2),
-        ),
-    ],
-)
+app = LoyaltyApp(programs=programs(), flows=FLOWS, templates=TEMPLATES)

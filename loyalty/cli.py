@@ -10,13 +10,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loyalty import cli_adjust, cli_audit, cli_flows, cli_ledger, cli_maintenance
+from loyalty import cli_adjust, cli_audit, cli_flows, cli_ledger, cli_maintenance, cli_messages
 from loyalty.app import load_app
 from loyalty.clikit import app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent, UnknownMember
 from loyalty.events import IncomingEvent, parse_event, parse_lines
 from loyalty.settings import Settings
 
+DEMO_APP = "examples.demo:app"
+# Seconds the demo story may take, from the worker's start to its last outcome.
+DEMO_TIMEOUT = 120.0
 # Events per INSERT statement; every line (and its program) is checked before the first.
 EMIT_CHUNK = 5_000
 
@@ -57,9 +60,38 @@ def dev(
     from loyalty.dev import run_dev
 
     settings = settings_of(ctx)
-    spec = "examples.demo:app" if demo and not app else app
-    code = run(run_dev(settings, app_or_exit(settings, spec), console))
-    raise typer.Exit(code)
+    if not demo or app:
+        raise typer.Exit(run(run_dev(settings, app_or_exit(settings, app), console)))
+    from loyalty.demo import prepare_demo, story_hook
+
+    prepare_demo()
+    story = story_hook(settings, console, timeout=DEMO_TIMEOUT, exit_when_done=False)
+    raise typer.Exit(run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story)))
+
+
+@cli.command()
+def demo(
+    ctx: typer.Context,
+    exit_: Annotated[
+        bool,
+        typer.Option(
+            "--exit",
+            help="Exit once the story is played: 0 when every expected outcome happened, "
+            "1 listing the missing ones.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the story may take to reach its outcomes.")
+    ] = DEMO_TIMEOUT,
+) -> None:
+    """Play the demo story (examples/) on local servers, like `loyalty dev --demo`."""
+    from loyalty.demo import prepare_demo, story_hook
+    from loyalty.dev import run_dev
+
+    settings = settings_of(ctx)
+    prepare_demo()
+    story = story_hook(settings, console, timeout=timeout, exit_when_done=exit_)
+    raise typer.Exit(run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story)))
 
 
 @cli.command()
@@ -294,7 +326,7 @@ def events(
     run(go())
 
 
-for commands in (cli_ledger, cli_audit, cli_adjust, cli_flows, cli_maintenance):
+for commands in (cli_ledger, cli_audit, cli_adjust, cli_flows, cli_maintenance, cli_messages):
     commands.register(cli)
 
 

@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from rich.console import Console
 from rich.panel import Panel
+from temporalio.client import Client
 
 from loyalty.app import LoyaltyApp
 from loyalty.db import Database
 from loyalty.embedded import TemporalDevServer
 from loyalty.settings import Settings
 from loyalty.temporal import connect_temporal
+
+StoryHook = Callable[[Client, str, str | None], Awaitable[int]]
+"""Played once the worker is ready, with the Temporal client, the database DSN and the
+Web UI's URL (`loyalty.demo.play`): its result, when it returns, is the exit code."""
 
 TRY_COMMAND = (
     'loyalty emit --wait \'{"type":"points_deposit","event_id":"e1","member_id":"m1",'
@@ -43,6 +48,7 @@ async def _serve(
     console: Console,
     started: float,
     ui_url: str | None,
+    story: StoryHook | None = None,
 ) -> int:
     from worker import run_worker
 
@@ -75,13 +81,41 @@ async def _serve(
         # Printed raw, outside the panel, so that it can be copied whole.
         console.print("Try, in another shell:", soft_wrap=True)
         console.print(TRY_COMMAND, soft_wrap=True, markup=False, highlight=False)
+        code = 0
+        if story is not None:
+            code = await _play(story(client, dsn, ui_url), task, stop, console)
         await task
     console.print("stopped the worker")
-    return 0
+    return code
 
 
-async def run_dev(settings: Settings, app: LoyaltyApp, console: Console) -> int:
-    """Start PostgreSQL and Temporal unless configured, run the worker until a signal."""
+async def _play(
+    story: Awaitable[int], worker: asyncio.Task[None], stop: asyncio.Event, console: Console
+) -> int:
+    """Run the story beside the worker; its end stops the worker, a stop ends it."""
+    playing = asyncio.ensure_future(story)
+    await asyncio.wait({worker, playing}, return_when=asyncio.FIRST_COMPLETED)
+    if not playing.done():
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await playing
+        return 0
+    stop.set()
+    try:
+        return playing.result()
+    except Exception as exc:
+        console.print(f"[red]the demo story failed: {exc!r}[/]")
+        return 1
+
+
+async def run_dev(
+    settings: Settings, app: LoyaltyApp, console: Console, story: StoryHook | None = None
+) -> int:
+    """Start PostgreSQL and Temporal unless configured, run the worker until a signal.
+
+    With ``story`` (the demo), play it once the worker is ready; the worker stops when
+    the story returns, and the story's result is the exit code.
+    """
     started = time.monotonic()
     settings.home.mkdir(parents=True, exist_ok=True)
     temporal: TemporalDevServer | None = None
@@ -98,7 +132,9 @@ async def run_dev(settings: Settings, app: LoyaltyApp, console: Console) -> int:
                 )
                 await temporal.start_and_wait()
                 address, ui_url = temporal.address, temporal.ui_url
-            return await _serve(settings, app, database.dsn, address, console, started, ui_url)
+            return await _serve(
+                settings, app, database.dsn, address, console, started, ui_url, story
+            )
         finally:
             if temporal is not None:
                 temporal.stop()

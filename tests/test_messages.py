@@ -498,3 +498,36 @@ async def test_loyalty_messages_lists_a_members_messages_with_attempts(
     assert [(a.attempt, a.http_status) for a in records[1].attempts] == [(1, 503), (2, 200)]
     assert records[1].attempts[0].at <= datetime.now(UTC) + timedelta(seconds=1)
     assert await list_messages(settings, "m1", "other", 10) == []
+
+
+async def test_loyalty_messages_lists_a_members_messages_with_their_attempts(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    """`loyalty messages --member` as a user runs it: a real process on the test's database."""
+    from tests.test_cli import cli_env, loyalty
+
+    await conn.execute(
+        """INSERT INTO message_log (program, member_id, template, channel, data,
+                                    idempotency_key, workflow_id, status, provider, body)
+           VALUES ('default', 'm1', 'gold_welcome', 'email', '{}', 'journey:w1:welcome', 'w1',
+                   'sent', 'webhook', 'Welcome to gold')"""
+    )
+    await conn.execute(
+        """INSERT INTO message_attempts (idempotency_key, attempt, http_status, error)
+           VALUES ('journey:w1:welcome', 1, 503, 'HTTP 503'),
+                  ('journey:w1:welcome', 2, 200, NULL)"""
+    )
+    env = cli_env(settings_env)
+    run = await loyalty(env, "messages", "--member", "m1", "--json")
+    assert run.code == 0, run.err
+    [record] = [json.loads(line) for line in run.lines]
+    assert (record["template"], record["status"], record["provider"]) == (
+        "gold_welcome",
+        "sent",
+        "webhook",
+    )
+    assert [(a["attempt"], a["http_status"]) for a in record["attempts"]] == [(1, 503), (2, 200)]
+    table = await loyalty({**env, "COLUMNS": "200"}, "messages", "--member", "m1")
+    assert table.code == 0, table.err
+    assert "gold_welcome" in table.out
+    assert "sent" in table.out
