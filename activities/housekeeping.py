@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from loyalty.app import LoyaltyApp, Program
 from loyalty.expiring import REMINDER_CHUNK
-from loyalty.housekeeping import expire_step, mature_step, prune_step, remind_step, start_run
+from loyalty.housekeeping_runs import expire_step, mature_step, prune_step, remind_step, start_run
 from loyalty.models import HousekeepingProgress, HousekeepingWork, NextHousekeepingInput
 from loyalty.settings import Settings
 

@@ -175,7 +175,7 @@ async def derive_reminders(
     conn: Conn, app: LoyaltyApp, program: Program, as_of: datetime, *, chunk: int = REMINDER_CHUNK
 ) -> int:
     """Write every reminder due at ``as_of``, one chunk per transaction (for the CLI and
-    tests; the loop records its cursor, see `loyalty.housekeeping.remind_step`).
+    tests; the loop records its cursor, see `loyalty.housekeeping_runs.remind_step`).
 
     Returns:
         How many ``bonus_expiring`` events were written.

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from loyalty import tiers
 from loyalty.db import Conn
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
+from loyalty.tier_status import statuses as tier_statuses
 
 ENTRY_LIMIT = 20
 
@@ -97,7 +97,7 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
         ENTRY_LIMIT,
     )
     config = await conn.fetchval("SELECT config FROM programs WHERE name = $1", program)
-    statuses = await tiers.statuses(conn, program, config or {}, member_id)
+    statuses = await tier_statuses(conn, program, config or {}, member_id)
     # members.tier holds the first scheme's tier; the status knows it for a member whose
     # row was created before the program had schemes.
     tier = statuses[0].tier if statuses else (member["tier"] if member else None)

@@ -24,7 +24,8 @@ from loyalty.maintenance import history, run_chunk, run_maintenance, start_run
 from loyalty.members import member_view
 from loyalty.processing import EventProcessor
 from loyalty.rules import PerAmount
-from loyalty.tiers import Schedule, Tier, TierScheme, next_anniversary
+from loyalty.tier_status import next_anniversary
+from loyalty.tiers import Schedule, Tier, TierScheme
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
