@@ -18,11 +18,12 @@ time.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+
+from workflows.loop import ScheduledLoop
 
 with workflow.unsafe.imports_passed_through():
     from activities.housekeeping import HousekeepingActivities
@@ -72,44 +73,20 @@ def describe(run: HousekeepingProgress) -> str:
 
 
 @workflow.defn(name="Housekeeping")
-class Housekeeping:
+class Housekeeping(ScheduledLoop[HousekeepingProgress]):
     """Keeps a program's ledger on its schedule, for ever."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._input: HousekeepingLoopInput | None = None
-        self._paused = False
-        self._next: datetime | None = None
-        self._running: HousekeepingProgress | None = None
-        self._last: HousekeepingProgress | None = None
-        self._runs = 0
-        # Run-now requests received, and those a run has answered.
-        self._requested = 0
-        self._served = 0
-        # Bumped by every signal and update: wakes the wait for the next run.
-        self._wake = 0
 
     @workflow.run
     async def run(self, input: HousekeepingLoopInput) -> None:
         self._input = input
-        self._paused, self._last, self._runs = input.paused, input.last, input.runs
-        self._next = input.next_run_at or await self._next_after(workflow.now())
-        while True:
-            self._show()
-            await self._wait_until_due()
-            as_of = workflow.now()
-            await self._run(as_of)
-            self._next = await self._next_after(as_of)
-            await workflow.wait_condition(
-                lambda: workflow.all_handlers_finished() or self._requested > self._served
-            )
-            if self._requested == self._served:
-                break
-        workflow.continue_as_new(
-            input.model_copy(
-                update={"next_run_at": self._next, "paused": self._paused, "runs": self._runs,
-                        "last": self._last}
-            )
-        )  # fmt: skip
+        await self._loop(
+            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
+        )
+        workflow.continue_as_new(input.model_copy(update=self._carry()))
 
     async def _next_after(self, at: datetime) -> datetime:
         assert self._input is not None
@@ -120,33 +97,13 @@ class Housekeeping:
             retry_policy=HOUSEKEEPING_RETRY_POLICY,
         )
 
-    async def _wait_until_due(self) -> None:
-        while True:
-            if self._requested > self._served:
-                return
-            assert self._next is not None
-            left = self._next - workflow.now()
-            if not self._paused and left <= timedelta(0):
-                return
-            # A signal or update, or the next run time.
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda wake=self._wake: self._wake != wake,  # type: ignore[misc]
-                    timeout=None if self._paused else left,
-                )
-            self._show()
-
-    async def _run(self, as_of: datetime) -> None:
+    async def _work(self, as_of: datetime, forced: bool) -> HousekeepingProgress:
+        """The run's steps, one activity each (reminders: a slice per activity)."""
         assert self._input is not None
-        # A run asked for with run_now runs even while the loop is paused.
-        forced = self._requested > self._served
-        self._served = self._requested
         work = HousekeepingWork(program=self._input.program, as_of=as_of)
         step = "mature"
         while step != "done":
-            if self._paused and not forced:
-                self._show()
-                await workflow.wait_condition(lambda: not self._paused)
+            await self._between(forced)
             method, timeout = _STEPS[step]
             run: HousekeepingProgress = await workflow.execute_activity_method(
                 method,
@@ -158,46 +115,15 @@ class Housekeeping:
             step = run.step
             self._running = run
             self._show()
-        self._running, self._last = None, run
-        self._runs += 1
-        self._served = self._requested
+        return run
 
-    def _show(self) -> None:
-        """The current details in the Web UI: the run in progress, or the next one."""
-        lines = []
-        if self._running is not None:
-            lines.append(f"**Running** (as of {self._running.as_of:%Y-%m-%d %H:%M} UTC): "
-                         + describe(self._running))  # fmt: skip
-        if self._paused:
-            lines.append("**Paused**: resume with the `resume` signal.")
-        elif self._running is None and self._next is not None:
-            lines.append(f"Next run at {self._next:%Y-%m-%d %H:%M} UTC.")
-        if self._last is not None:
-            lines.append(f"Last run (as of {self._last.as_of:%Y-%m-%d %H:%M} UTC): "
-                         + describe(self._last))  # fmt: skip
-        workflow.set_current_details("\n\n".join(lines))
+    def _describe(self, run: HousekeepingProgress) -> str:
+        return describe(run)
 
     @workflow.update
     async def run_now(self) -> HousekeepingProgress:
         """Run housekeeping now (or let the run in progress finish); returns its counts."""
-        target = self._runs + 1
-        self._requested += 1
-        self._wake += 1
-        await workflow.wait_condition(lambda: self._runs >= target)
-        assert self._last is not None
-        return self._last
-
-    @workflow.signal
-    def pause(self) -> None:
-        """Stop at the next step boundary and skip scheduled runs until resumed."""
-        self._paused = True
-        self._wake += 1
-
-    @workflow.signal
-    def resume(self) -> None:
-        """Undo `pause`; a run that fell due meanwhile starts at once."""
-        self._paused = False
-        self._wake += 1
+        return await self._run_now()
 
     @workflow.query
     def status(self) -> HousekeepingStatus:
