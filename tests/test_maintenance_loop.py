@@ -103,12 +103,15 @@ def maintenance_worker(
     return build_worker(client, settings, activities.all(), [TierMaintenance], **options)
 
 
-async def start_loop(client: Client, settings: Settings) -> WorkflowHandle[TierMaintenance, None]:
+async def start_loop(
+    client: Client, settings: Settings, **options: Any
+) -> WorkflowHandle[TierMaintenance, None]:
     return await client.start_workflow(
         TierMaintenance.run,
         MaintenanceLoopInput(program="coffee", scheme="main"),
         id=maintenance_workflow_id(settings.task_queue, "coffee", "main"),
         task_queue=settings.task_queue,
+        **options,
     )
 
 
@@ -160,8 +163,9 @@ async def test_run_now_pause_and_resume(
     settings = loop_settings(database_url, LOYALTY_TASK_QUEUE="loop-controls")
     client = time_env.client
     async with maintenance_worker(client, settings, pool, app, max_cached_workflows=0):
-        handle = await start_loop(client, settings)
-        await handle.signal(TierMaintenance.pause)
+        # Paused with the start: the signal is handled in the loop's first workflow task,
+        # before its run method, which must not undo it.
+        handle = await start_loop(client, settings, start_signal="pause")
         await time_env.sleep(40 * DAY)
         status = await handle.query(TierMaintenance.status)
         assert (status.paused, status.runs) == (True, 0)

@@ -76,20 +76,19 @@ def describe(run: HousekeepingProgress) -> str:
 class Housekeeping(ScheduledLoop[HousekeepingProgress]):
     """Keeps a program's ledger on its schedule, for ever."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._input: HousekeepingLoopInput | None = None
+    @workflow.init
+    def __init__(self, input: HousekeepingLoopInput) -> None:
+        super().__init__(
+            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
+        )
+        self._input = input
 
     @workflow.run
     async def run(self, input: HousekeepingLoopInput) -> None:
-        self._input = input
-        await self._loop(
-            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
-        )
+        await self._loop()
         workflow.continue_as_new(input.model_copy(update=self._carry()))
 
     async def _next_after(self, at: datetime) -> datetime:
-        assert self._input is not None
         return await workflow.execute_activity_method(
             HousekeepingActivities.next_run_at,
             NextHousekeepingInput(program=self._input.program, after=at),
@@ -99,7 +98,6 @@ class Housekeeping(ScheduledLoop[HousekeepingProgress]):
 
     async def _work(self, as_of: datetime, forced: bool) -> HousekeepingProgress:
         """The run's steps, one activity each (reminders: a slice per activity)."""
-        assert self._input is not None
         work = HousekeepingWork(program=self._input.program, as_of=as_of)
         step = "mature"
         while step != "done":
@@ -128,7 +126,6 @@ class Housekeeping(ScheduledLoop[HousekeepingProgress]):
     @workflow.query
     def status(self) -> HousekeepingStatus:
         """Paused or not, the next run time, the run in progress and the last run."""
-        assert self._input is not None
         return HousekeepingStatus(
             program=self._input.program, paused=self._paused, next_run_at=self._next,
             running=self._running, last=self._last, runs=self._runs,

@@ -6,7 +6,9 @@ while paused), pause and resume the loop (signals), and read its state (a query,
 by each loop with its own model). The run in progress, the next run time and the last run
 are the workflow's current details in the Web UI.
 
-A subclass gives the next run time (`_next_after`, an activity), the run itself (`_work`,
+A subclass's `__init__` is a `workflow.init` that passes the carried state (paused, last
+run, run count, next run time) from its input, so signals and updates that arrive with the
+start see it. It gives the next run time (`_next_after`, an activity), the run itself (`_work`,
 activities that call `_between` at their boundaries), a one-line `_describe` of a run,
 and its `run_now` update, `status` query and `@workflow.run` method, which calls `_loop`
 and continues as new with `_carry`.
@@ -35,12 +37,16 @@ class ScheduledLoop(Generic[P]):
     # What the Web UI tells an operator who finds the loop paused.
     RESUME_HINT: ClassVar[str] = "resume with the `resume` signal"
 
-    def __init__(self) -> None:
-        self._paused = False
-        self._next: datetime | None = None
+    def __init__(
+        self, *, paused: bool, last: P | None, runs: int, next_run_at: datetime | None
+    ) -> None:
+        # Set from the input before any handler runs (subclasses' `__init__` is a
+        # `workflow.init`), so a pause or run-now delivered with the start is not undone.
+        self._paused = paused
+        self._next = next_run_at
         self._running: P | None = None
-        self._last: P | None = None
-        self._runs = 0
+        self._last = last
+        self._runs = runs
         # Run-now requests received, and those a run has answered.
         self._requested = 0
         self._served = 0
@@ -57,12 +63,10 @@ class ScheduledLoop(Generic[P]):
     def _describe(self, run: P) -> str:
         raise NotImplementedError
 
-    async def _loop(
-        self, *, paused: bool, last: P | None, runs: int, next_run_at: datetime | None
-    ) -> None:
+    async def _loop(self) -> None:
         """Wait for the next run and run, again while run-now requests are pending."""
-        self._paused, self._last, self._runs = paused, last, runs
-        self._next = next_run_at or await self._next_after(workflow.now())
+        if self._next is None:
+            self._next = await self._next_after(workflow.now())
         while True:
             self._show()
             await self._wait_until_due()

@@ -62,20 +62,19 @@ class TierMaintenance(ScheduledLoop[MaintenanceProgress]):
 
     RESUME_HINT = "resume with `loyalty maintenance resume`"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._input: MaintenanceLoopInput | None = None
+    @workflow.init
+    def __init__(self, input: MaintenanceLoopInput) -> None:
+        super().__init__(
+            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
+        )
+        self._input = input
 
     @workflow.run
     async def run(self, input: MaintenanceLoopInput) -> None:
-        self._input = input
-        await self._loop(
-            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
-        )
+        await self._loop()
         workflow.continue_as_new(input.model_copy(update=self._carry()))
 
     async def _next_after(self, at: datetime) -> datetime:
-        assert self._input is not None
         return await workflow.execute_activity_method(
             MaintenanceActivities.next_run_at,
             NextRunInput(program=self._input.program, scheme=self._input.scheme, after=at),
@@ -85,7 +84,6 @@ class TierMaintenance(ScheduledLoop[MaintenanceProgress]):
 
     async def _work(self, as_of: datetime, forced: bool) -> MaintenanceProgress:
         """Slices of chunks until every member was reviewed."""
-        assert self._input is not None
         work = MaintenanceSlice(program=self._input.program, scheme=self._input.scheme, as_of=as_of)
         run: MaintenanceProgress | None = None
         while run is None or run.finished_at is None:
@@ -112,7 +110,6 @@ class TierMaintenance(ScheduledLoop[MaintenanceProgress]):
     @workflow.query
     def status(self) -> MaintenanceStatus:
         """Paused or not, the next run time, the run in progress and the last run."""
-        assert self._input is not None
         return MaintenanceStatus(
             program=self._input.program, scheme=self._input.scheme, paused=self._paused,
             next_run_at=self._next, running=self._running, last=self._last, runs=self._runs,
