@@ -17,8 +17,13 @@ The id is ``bonus_expiring:<N>:<currency>:<expires_at ISO 8601>:<member_id>`` (S
 of the part after the prefix when longer than 128 characters, as `derived.derived_id`),
 and the inbox keeps (program, event_id) unique, so a reminder is written once however
 many runs see the same lots; points added later to the same date are not announced
-again. Points that expire through an ``Inactivity`` policy have no date on their lots,
-so they get no reminder.
+again.
+
+Points under an ``Inactivity(days=D)`` policy have no date on their lots: all the member
+holds in the currency (available and not yet matured) expires D days after the last
+earning or spending. That date is the reminder's ``expires_at`` and ``points`` is what
+the member holds. Any activity moves the date, so a member reminded who then earns or
+spends is reminded again before the new date, and never twice for one date.
 
 The statement is set-based and goes through the program's member accounts in chunks,
 keyset on (member_id, currency): one chunk per transaction, reading each account's
@@ -36,6 +41,7 @@ from loyalty.app import LoyaltyApp, Program
 from loyalty.db import Conn
 from loyalty.derived import MAX_EVENT_ID
 from loyalty.flows import flows_by_type
+from loyalty.policies import Inactivity
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
 
 # Member accounts (one per member and currency) per chunk.
@@ -51,7 +57,8 @@ def _iso(value: str) -> str:
 
 
 # One chunk: $1 program, $2 currencies, $3 as_of, $4 the Ns, ($5, $6) the last
-# (member_id, currency) of the previous chunk, $7 the chunk size. Returns the chunk's
+# (member_id, currency) of the previous chunk, $7 the chunk size, $8 and $9 the
+# currencies under an inactivity policy and their days. Returns the chunk's
 # last key, its size and the count of new events; no row when no account was left.
 _REMIND_CHUNK = f"""
 WITH chunk AS (
@@ -75,6 +82,23 @@ due AS (
                   AND l.expires_at > greatest($3::timestamptz, cut.expired_through)
                   AND l.expires_at <= $3::timestamptz + make_interval(days => n.days)
     GROUP BY c.member_id, c.currency, n.days, l.expires_at
+    UNION ALL
+    -- Under an inactivity policy ($8 currencies, $9 their days) everything the member
+    -- holds in the currency expires together, that many days after the last activity.
+    SELECT c.member_id, c.currency, n.days, x.expires_at, sum(l.remaining)::bigint
+    FROM chunk AS c
+    JOIN unnest($8::text[], $9::int[]) AS p(currency, days) ON p.currency = c.currency
+    JOIN member_currencies AS m ON m.program = $1 AND m.member_id = c.member_id
+                               AND m.currency = c.currency
+    CROSS JOIN LATERAL (
+        SELECT m.last_activity_at + make_interval(days => p.days) AS expires_at
+    ) AS x
+    CROSS JOIN unnest($4::int[]) AS n(days)
+    JOIN lots AS l ON l.account_id = c.id AND l.remaining > 0
+                  AND (l.expires_at IS NULL OR l.expires_at > x.expires_at)
+    WHERE x.expires_at > $3::timestamptz
+      AND x.expires_at <= $3::timestamptz + make_interval(days => n.days)
+    GROUP BY c.member_id, c.currency, n.days, x.expires_at
 ),
 texts AS (
     SELECT d.*, e.iso AS expires_iso,
@@ -159,9 +183,10 @@ async def remind_chunk(
     if not days:
         return Chunk(last=None, accounts=0, reminders=0)
     # Every currency, whatever its policy now: lots keep the date they were given.
+    inactive = {c: p.days for c, p in program.expiry.items() if isinstance(p, Inactivity)}
     row = await conn.fetchrow(
         _REMIND_CHUNK, program.name, list(program.currencies), as_of, list(days), after[0],
-        after[1], chunk,
+        after[1], chunk, list(inactive), list(inactive.values()),
     )  # fmt: skip
     if row is None:
         return Chunk(last=None, accounts=0, reminders=0)

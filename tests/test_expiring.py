@@ -20,7 +20,7 @@ from loyalty.expiring import derive_reminders, reminder_days
 from loyalty.flows import flow
 from loyalty.housekeeping import expire_due
 from loyalty.inbox import insert_events
-from loyalty.policies import Rolling
+from loyalty.policies import Inactivity, Rolling
 from loyalty.processing import EventProcessor
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
 
@@ -51,19 +51,20 @@ SHOP = Program(
 APP = LoyaltyApp(programs=[SHOP], flows=[WarnAWeekBefore, WarnAMonthBefore])
 
 
-async def apply(conn: Conn, event: PointsDeposit | PointsWithdrawal) -> None:
+async def apply(conn: Conn, event: PointsDeposit | PointsWithdrawal, app: LoyaltyApp = APP) -> None:
     await insert_events(conn, [event])
     async with conn.transaction():
-        await EventProcessor(APP).apply(conn, event)
+        await EventProcessor(app).apply(conn, event)
 
 
 async def deposit(
-    conn: Conn, event_id: str, member: str, points: int, at: datetime, account: str = "points"
-) -> None:
+    conn: Conn, event_id: str, member: str, points: int, at: datetime, account: str = "points",
+    app: LoyaltyApp = APP,
+) -> None:  # fmt: skip
     await apply(conn, PointsDeposit(
         event_id=event_id, member_id=member, program="shop", points=points, kind="available",
         account=account, reason="gift", occurred_at=at,
-    ))  # fmt: skip
+    ), app)  # fmt: skip
 
 
 async def reminders(conn: Conn) -> list[BonusExpiring]:
@@ -178,3 +179,33 @@ async def test_an_expiry_time_with_microseconds_has_pythons_iso_text(
     await deposit(conn, "a1", "alice", 10, at)
     await derive_reminders(conn, APP, SHOP, T0 + 55 * DAY)
     assert (await reminders(conn))[0] == reminder("alice", 7, at + 60 * DAY, 10)
+
+
+async def test_points_under_an_inactivity_policy_are_announced_before_the_date_activity_sets(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    shop = Program(name="shop", expiry={"points": Inactivity(days=90)})
+    app = LoyaltyApp(programs=[shop], flows=[WarnAWeekBefore])
+    await prepare_database(database_url, app)
+    await deposit(conn, "a1", "alice", 100, T0, app=app)
+    await deposit(conn, "a2", "alice", 50, T0 + 10 * DAY, app=app)  # alice's date: day 100
+    await deposit(conn, "b1", "bob", 30, T0, app=app)  # bob's: day 90
+
+    assert await derive_reminders(conn, app, shop, T0 + 85 * DAY) == 1
+    assert await reminders(conn) == [reminder("bob", 7, T0 + 90 * DAY, 30)]
+    # On day 94 bob's date has passed; alice holds 150 that go on day 100.
+    assert await derive_reminders(conn, app, shop, T0 + 94 * DAY, chunk=1) == 1
+    assert (await reminders(conn))[-1] == reminder("alice", 7, T0 + 100 * DAY, 150)
+    assert await derive_reminders(conn, app, shop, T0 + 95 * DAY) == 0
+
+    # Spending on day 95 moves alice's date to day 185: a new reminder comes before it.
+    await apply(conn, PointsWithdrawal(
+        event_id="a3", member_id="alice", program="shop", points=20, kind="available",
+        reason="spent", occurred_at=T0 + 95 * DAY,
+    ), app)  # fmt: skip
+    assert await derive_reminders(conn, app, shop, T0 + 170 * DAY) == 0
+    assert await derive_reminders(conn, app, shop, T0 + 179 * DAY) == 1
+    assert (await reminders(conn))[-1] == reminder("alice", 7, T0 + 185 * DAY, 130)
+    # Once expired, nothing is left to announce.
+    await expire_due(conn, shop, T0 + 186 * DAY)
+    assert await derive_reminders(conn, app, shop, T0 + 186 * DAY) == 0
