@@ -73,80 +73,84 @@ async def ensure_search_attributes(client: Client) -> None:
         )
 
 
+async def _start_singleton(
+    client: Client,
+    settings: Settings,
+    run: Any,
+    arg: Any,
+    *,
+    workflow_id: str,
+    program: str,
+    flow: str,
+    summary: str,
+) -> str:
+    """Start a long-lived workflow of the task queue unless it already runs."""
+    await client.start_workflow(
+        run,
+        arg,
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(PROGRAM, program), SearchAttributePair(FLOW, flow)]
+        ),
+        static_summary=summary,
+    )
+    return workflow_id
+
+
 async def start_routers(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
     """Start one EventRouter per program and partition unless it already runs."""
-    ids = []
-    for program in app.programs:
-        for partition in range(settings.router_partitions):
-            workflow_id = router_workflow_id(
-                settings.task_queue, program, partition, settings.router_partitions
-            )
-            await client.start_workflow(
-                EventRouter.run,
-                RouterInput(
-                    program=program, partition=partition, partitions=settings.router_partitions
-                ),
-                id=workflow_id,
-                task_queue=settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(PROGRAM, program),
-                        SearchAttributePair(FLOW, "event-router"),
-                    ]
-                ),
-                static_summary=f"Event router of program {program}, partition "
-                f"{partition + 1} of {settings.router_partitions}",
-            )
-            ids.append(workflow_id)
-    return ids
+    partitions = settings.router_partitions
+    return [
+        await _start_singleton(
+            client,
+            settings,
+            EventRouter.run,
+            RouterInput(program=program, partition=partition, partitions=partitions),
+            workflow_id=router_workflow_id(settings.task_queue, program, partition, partitions),
+            program=program,
+            flow="event-router",
+            summary=f"Event router of program {program}, partition {partition + 1} of {partitions}",
+        )
+        for program in app.programs
+        for partition in range(partitions)
+    ]
 
 
 async def start_loops(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
     """Start one TierMaintenance loop per program and tier scheme unless it already runs."""
-    ids = []
-    for program in app.programs.values():
-        for scheme in program.tier_schemes:
-            workflow_id = maintenance_workflow_id(settings.task_queue, program.name, scheme.name)
-            await client.start_workflow(
-                TierMaintenance.run,
-                MaintenanceLoopInput(program=program.name, scheme=scheme.name),
-                id=workflow_id,
-                task_queue=settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(PROGRAM, program.name),
-                        SearchAttributePair(FLOW, "tier-maintenance"),
-                    ]
-                ),
-                static_summary=f"Tier maintenance of program {program.name}, scheme {scheme.name}",
-            )
-            ids.append(workflow_id)
-    return ids
+    return [
+        await _start_singleton(
+            client,
+            settings,
+            TierMaintenance.run,
+            MaintenanceLoopInput(program=program.name, scheme=scheme.name),
+            workflow_id=maintenance_workflow_id(settings.task_queue, program.name, scheme.name),
+            program=program.name,
+            flow="tier-maintenance",
+            summary=f"Tier maintenance of program {program.name}, scheme {scheme.name}",
+        )
+        for program in app.programs.values()
+        for scheme in program.tier_schemes
+    ]
 
 
 async def start_housekeeping(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
     """Start one Housekeeping loop per program unless it already runs."""
-    ids = []
-    for program in app.programs.values():
-        workflow_id = housekeeping_workflow_id(settings.task_queue, program.name)
-        await client.start_workflow(
+    return [
+        await _start_singleton(
+            client,
+            settings,
             Housekeeping.run,
             HousekeepingLoopInput(program=program.name),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(PROGRAM, program.name),
-                    SearchAttributePair(FLOW, "housekeeping"),
-                ]
-            ),
-            static_summary=f"Housekeeping of program {program.name}",
+            workflow_id=housekeeping_workflow_id(settings.task_queue, program.name),
+            program=program.name,
+            flow="housekeeping",
+            summary=f"Housekeeping of program {program.name}",
         )
-        ids.append(workflow_id)
-    return ids
+        for program in app.programs.values()
+    ]
 
 
 def build_worker(

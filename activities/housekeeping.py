@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from loyalty.app import LoyaltyApp, Program
+from loyalty.db import Conn
 from loyalty.expiring import REMINDER_CHUNK
 from loyalty.housekeeping_runs import expire_step, mature_step, prune_step, remind_step, start_run
 from loyalty.models import HousekeepingProgress, HousekeepingWork, NextHousekeepingInput
@@ -76,6 +77,18 @@ class HousekeepingActivities:
             )
         return program
 
+    async def _step(
+        self,
+        work: HousekeepingWork,
+        step: Callable[[Conn, Program, HousekeepingProgress], Awaitable[HousekeepingProgress]],
+    ) -> HousekeepingProgress:
+        """Run a step that is one statement on the run of ``work``, heartbeating meanwhile."""
+        program = self._program(work.program)
+        async with self.pool.acquire() as conn:
+            run = await start_run(conn, program.name, work.as_of)
+            async with _heartbeating(run):
+                return await step(conn, program, run)
+
     @activity.defn(name="next_housekeeping_at")
     async def next_run_at(self, ask: NextHousekeepingInput) -> datetime:
         """The program's next run time after ``ask.after``, by the app's current schedule.
@@ -92,11 +105,9 @@ class HousekeepingActivities:
         Raises:
             ApplicationError: ``UnknownProgram`` (non-retryable).
         """
-        program = self._program(work.program)
-        async with self.pool.acquire() as conn:
-            run = await start_run(conn, program.name, work.as_of)
-            async with _heartbeating(run):
-                return await mature_step(conn, self.app, program, run)
+        return await self._step(
+            work, lambda conn, program, run: mature_step(conn, self.app, program, run)
+        )
 
     @activity.defn(name="housekeeping_expire")
     async def expire(self, work: HousekeepingWork) -> HousekeepingProgress:
@@ -105,11 +116,7 @@ class HousekeepingActivities:
         Raises:
             ApplicationError: ``UnknownProgram`` (non-retryable).
         """
-        program = self._program(work.program)
-        async with self.pool.acquire() as conn:
-            run = await start_run(conn, program.name, work.as_of)
-            async with _heartbeating(run):
-                return await expire_step(conn, program, run)
+        return await self._step(work, expire_step)
 
     @activity.defn(name="housekeeping_remind")
     async def remind(self, work: HousekeepingWork) -> HousekeepingProgress:
@@ -137,8 +144,7 @@ class HousekeepingActivities:
         Raises:
             ApplicationError: ``UnknownProgram`` (non-retryable).
         """
-        program = self._program(work.program)
-        async with self.pool.acquire() as conn:
-            run = await start_run(conn, program.name, work.as_of)
-            async with _heartbeating(run):
-                return await prune_step(conn, run, older_than=self.settings.journey_retention)
+        return await self._step(
+            work,
+            lambda conn, _, run: prune_step(conn, run, older_than=self.settings.journey_retention),
+        )

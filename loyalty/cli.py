@@ -62,11 +62,17 @@ def dev(
     settings = settings_of(ctx)
     if not demo or app:
         raise typer.Exit(run(run_dev(settings, app_or_exit(settings, app), console)))
+    raise typer.Exit(_play_demo(settings, timeout=DEMO_TIMEOUT, exit_when_done=False))
+
+
+def _play_demo(settings: Settings, *, timeout: float, exit_when_done: bool) -> int:
+    """Run everything locally with the demo app and play its story; the exit code."""
     from loyalty.demo import prepare_demo, story_hook
+    from loyalty.dev import run_dev
 
     prepare_demo()
-    story = story_hook(settings, console, timeout=DEMO_TIMEOUT, exit_when_done=False)
-    raise typer.Exit(run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story)))
+    story = story_hook(settings, console, timeout=timeout, exit_when_done=exit_when_done)
+    return run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story))
 
 
 @cli.command()
@@ -85,13 +91,7 @@ def demo(
     ] = DEMO_TIMEOUT,
 ) -> None:
     """Play the demo story (examples/) on local servers, like `loyalty dev --demo`."""
-    from loyalty.demo import prepare_demo, story_hook
-    from loyalty.dev import run_dev
-
-    settings = settings_of(ctx)
-    prepare_demo()
-    story = story_hook(settings, console, timeout=timeout, exit_when_done=exit_)
-    raise typer.Exit(run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story)))
+    raise typer.Exit(_play_demo(settings_of(ctx), timeout=timeout, exit_when_done=exit_))
 
 
 @cli.command()
