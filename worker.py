@@ -28,12 +28,12 @@ from activities.journeys import JourneyActivities
 from activities.maintenance import MaintenanceActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
-from loyalty.db import create_pool, prepare_database
 from loyalty.flows import check_app
+from loyalty.ingest.processing import EventProcessor
 from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
-from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
+from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
 from workflows.housekeeping import Housekeeping, housekeeping_workflow_id
 from workflows.maintenance import TierMaintenance, maintenance_workflow_id

@@ -1,6 +1,6 @@
 """The housekeeping loop's activities: one per step of a run, heartbeating.
 
-The run's progress lives in ``housekeeping_runs`` (`loyalty.housekeeping`), moved on by
+The run's progress lives in ``housekeeping_runs`` (`loyalty.ledger.maturing`), moved on by
 each step's transaction; the heartbeat carries the same counts for the Web UI and the
 heartbeat timeout. A retried activity finds its step done, or resumes the reminders
 after the last committed chunk.
@@ -18,11 +18,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn
-from loyalty.expiring import REMINDER_CHUNK
-from loyalty.housekeeping_runs import expire_step, mature_step, prune_step, remind_step, start_run
+from loyalty.ledger.housekeeping import expire_step, mature_step, prune_step, remind_step, start_run
+from loyalty.ledger.reminders import REMINDER_CHUNK
 from loyalty.models import HousekeepingProgress, HousekeepingWork, NextHousekeepingInput
 from loyalty.settings import Settings
+from loyalty.store.db import Conn
 
 # How often a step that is one long statement (maturing, expiry) heartbeats meanwhile.
 HEARTBEAT_EVERY = 10.0

@@ -23,7 +23,7 @@ from activities.messages import MessageSender
 from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import LedgerRefusal, UnknownMember
-from loyalty.members import member_view
+from loyalty.ledger.members import member_view
 from loyalty.messages import Secrets
 from loyalty.models import (
     AwardPointsInput,

@@ -1,6 +1,6 @@
 """The tier maintenance loop's activity: review chunks of members for a while, heartbeating.
 
-The run's progress lives in ``maintenance_runs`` (`loyalty.maintenance`), moved by each
+The run's progress lives in ``maintenance_runs`` (`loyalty.tiers.maintenance`), moved by each
 chunk's transaction; the heartbeat carries the same counts for the Web UI and the
 heartbeat timeout. A retried activity resumes after the last committed chunk.
 """
@@ -15,10 +15,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.maintenance import run_chunk, start_run
 from loyalty.models import MaintenanceProgress, MaintenanceSlice, NextRunInput
 from loyalty.settings import Settings
 from loyalty.tiers import TierScheme
+from loyalty.tiers.maintenance import run_chunk, start_run
 
 
 class MaintenanceActivities:

@@ -22,11 +22,9 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from loyalty import message_log
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn
 from loyalty.errors import UnknownMember
-from loyalty.members import member_view
+from loyalty.ledger.members import member_view
 from loyalty.messages import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -34,11 +32,13 @@ from loyalty.messages import (
     LogProvider,
     Secrets,
     WebhookProvider,
+    history,
     sign,
     webhook_body,
 )
+from loyalty.messages.templates import TemplateProblem, context, environment, render
 from loyalty.models import MemberView, MessageReceipt, SendMessageInput
-from loyalty.templates import TemplateProblem, context, environment, render
+from loyalty.store.db import Conn
 
 NO_CONSENT = "no consent"
 # Answers worth another attempt besides 5xx: the receiver asks to come back later.
@@ -91,7 +91,7 @@ class MessageSender:
         provider = program.messages.provider(message.channel)
         key = message.idempotency_key
         async with self.pool.acquire() as conn:
-            logged = await message_log.find(conn, key)
+            logged = await history.find(conn, key)
             if logged is None:
                 logged = await self._first_attempt(conn, provider, message)
         if logged.status in ("sent", "skipped"):
@@ -121,7 +121,7 @@ class MessageSender:
         conn: Conn,
         provider: LogProvider | WebhookProvider,
         message: SendMessageInput,
-    ) -> message_log.LoggedMessage:
+    ) -> history.LoggedMessage:
         """Consent, rendering and the step's row; a template problem fails the step."""
         kind = "webhook" if isinstance(provider, WebhookProvider) else "log"
         attempt = _attempt()
@@ -130,7 +130,7 @@ class MessageSender:
             message.program, message.member_id,
         )  # fmt: skip
         if _withdrew_consent(profile, message.channel):
-            return await message_log.open_message(
+            return await history.open_message(
                 conn, message, provider=kind, status="skipped", body=None,
                 detail=f"skipped: {NO_CONSENT}",
             )  # fmt: skip
@@ -145,27 +145,25 @@ class MessageSender:
             try:
                 body = render(self.templates, message.template, variables)
             except TemplateProblem as exc:
-                logged = await message_log.open_message(
+                logged = await history.open_message(
                     conn, message, provider=kind, status="failed", body=None, detail=str(exc)
                 )
                 if logged.created:
-                    await message_log.record_attempt(
+                    await history.record_attempt(
                         conn, message.idempotency_key, attempt, status="failed", error=str(exc)
                     )
                 raise ApplicationError(str(exc), type="TemplateError", non_retryable=True) from None
         status = "sent" if kind == "log" else "pending"
-        logged = await message_log.open_message(
-            conn, message, provider=kind, status=status, body=body
-        )
+        logged = await history.open_message(conn, message, provider=kind, status=status, body=body)
         if logged.created and kind == "log":
-            await message_log.record_attempt(conn, message.idempotency_key, attempt, status="sent")
+            await history.record_attempt(conn, message.idempotency_key, attempt, status="sent")
         return logged
 
     async def _deliver(
         self,
         provider: WebhookProvider,
         message: SendMessageInput,
-        logged: message_log.LoggedMessage,
+        logged: history.LoggedMessage,
     ) -> MessageReceipt:
         key = message.idempotency_key
         attempt = _attempt()
@@ -210,16 +208,16 @@ class MessageSender:
             http_status = response.status_code
             if response.is_success:
                 async with self.pool.acquire() as conn:
-                    await message_log.record_attempt(
+                    await history.record_attempt(
                         conn, key, attempt, status="sent", http_status=http_status
                     )
                 return MessageReceipt(message_id=logged.id, idempotency_key=key, provider="webhook")
-            excerpt = response.content[: message_log.EXCERPT_BYTES].decode(errors="replace")
+            excerpt = response.content[: history.EXCERPT_BYTES].decode(errors="replace")
             error = f"webhook {url} answered {http_status}: {excerpt}"
             retryable = http_status >= 500 or http_status in RETRYABLE_4XX
         final = not retryable or attempt >= provider.max_attempts
         async with self.pool.acquire() as conn:
-            await message_log.record_attempt(
+            await history.record_attempt(
                 conn, key, attempt, status="failed" if final else "pending",
                 http_status=http_status, error=error,
             )  # fmt: skip

@@ -1,8 +1,8 @@
 """The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY.
 
 After each batch commits, the session starts the journeys recorded for its partition
-(`loyalty.outbox.start_journeys`) and sends the signals recorded for waiting journeys
-(`loyalty.signals.send_signals`), leftovers of an earlier crash included.
+(`loyalty.flows.outbox.start_journeys`) and sends the signals recorded for waiting journeys
+(`loyalty.flows.signals.send_signals`), leftovers of an earlier crash included.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import asyncpg
 from temporalio import activity
 from temporalio.client import Client
 
-from loyalty.db import connect
-from loyalty.inbox import INBOX_CHANNEL, next_retry_at
+from loyalty.flows.outbox import start_journeys
+from loyalty.flows.signals import send_signals
+from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
+from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.models import RouterProgress, RouteSession
-from loyalty.outbox import start_journeys
-from loyalty.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
-from loyalty.signals import send_signals
+from loyalty.store.db import connect
 
 # Heartbeats while idle keep the activity alive under its heartbeat timeout.
 IDLE_HEARTBEAT_SECONDS = 2.0

@@ -27,11 +27,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from loyalty.db import Database, connect
-from loyalty.embedded import free_port
 from loyalty.events import PointsDeposit
 from loyalty.models import EmitResult
 from loyalty.settings import Settings
+from loyalty.store.db import Database, connect
+from loyalty.store.embedded import free_port
 from starter import LoyaltyClient
 
 BIN = Path(sys.executable).parent

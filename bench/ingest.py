@@ -43,8 +43,8 @@ from bench.ingest_app import (
     NaiveApplier,
     NaiveEvent,
 )
-from loyalty.db import Conn, Database, connect, create_pool
 from loyalty.events import Activity, IncomingEvent, Purchase
+from loyalty.store.db import Conn, Database, connect, create_pool
 from loyalty.temporal import connect_temporal
 from starter import LoyaltyClient
 

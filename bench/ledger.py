@@ -6,8 +6,8 @@
    the members.
    Baseline: a bare one-row INSERT per transaction into a plain table, same shapes.
    Goal: awards at no less than 50% of the baseline's transactions/s.
-2. Bulk: L earned lots (5 per member), created set-based, then `housekeeping.mature_due`
-   and `housekeeping.expire_due` over all of them. Goal: each under 10 s per 1,000,000
+2. Bulk: L earned lots (5 per member), created set-based, then `maturing.mature_due`
+   and `maturing.expire_due` over all of them. Goal: each under 10 s per 1,000,000
    lots. Baseline: maturing one member per transaction (account lookup, one statement
    marking the member's due lots usable and writing two legs) over 2,000 other members,
    extrapolated to L.
@@ -31,10 +31,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from loyalty import housekeeping, ledger
+from loyalty import ledger
 from loyalty.app import Program
-from loyalty.db import Conn, create_pool, prepare_database
-from loyalty.embedded import EmbeddedPostgres
+from loyalty.ledger import maturing
+from loyalty.store.db import Conn, create_pool, prepare_database
+from loyalty.store.embedded import EmbeddedPostgres
 
 MEMBERS = 2_000  # of the awards, and of the maturing baseline's sample
 WORKERS = 4
@@ -244,7 +245,7 @@ async def create_lots(conn: Conn, prefix: str, members: int, now: datetime, ends
     return total
 
 
-async def timed(label: str, step: Awaitable[housekeeping.BulkResult], lots: int, pts: int) -> float:
+async def timed(label: str, step: Awaitable[maturing.BulkResult], lots: int, pts: int) -> float:
     """Time one bulk step; fail loudly unless it took exactly these lots and points."""
     with console.status(label):
         started = time.perf_counter()
@@ -256,8 +257,8 @@ async def timed(label: str, step: Awaitable[housekeeping.BulkResult], lots: int,
     return seconds
 
 
-async def expire_one(conn: Conn, at: datetime) -> housekeeping.BulkResult:
-    (result,) = await housekeeping.expire_due(conn, Program(name="default"), at)
+async def expire_one(conn: Conn, at: datetime) -> maturing.BulkResult:
+    (result,) = await maturing.expire_due(conn, Program(name="default"), at)
     return result
 
 
@@ -287,7 +288,7 @@ async def bench_bulk(conn: Conn, lots: int, now: datetime) -> tuple[float, float
     await check(conn, "s%", "baseline maturing", 0, sample, 0)
 
     n = members * LOTS_PER_MEMBER
-    mature = await timed("mature_due", housekeeping.mature_due(conn, "default", now), n, total)
+    mature = await timed("mature_due", maturing.mature_due(conn, "default", now), n, total)
     await check(conn, "b%", "after mature_due", 0, total, 0)
     expire = await timed("expire_due", expire_one(conn, now + timedelta(days=2)), n, total)
     await check(conn, "b%", "after expire_due", 0, 0, total)

@@ -10,7 +10,7 @@
    silver to silver or bronze) and 1% earned a higher tier in the last 30 days without
    being promoted (catch-up promotion); the other 95% keep their tier. Maintenance reads
    ``members``, ``member_tiers`` and ``qualifying_points`` only: no lots or ledger rows.
-2. Subject: ``loyalty.maintenance.run_maintenance`` over all members, once per chunk size
+2. Subject: ``loyalty.tiers.maintenance.run_maintenance`` over all members, once per chunk size
    (``--chunk``), the data reset between runs. Seconds, members/s, changes, and the peak
    memory of this process (the "worker": psutil RSS sampled every 20 ms, and
    ``ru_maxrss``) and of its PostgreSQL backend. Goals: under 60 s and 300 MB per 1M.
@@ -46,13 +46,14 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from loyalty import ledger, maintenance
+from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, connect, prepare_database
-from loyalty.derived import derived_id
-from loyalty.embedded import EmbeddedPostgres
 from loyalty.events import NewStage
-from loyalty.tiers import Tier, TierScheme, measure_sql
+from loyalty.ingest.derived import derived_id
+from loyalty.store.db import Conn, connect, prepare_database
+from loyalty.store.embedded import EmbeddedPostgres
+from loyalty.tiers import Tier, TierScheme, maintenance
+from loyalty.tiers.promotion import measure_sql
 
 SCHEME = TierScheme(
     tiers=(

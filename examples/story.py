@@ -33,7 +33,7 @@ from typing import Any
 
 from examples.messaging import WEBHOOK_SECRET_ENV, webhook_port
 from examples.programs import DAY
-from loyalty.demo import Outcome, Snapshot, Step, Story
+from examples.stories import Outcome, Snapshot, Step, Story
 
 Event = dict[str, Any]
 JOURNEYS_QUERY = (

@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
-from loyalty.messages import Messages
+from loyalty.messages.providers import Messages
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
 from loyalty.rules import EarnRule, check_rules
-from loyalty.tiers import Schedule, TierScheme, check_schemes
+from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
 
 
 class Program(BaseModel):
@@ -85,7 +85,7 @@ class Program(BaseModel):
 class LoyaltyApp:
     """Programs, flows and the folder of message templates, checked when the app is created.
 
-    ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.templates`),
+    ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.messages.templates`),
     usually next to the flows: ``Path(__file__).parent / "templates"``. Without it,
     messages carry no rendered body.
     """

@@ -172,7 +172,7 @@ class BonusExpiring(BaseEvent):
     """Points will expire soon: ``points`` of currency ``account`` at ``expires_at``.
 
     ``days_left`` is the reminder's N (``BonusExpiring(days_before=N)``), not the time
-    really left: see `loyalty.expiring`.
+    really left: see `loyalty.ledger.reminders`.
     """
 
     type: Literal["bonus_expiring"] = "bonus_expiring"

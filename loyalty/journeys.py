@@ -21,7 +21,7 @@ overrides it, e.g. for a journey started by hand without search attributes.
 
 Waiting for an event: `wait_for_event` registers the wait (an activity: a
 ``journey_waits`` row), then waits for the ``loyalty_event`` signal that the event router
-sends when it processes a matching event of the member (`loyalty.signals`), or for the
+sends when it processes a matching event of the member (`loyalty.flows.signals`), or for the
 timeout; either way an activity deletes the row. Each wait has the key ``<action>`` or
 ``wait-<n>`` (``n`` counts the unnamed waits of the run, apart from the ledger and
 message steps), which the signal carries back, so a late signal for an earlier wait is
@@ -47,6 +47,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.journeys import JourneyActivities
     from loyalty.events import AnyEvent, BaseEvent
+    from loyalty.flows.signals import SIGNAL_NAME
     from loyalty.models import (
         AwardPointsInput,
         EndWaitInput,
@@ -60,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         RemovePointsInput,
         SendMessageInput,
     )
-    from loyalty.signals import SIGNAL_NAME
     from loyalty.temporal import PROGRAM
 
 _Step = TypeVar("_Step", bound=PointsStep)
@@ -242,7 +242,7 @@ async def send_message(
     Args:
         member_id: the member.
         template: the template's name: the file ``<template>.j2`` of the app's templates
-            folder (see `loyalty.templates`), and the name the receiver gets.
+            folder (see `loyalty.messages.templates`), and the name the receiver gets.
         channel: e.g. ``email``, ``sms``, ``push``.
         data: extra template variables (``data``), also sent to the webhook; JSON values.
         event: the trigger event, for the template (``event``) and the webhook.

@@ -11,11 +11,14 @@ Expiry (`Program.expiry`, per currency; a currency without one never expires):
 
 Returns (`Program.return_policy`): points of a returned order that were already spent
 become ``debt`` (paid off first by later earnings) or are ``forgive``-n (recorded only).
+What a return takes back, of the order's points and of its qualifying points alike, is
+`clawback_target`: the returned share, rounded down.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,3 +84,11 @@ def lot_expiry(policy: ExpiryPolicy, earned_at: datetime) -> datetime | None:
         last_day = date(year + policy.years_after, policy.month, policy.day)
         return datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=UTC)
     return None
+
+
+def clawback_target(earned: int, returned: Decimal, amount: Decimal) -> int:
+    """Points to have taken back once ``returned`` of ``amount`` came back (rounded down)."""
+    if amount <= 0:
+        return 0
+    share = (Decimal(earned) * returned / amount).to_integral_value(rounding=ROUND_FLOOR)
+    return min(earned, int(share))

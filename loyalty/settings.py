@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         0.0, ge=0, le=60, validation_alias="LOYALTY_MAINTENANCE_PAUSE_SECONDS"
     )
     # Days that `loyalty housekeeping run` keeps journey starts and signals after they
-    # were started or sent (`loyalty.retention`).
+    # were started or sent (`loyalty.flows.retention`).
     journey_retention_days: int = Field(
         7, ge=1, le=36_500, validation_alias="LOYALTY_JOURNEY_RETENTION"
     )

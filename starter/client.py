@@ -14,14 +14,14 @@ from typing import Any
 
 import asyncpg
 
-from loyalty import inbox
 from loyalty.app import LoyaltyApp
-from loyalty.db import Database, connect, create_pool, prepare_database
 from loyalty.errors import InvalidEvent
 from loyalty.events import IncomingEvent, parse_event
-from loyalty.members import member_view
+from loyalty.ingest import inbox
+from loyalty.ledger.members import member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
 from loyalty.settings import Settings
+from loyalty.store.db import Database, connect, create_pool, prepare_database
 
 # Wait in slices, re-reading the outcomes, in case a notification is lost.
 WAIT_RECHECK_SECONDS = 1.0

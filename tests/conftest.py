@@ -27,9 +27,9 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import connect, create_pool, prepare_database
-from loyalty.embedded import EmbeddedPostgres, find_binary
 from loyalty.settings import Settings
+from loyalty.store.db import connect, create_pool, prepare_database
+from loyalty.store.embedded import EmbeddedPostgres, find_binary
 from loyalty.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from starter.client import LoyaltyClient
 from workflows.housekeeping import housekeeping_workflow_id

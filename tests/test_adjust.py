@@ -14,9 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from loyalty.adjust import LineResult, file_digest, parse, summarize
 from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import AdjustmentFileError
+from loyalty.ledger.adjust import LineResult, file_digest, parse, summarize
 from loyalty.policies import Rolling
 
 LOYALTY = str(Path(sys.executable).parent / "loyalty")

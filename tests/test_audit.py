@@ -10,11 +10,12 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from loyalty import audit, ledger
+from loyalty import ledger
 from loyalty.app import Program
-from loyalty.db import Conn
-from loyalty.housekeeping import run_housekeeping
-from loyalty.returns import Clawback, claw_back, record_order
+from loyalty.ledger import audit
+from loyalty.ledger.maturing import run_housekeeping
+from loyalty.ledger.returns import Clawback, claw_back, record_order
+from loyalty.store.db import Conn
 from tests.test_cli import cli_env, loyalty
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The router's bulk path (`loyalty.bulk`): the same ledger as one event at a time.
+"""The router's bulk path (`loyalty.ingest.bulk`): the same ledger as one event at a time.
 
 Batches are claimed and applied with `process_batch` on a fresh database, as the router
 does, without Temporal. Programs ``a`` and ``b`` have the same rules; the same events go
@@ -17,9 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from loyalty import audit, bulk, bulk_caps
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import prepare_database
 from loyalty.events import (
     Activity,
     AnyEvent,
@@ -30,10 +28,13 @@ from loyalty.events import (
     ReferralApproved,
     Return,
 )
-from loyalty.inbox import insert_events
+from loyalty.ingest import bulk, caps
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor, process_batch
+from loyalty.ledger import audit
 from loyalty.policies import Rolling
-from loyalty.processing import EventProcessor, process_batch
 from loyalty.rules import Limit, OnActivity, OnReferral, OnReferralApproved, PerAmount
+from loyalty.store.db import prepare_database
 from loyalty.tiers import Tier, TierScheme
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -290,15 +291,15 @@ async def test_caps_count_the_same_in_bulk(db: asyncpg.Connection, spy: Spy) -> 
 
 def test_the_busiest_window_counts_as_the_per_event_path() -> None:
     # Awards already made (the event's own is not among them) in a window of one day.
-    assert bulk_caps.busiest_window([T0 - DAY], T0, DAY) == 0
-    assert bulk_caps.busiest_window([T0 - DAY + timedelta(seconds=1)], T0, DAY) == 1
+    assert caps.busiest_window([T0 - DAY], T0, DAY) == 0
+    assert caps.busiest_window([T0 - DAY + timedelta(seconds=1)], T0, DAY) == 1
     # A window ending at a later award holds the event too: (T0 - 18 h, T0 + 6 h].
     later = [T0 + timedelta(hours=5), T0 + timedelta(hours=6), T0 + timedelta(hours=25)]
-    assert bulk_caps.busiest_window(later, T0, DAY) == 2
-    assert bulk_caps.busiest_window([T0 + DAY], T0, DAY) == 0
+    assert caps.busiest_window(later, T0, DAY) == 2
+    assert caps.busiest_window([T0 + DAY], T0, DAY) == 0
     # No window of one day holds both awards 24 hours apart, whichever holds the event.
     twelve = timedelta(hours=12)
-    assert bulk_caps.busiest_window([T0 - twelve, T0 + twelve], T0, DAY) == 1
+    assert caps.busiest_window([T0 - twelve, T0 + twelve], T0, DAY) == 1
 
 
 async def test_a_members_mixed_batch_stays_in_order(db: asyncpg.Connection, spy: Spy) -> None:

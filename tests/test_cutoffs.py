@@ -24,14 +24,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from loyalty import audit, ledger
+from loyalty import ledger
 from loyalty.app import Program
-from loyalty.db import Conn, connect
 from loyalty.errors import InsufficientPoints
-from loyalty.housekeeping import BulkResult, expire_due, mature_due, run_housekeeping
-from loyalty.migrate import available_migrations, migrate
+from loyalty.ledger import audit
+from loyalty.ledger.maturing import BulkResult, expire_due, mature_due, run_housekeeping
 from loyalty.models import LedgerReceipt
 from loyalty.policies import Rolling, lot_expiry
+from loyalty.store.db import Conn, connect
+from loyalty.store.migrate import available_migrations, migrate
 from tests.conftest import with_database
 from tests.test_ledger_stories import enrol
 

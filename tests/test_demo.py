@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loyalty.demo import Outcome, Snapshot, missing_outcomes
-from loyalty.embedded import free_port
+from examples.stories import Outcome, Snapshot, missing_outcomes
+from loyalty.store.embedded import free_port
 from tests.test_dev import LOYALTY, processes_mentioning
 
 OUTCOMES = (

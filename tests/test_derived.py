@@ -15,8 +15,6 @@ import pytest
 from temporalio import workflow
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn
-from loyalty.derived import derived_id, listens, thresholds
 from loyalty.errors import InsufficientPoints
 from loyalty.events import (
     AnyEvent,
@@ -27,9 +25,11 @@ from loyalty.events import (
     any_event_adapter,
 )
 from loyalty.flows import flow
-from loyalty.housekeeping import mature_due
-from loyalty.inbox import insert_events
-from loyalty.processing import EventProcessor
+from loyalty.ingest.derived import derived_id, listens, thresholds
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
+from loyalty.ledger.maturing import mature_due
+from loyalty.store.db import Conn
 from loyalty.triggers import PointsAbove
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from loyalty.embedded import free_port
+from loyalty.store.embedded import free_port
 from workflows.router import router_workflow_id
 
 LOYALTY = str(Path(sys.executable).parent / "loyalty")

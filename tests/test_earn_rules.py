@@ -17,11 +17,11 @@ import pytest
 from pydantic import ValidationError
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn
 from loyalty.events import Activity, AnyEvent, Purchase, Referral, ReferralApproved, Return
+from loyalty.ingest.processing import EventProcessor
 from loyalty.policies import Rolling
-from loyalty.processing import EventProcessor
 from loyalty.rules import EarnRule, Limit, OnActivity, OnReferral, OnReferralApproved, PerAmount
+from loyalty.store.db import Conn
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

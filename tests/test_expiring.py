@@ -1,4 +1,4 @@
-"""``bonus_expiring`` reminders, against real PostgreSQL (`loyalty.expiring`).
+"""``bonus_expiring`` reminders, against real PostgreSQL (`loyalty.ledger.reminders`).
 
 The shop program has two currencies, points expiring 60 days after each lot was earned
 and miles 90 days after; its app has flows warning 7 and 30 days before points expire.
@@ -13,15 +13,15 @@ import asyncpg
 from temporalio import workflow
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, prepare_database
-from loyalty.derived import derived_id
 from loyalty.events import BonusExpiring, PointsDeposit, PointsWithdrawal, any_event_adapter
-from loyalty.expiring import derive_reminders, reminder_days
 from loyalty.flows import flow
-from loyalty.housekeeping import expire_due
-from loyalty.inbox import insert_events
+from loyalty.ingest.derived import derived_id
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
+from loyalty.ledger.maturing import expire_due
+from loyalty.ledger.reminders import derive_reminders, reminder_days
 from loyalty.policies import Inactivity, Rolling
-from loyalty.processing import EventProcessor
+from loyalty.store.db import Conn, prepare_database
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -24,14 +24,14 @@ from temporalio.worker import Worker
 
 from activities.housekeeping import HousekeepingActivities
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, create_pool, prepare_database
 from loyalty.events import BonusExpiring, PointsDeposit, any_event_adapter
 from loyalty.flows import flow
-from loyalty.inbox import insert_events
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
 from loyalty.models import HousekeepingLoopInput, HousekeepingProgress
 from loyalty.policies import Rolling
-from loyalty.processing import EventProcessor
 from loyalty.settings import Settings
+from loyalty.store.db import Conn, create_pool, prepare_database
 from loyalty.tiers import Schedule
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
 from worker import build_worker

@@ -15,7 +15,6 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.journeys import JourneyActivities
-from loyalty.db import prepare_database
 from loyalty.events import Activity
 from loyalty.models import (
     AwardPointsInput,
@@ -23,6 +22,7 @@ from loyalty.models import (
     RemovePointsInput,
     SendMessageInput,
 )
+from loyalty.store.db import prepare_database
 from loyalty.temporal import FLOW, MEMBER_ID, PROGRAM, TRIGGER
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker

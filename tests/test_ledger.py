@@ -9,15 +9,16 @@ import asyncpg
 import pytest
 
 from loyalty import ledger
-from loyalty.db import Conn
 from loyalty.errors import InsufficientPoints
+from loyalty.models import LedgerReceipt
+from loyalty.store.db import Conn
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 async def give(
     conn: Conn, key: str, points: int, expires_in_days: int | None = None, member: str = "m1"
-) -> ledger.LedgerReceipt:
+) -> LedgerReceipt:
     expires = NOW + timedelta(days=expires_in_days) if expires_in_days is not None else None
     return await ledger.award(
         conn,
@@ -35,7 +36,7 @@ async def give(
     )
 
 
-async def take(conn: Conn, key: str, points: int, member: str = "m1") -> ledger.LedgerReceipt:
+async def take(conn: Conn, key: str, points: int, member: str = "m1") -> LedgerReceipt:
     return await ledger.spend(
         conn,
         program="default",

@@ -47,10 +47,10 @@ from hypothesis import strategies as st
 from loyalty import ledger
 from loyalty.app import Program
 from loyalty.errors import InsufficientPoints, LedgerRefusal
-from loyalty.housekeeping import expire_due, mature_due
+from loyalty.ledger.maturing import expire_due, mature_due
+from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import LedgerReceipt
 from loyalty.policies import ExpiryPolicy, FixedDate, Inactivity, NoExpiry, Rolling, lot_expiry
-from loyalty.returns import claw_back, record_order
 
 # A week before new year, so that fixed-date expiries fall inside the histories.
 T0 = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)

@@ -20,13 +20,13 @@ import pytest
 
 from loyalty import ledger
 from loyalty.app import Program
-from loyalty.db import Conn
 from loyalty.errors import InsufficientPoints, LedgerRefusal
-from loyalty.housekeeping import expire_due, mature_due, run_housekeeping
-from loyalty.members import member_view
+from loyalty.ledger.maturing import expire_due, mature_due, run_housekeeping
+from loyalty.ledger.members import member_view
+from loyalty.ledger.returns import Clawback, claw_back, record_order
 from loyalty.models import Balance, Expiry, LedgerReceipt
 from loyalty.policies import ExpiryPolicy, FixedDate, Inactivity, NoExpiry, Rolling, lot_expiry
-from loyalty.returns import Clawback, claw_back, record_order
+from loyalty.store.db import Conn
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -344,7 +344,7 @@ async def test_returns_in_thirds_round_down_the_cumulative_share(
 
 
 async def test_a_return_before_maturing_takes_the_earned_points(conn: asyncpg.Connection) -> None:
-    # The worked example of loyalty.returns: order A (100 EUR) earned 120 points, not yet
+    # The worked example of loyalty.ledger.returns: order A (100 EUR) earned 120 points, not yet
     # matured; 50 EUR come back: 60 leave the earned lot; then the rest.
     await record_order(conn, "default", "A", "alice", Decimal("100.00"), "EUR")
     await earn(conn, "e1", 120, at=T0, kind="earned", order="A")
@@ -364,7 +364,7 @@ async def test_a_return_takes_the_orders_own_lot_before_other_points(
 ) -> None:
     # Alice has a 50-point bonus (no order) and 100 points from order A. She returns
     # half of A: the 50 points must come out of A's own lot, and her bonus stays whole
-    # (loyalty.returns: "the order's own lots first, then the soonest-expiring").
+    # (loyalty.ledger.returns: "the order's own lots first, then the soonest-expiring").
     await record_order(conn, "default", "A", "alice", Decimal("100.00"), "EUR")
     await earn(conn, "bonus", 50, at=T0)
     await earn(conn, "e1", 100, at=T0 + DAY, order="A")

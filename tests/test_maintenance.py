@@ -17,15 +17,15 @@ import asyncpg
 import pytest
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, connect, prepare_database
 from loyalty.events import Purchase
-from loyalty.inbox import insert_events
-from loyalty.maintenance import history, run_chunk, run_maintenance, start_run
-from loyalty.members import member_view
-from loyalty.processing import EventProcessor
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
+from loyalty.ledger.members import member_view
 from loyalty.rules import PerAmount
-from loyalty.tier_status import next_anniversary
+from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Schedule, Tier, TierScheme
+from loyalty.tiers.maintenance import history, run_chunk, run_maintenance, start_run
+from loyalty.tiers.status import next_anniversary
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

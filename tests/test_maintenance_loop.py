@@ -24,13 +24,13 @@ from temporalio.worker import Worker
 
 from activities.maintenance import MaintenanceActivities
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, create_pool, prepare_database
 from loyalty.events import Purchase
-from loyalty.inbox import insert_events
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
 from loyalty.models import MaintenanceLoopInput, MaintenanceProgress
-from loyalty.processing import EventProcessor
 from loyalty.rules import PerAmount
 from loyalty.settings import Settings
+from loyalty.store.db import Conn, create_pool, prepare_database
 from loyalty.tiers import Schedule, Tier, TierScheme
 from worker import build_worker, start_loops
 from workflows.maintenance import TierMaintenance, maintenance_workflow_id

@@ -33,10 +33,8 @@ from werkzeug import Request, Response
 from activities.journeys import JourneyActivities
 from loyalty import events
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import prepare_database
 from loyalty.errors import ConfigurationError, InvalidFlows
 from loyalty.flows import check_app
-from loyalty.message_log import member_messages
 from loyalty.messages import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -49,7 +47,9 @@ from loyalty.messages import (
     sign,
     verify_signature,
 )
+from loyalty.messages.history import member_messages
 from loyalty.models import AwardPointsInput, MessageReceipt, SendMessageInput
+from loyalty.store.db import prepare_database
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker
 from tests.messages_app import SECRET_ENV, TEMPLATES, ThankYou, make_app, webhook
@@ -490,7 +490,7 @@ async def test_loyalty_messages_lists_a_members_messages_with_attempts(
     settings_env: dict[str, object], app_db: str, pool: asyncpg.Pool, http: httpx.AsyncClient,
     httpserver: HTTPServer,
 ) -> None:  # fmt: skip
-    from loyalty.cli_messages import list_messages
+    from loyalty.cli.messages import list_messages
     from loyalty.settings import Settings
 
     httpserver.expect_request("/hook").respond_with_handler(statuses(503))

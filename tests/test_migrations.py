@@ -7,9 +7,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from loyalty.db import connect
 from loyalty.errors import ConfigurationError
-from loyalty.migrate import available_migrations, migrate
+from loyalty.store.db import connect
+from loyalty.store.migrate import available_migrations, migrate
 from tests.conftest import with_database
 
 

@@ -1,4 +1,4 @@
-"""Retention of the journey outboxes (`loyalty.retention.prune`), on real PostgreSQL.
+"""Retention of the journey outboxes (`loyalty.flows.retention.prune`), on real PostgreSQL.
 
 Worked example, retention 7 days: journeys started 8 days ago go, unless the member
 entered a once-per-member flow (kept for ever) or the journey's period has not ended 7
@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from loyalty.db import prepare_database
 from loyalty.flows import Entry, FlowSpec, journey_id
-from loyalty.retention import prune
+from loyalty.flows.retention import prune
 from loyalty.settings import Settings
+from loyalty.store.db import prepare_database
 from loyalty.triggers import Activity
 from tests.conftest import TEST_APP
 from tests.test_cli import cli_env, loyalty

@@ -17,12 +17,12 @@ import pytest
 from pydantic import ValidationError
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.db import Conn, prepare_database
 from loyalty.events import Activity, AnyEvent, Purchase, Return
-from loyalty.inbox import insert_events
-from loyalty.members import member_view
-from loyalty.processing import EventProcessor
+from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.processing import EventProcessor
+from loyalty.ledger.members import member_view
 from loyalty.rules import OnActivity, PerAmount
+from loyalty.store.db import Conn, prepare_database
 from loyalty.tiers import Tier, TierScheme, Window
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

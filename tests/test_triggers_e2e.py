@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 from activities.journeys import JourneyActivities
 from loyalty import events
 from loyalty.events import any_event_adapter
-from loyalty.inbox import insert_events
+from loyalty.ingest.inbox import insert_events
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker
 from tests.e2e_app import REMINDER_AFTER, ReferralReminder, app
@@ -293,7 +293,7 @@ async def test_bonus_expiring_warns_seven_days_before(
 ) -> None:
     """The housekeeping loop that derives ``bonus_expiring`` is a later issue: the events
     are inserted into the inbox as the engine inserts derived events
-    (`loyalty.inbox.insert_events`), the 7-day one twice."""
+    (`loyalty.ingest.inbox.insert_events`), the 7-day one twice."""
     queue = (await start_worker(app=app)).task_queue
     expires = T0 + timedelta(days=7)
 

@@ -34,11 +34,11 @@ from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.journeys import JourneyActivities
-from loyalty.db import prepare_database
 from loyalty.events import Activity
-from loyalty.outbox import start_journeys
-from loyalty.processing import EventProcessor, process_batch
+from loyalty.flows.outbox import start_journeys
+from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
+from loyalty.store.db import prepare_database
 from loyalty.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from starter.client import LoyaltyClient
 from tests import versioning_v1, versioning_v2, versioning_v2_unsafe

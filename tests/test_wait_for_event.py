@@ -12,12 +12,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.journeys import JourneyActivities
-from loyalty.db import prepare_database
-from loyalty.embedded import find_binary
 from loyalty.events import Activity, Purchase
+from loyalty.flows.signals import send_signals
+from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.models import EndWaitInput, RegisterWaitInput
-from loyalty.processing import EventProcessor, process_batch
-from loyalty.signals import send_signals
+from loyalty.store.db import prepare_database
+from loyalty.store.embedded import find_binary
 from loyalty.temporal import DATA_CONVERTER
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker

@@ -5,7 +5,7 @@ computed by an activity from the worker's app, so a changed schedule applies fro
 next run), then runs the steps of a run at that instant (``as_of``), one activity each:
 maturing earned lots that are due, expiring lots by the expiry policies, writing
 ``bonus_expiring`` reminders (in slices of chunks, one activity per slice; see
-`loyalty.expiring`), and pruning the journey outboxes. The run is recorded in
+`loyalty.ledger.reminders`), and pruning the journey outboxes. The run is recorded in
 ``housekeeping_runs``; then the loop continues-as-new, so its history stays small
 whatever the number of runs.
 

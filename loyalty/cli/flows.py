@@ -1,0 +1,92 @@
+"""`loyalty flows`: the app's flows, with journey counts from Temporal visibility."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from temporalio.service import RPCError
+
+from loyalty.cli.kit import app_or_exit, console, errors, run, settings_of
+from loyalty.flows import FlowSpec, check_app
+from loyalty.settings import Settings
+from loyalty.temporal import FLOW, connect_temporal
+
+# Seconds to reach Temporal before listing the flows without counts.
+CONNECT_TIMEOUT = 5.0
+# Journey states as columns, each a visibility filter on ExecutionStatus.
+STATES = {
+    "running": 'ExecutionStatus = "Running"',
+    "completed": 'ExecutionStatus = "Completed"',
+    "failed": '(ExecutionStatus = "Failed" OR ExecutionStatus = "TimedOut")',
+}
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def journey_counts(settings: Settings, specs: list[FlowSpec]) -> dict[str, list[int]]:
+    """Journeys per flow name and state (in `STATES` order), on this deployment's queue.
+
+    Raises:
+        TimeoutError, RuntimeError, OSError, RPCError: Temporal cannot be reached.
+    """
+    async with asyncio.timeout(CONNECT_TIMEOUT):
+        client = await connect_temporal(settings)
+
+    async def count(spec: FlowSpec, state: str) -> int:
+        query = (
+            f"{FLOW.name} = {_quoted(spec.name)} AND TaskQueue = {_quoted(settings.task_queue)}"
+            f" AND {state}"
+        )
+        return (await client.count_workflows(query)).count
+
+    async with asyncio.timeout(CONNECT_TIMEOUT * 2):
+        found = await asyncio.gather(
+            *(count(spec, state) for spec in specs for state in STATES.values())
+        )
+    width = len(STATES)
+    return {spec.name: found[i * width : (i + 1) * width] for i, spec in enumerate(specs)}
+
+
+def register(cli: typer.Typer) -> None:
+    """Add `loyalty flows` to the command line."""
+
+    @cli.command()
+    def flows(
+        ctx: typer.Context,
+        app_spec: Annotated[
+            str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+        ] = None,
+    ) -> None:
+        """List the app's flows: trigger, entry policy, programs and journey counts."""
+        settings = settings_of(ctx)
+        specs = check_app(app_or_exit(settings, app_spec))
+        counts: dict[str, list[int]] | None = None
+        if specs:
+            try:
+                counts = run(journey_counts(settings, specs))
+            except (TimeoutError, RuntimeError, OSError, RPCError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                errors.print(
+                    f"warning: journey counts unavailable, Temporal at "
+                    f"{settings.effective_temporal_address} did not answer: {reason}",
+                    markup=False,
+                    highlight=False,
+                )
+        table = Table("flow", "trigger", "entry", "programs", *STATES, title="Flows")
+        for spec in specs:
+            shown = counts[spec.name] if counts is not None else None
+            table.add_row(
+                spec.name,
+                str(spec.trigger),
+                str(spec.entry),
+                spec.describe_programs(),
+                *(str(n) if shown is not None else "?" for n in (shown or [0] * len(STATES))),
+            )
+        console.print(table)
+        if not specs:
+            console.print("no flows defined")

@@ -1,0 +1,335 @@
+"""The `loyalty` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loyalty.app import load_app
+from loyalty.cli import adjust, audit, flows, ledger, maintenance, messages
+from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.errors import InvalidEvent, UnknownMember
+from loyalty.events import IncomingEvent, parse_event, parse_lines
+from loyalty.settings import Settings
+
+DEMO_APP = "examples.demo:app"
+# Seconds the demo story may take, from the worker's start to its last outcome.
+DEMO_TIMEOUT = 120.0
+# Events per INSERT statement; every line (and its program) is checked before the first.
+EMIT_CHUNK = 5_000
+
+cli = typer.Typer(
+    name="loyalty",
+    help="loyalty-flows: exactly-once points, tiers and journeys on Temporal and PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@cli.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None, typer.Option(help="Data folder of the embedded servers (LOYALTY_HOME).")
+    ] = None,
+) -> None:
+    """Load the settings once; every command receives them."""
+    try:
+        settings = Settings()
+    except Exception as exc:
+        problem(f"invalid settings: {exc}")
+        raise typer.Exit(2) from None
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
+    ctx.obj = settings
+
+
+@cli.command()
+def dev(
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option(help="The LoyaltyApp as module:attr.")] = None,
+    demo: Annotated[bool, typer.Option(help="Load the demo program from examples/.")] = False,
+) -> None:
+    """Start everything locally: PostgreSQL, Temporal dev server with Web UI, worker."""
+    from loyalty.cli.dev import run_dev
+
+    settings = settings_of(ctx)
+    if not demo or app:
+        raise typer.Exit(run(run_dev(settings, app_or_exit(settings, app), console)))
+    raise typer.Exit(_play_demo(settings, timeout=DEMO_TIMEOUT, exit_when_done=False))
+
+
+def _play_demo(settings: Settings, *, timeout: float, exit_when_done: bool) -> int:
+    """Run everything locally with the demo app and play its story; the exit code."""
+    from loyalty.cli.demo import prepare_demo, story_hook
+    from loyalty.cli.dev import run_dev
+
+    prepare_demo()
+    story = story_hook(settings, console, timeout=timeout, exit_when_done=exit_when_done)
+    return run(run_dev(settings, app_or_exit(settings, DEMO_APP), console, story))
+
+
+@cli.command()
+def demo(
+    ctx: typer.Context,
+    exit_: Annotated[
+        bool,
+        typer.Option(
+            "--exit",
+            help="Exit once the story is played: 0 when every expected outcome happened, "
+            "1 listing the missing ones.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the story may take to reach its outcomes.")
+    ] = DEMO_TIMEOUT,
+) -> None:
+    """Play the demo story (examples/) on local servers, like `loyalty dev --demo`."""
+    raise typer.Exit(_play_demo(settings_of(ctx), timeout=timeout, exit_when_done=exit_))
+
+
+@cli.command()
+def worker(
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option(help="The LoyaltyApp as module:attr.")] = None,
+) -> None:
+    """Run only the worker, against the configured PostgreSQL and Temporal."""
+    from loyalty.cli.dev import run_worker_only
+
+    settings = settings_of(ctx)
+    raise typer.Exit(run(run_worker_only(settings, app_or_exit(settings, app), console)))
+
+
+@cli.command()
+def migrate(
+    ctx: typer.Context,
+    app_spec: Annotated[
+        str | None,
+        typer.Option("--app", help="Also record this app's programs and their policies."),
+    ] = None,
+) -> None:
+    """Apply pending database migrations (safe to run twice, or from two processes)."""
+    from loyalty.store.db import Database, connect, prepare_database
+    from loyalty.store.migrate import migrate as apply
+
+    settings = settings_of(ctx)
+    spec = app_spec or settings.app
+    app = app_or_exit(settings, spec) if spec else None
+
+    async def go() -> None:
+        async with Database(settings) as database:
+            conn = await connect(database.dsn)
+            try:
+                done = await apply(conn)
+            finally:
+                await conn.close()
+            if app is not None:
+                await prepare_database(database.dsn, app)
+                console.print(f"programs recorded: {', '.join(app.programs)}")
+        if done:
+            for m in done:
+                console.print(f"applied {m.version:04d}_{m.name}")
+        else:
+            console.print("database is up to date")
+
+    run(go())
+
+
+def _read_events(event: str | None) -> list[IncomingEvent]:
+    if event is not None:
+        text = event.strip()
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise InvalidEvent([f"invalid JSON: {exc}"]) from None
+        return [parse_event(text)]
+    return parse_lines(sys.stdin)
+
+
+@cli.command()
+def emit(
+    ctx: typer.Context,
+    event: Annotated[
+        str | None, typer.Argument(help="One JSON event; without it, JSON lines on stdin.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Return once the events were processed.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+) -> None:
+    """Send events to the inbox; prints each event id with accepted or duplicate.
+
+    With --wait, prints each outcome (applied, no_effect, duplicate, rejected: …) and
+    exits 1 if any event was rejected or failed. Invalid input exits 2, writing nothing.
+    """
+    from starter.client import LoyaltyClient
+
+    settings = settings_of(ctx)
+    try:
+        events = _read_events(event)
+    except InvalidEvent as exc:
+        for line in exc.problems:
+            problem(line)
+        raise typer.Exit(2) from None
+
+    async def go() -> int:
+        app = load_app(settings.app) if settings.app else None
+        async with await LoyaltyClient.connect(settings, app) as client:
+            results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
+            if not wait:
+                for r in results:
+                    print(f"{r.event_id} {'accepted' if r.accepted else 'duplicate'}")
+                return 0
+            try:
+                outcomes = await client.wait(results, timeout)
+            except TimeoutError:
+                problem(
+                    f"events still pending after {timeout:.0f}s; "
+                    "is a worker running (loyalty dev or loyalty worker)?"
+                )
+                return 1
+            bad = False
+            for outcome in outcomes:
+                print(f"{outcome.event_id} {outcome.describe()}")
+                bad = bad or outcome.status in ("rejected", "dead")
+            return 1 if bad else 0
+
+    try:
+        code = run(go())
+    except InvalidEvent as exc:
+        for line in exc.problems:
+            problem(line)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@cli.command()
+def member(
+    ctx: typer.Context,
+    member_id: Annotated[str, typer.Argument(help="The member id.")],
+    program: Annotated[str, typer.Option(help="The program.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a member: tier, balances, upcoming expiries, latest ledger entries."""
+    from starter.client import LoyaltyClient
+
+    settings = settings_of(ctx)
+
+    async def go() -> int:
+        async with await LoyaltyClient.connect(settings) as client:
+            try:
+                view = await client.member(member_id, program)
+            except UnknownMember as exc:
+                problem(str(exc))
+                return 1
+        if as_json:
+            print(view.model_dump_json(indent=2, exclude={"profile"}))
+            return 0
+        console.print(
+            f"[bold]{view.member_id}[/] in program [bold]{view.program}[/], "
+            f"tier: {view.tier or '-'}"
+        )
+        if view.tiers:
+            tiers = Table("scheme", "tier", "since", "qualifying", "next tier", "reviewed",
+                          title="Tiers")  # fmt: skip
+            for t in view.tiers:
+                upcoming = f"{t.next_tier} in {t.points_to_next:,}" if t.next_tier else "-"
+                since = t.since.date().isoformat() if t.since else "start"
+                review = t.reviewed_at.date().isoformat() if t.reviewed_at else "-"
+                if t.grace_until:
+                    review += f" (grace until {t.grace_until.date().isoformat()})"
+                tiers.add_row(t.scheme, t.tier, since, f"{t.qualifying:,} {t.currency}",
+                              upcoming, review)  # fmt: skip
+            console.print(tiers)
+        balances = Table(
+            "currency", "available", "earned", "debt", "lifetime earned", title="Balances"
+        )
+        for currency, b in view.balances.items():
+            balances.add_row(
+                currency, f"{b.available:,}", f"{b.earned:,}", f"{b.debt:,}",
+                f"{b.lifetime_earned:,}",
+            )  # fmt: skip
+        console.print(balances)
+        if view.upcoming_expiries:
+            expiries = Table("currency", "points", "expires at", title="Upcoming expiries")
+            for x in view.upcoming_expiries:
+                expiries.add_row(x.currency, str(x.points), x.expires_at.isoformat())
+            console.print(expiries)
+        entries = Table(
+            "at", "currency", "kind", "points", "reason", "source", title="Latest entries"
+        )
+        for e in view.entries:
+            entries.add_row(
+                e.at.isoformat(timespec="seconds"),
+                e.currency,
+                e.kind,
+                f"{e.points:+d}",
+                e.reason,
+                e.source,
+            )
+        console.print(entries)
+        return 0
+
+    raise typer.Exit(run(go()))
+
+
+@cli.command()
+def events(
+    ctx: typer.Context,
+    failed: Annotated[bool, typer.Option(help="List dead-lettered events.")] = False,
+    program: Annotated[str | None, typer.Option(help="Only this program.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Inspect the inbox: `--failed` lists events that failed every attempt."""
+    from starter.client import LoyaltyClient
+
+    settings = settings_of(ctx)
+    if not failed:
+        problem("say which events to list: --failed")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        async with await LoyaltyClient.connect(settings) as client:
+            rows = await client.failed_events(program)
+        if as_json:
+            for row in rows:
+                print(row.model_dump_json())
+            return
+        table = Table(
+            "program",
+            "event_id",
+            "type",
+            "member",
+            "attempts",
+            "failed at",
+            "error",
+            title="Dead-lettered events",
+        )
+        for r in rows:
+            table.add_row(
+                r.program,
+                r.event_id,
+                r.type,
+                r.member_id,
+                str(r.attempts),
+                r.failed_at.isoformat(timespec="seconds"),
+                r.error,
+            )
+        console.print(table)
+        if not rows:
+            console.print("no failed events")
+
+    run(go())
+
+
+for commands in (ledger, audit, adjust, flows, maintenance, messages):
+    commands.register(cli)
+
+
+def main() -> None:
+    """Entry point of the `loyalty` console script."""
+    cli()

@@ -1,0 +1,123 @@
+"""The member view: tier, balances, upcoming expiries and the latest ledger entries.
+
+Each part is one indexed query: balances come from the cached member account balances,
+entries from the legs index on (account_id, id), expiries from the open-lots index.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from loyalty.errors import UnknownMember
+from loyalty.models import Balance, Entry, Expiry, MemberView
+from loyalty.store.db import Conn
+from loyalty.tiers.status import statuses as tier_statuses
+
+ENTRY_LIMIT = 20
+
+
+async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
+    """Read one member.
+
+    Raises:
+        UnknownMember: the program has never seen this member.
+    """
+    member = await conn.fetchrow(
+        "SELECT tier, profile FROM members WHERE program = $1 AND member_id = $2",
+        program,
+        member_id,
+    )
+    accounts = await conn.fetch(
+        """SELECT id, currency, kind, balance FROM accounts
+           WHERE program = $1 AND member_id = $2 ORDER BY currency, kind""",
+        program,
+        member_id,
+    )
+    if member is None and not accounts:
+        raise UnknownMember(f"member {member_id!r} is unknown in program {program!r}")
+    sums: dict[str, dict[str, int]] = {}
+    for account in accounts:
+        sums.setdefault(account["currency"], {})[account["kind"]] = account["balance"]
+    totals = await conn.fetch(
+        """SELECT m.currency, m.lifetime_earned, m.last_activity_at, p.config
+           FROM member_currencies AS m JOIN programs AS p ON p.name = m.program
+           WHERE m.program = $1 AND m.member_id = $2""",
+        program, member_id,
+    )  # fmt: skip
+    lifetime = {row["currency"]: row["lifetime_earned"] for row in totals}
+    balances = {
+        currency: Balance(
+            available=kinds.get("available", 0),
+            earned=kinds.get("earned", 0),
+            # The debt account holds what the member owes as a negative balance.
+            debt=-kinds.get("debt", 0),
+            lifetime_earned=lifetime.get(currency, 0),
+        )
+        for currency, kinds in sums.items()
+    }
+    account_ids = [a["id"] for a in accounts]
+    expiries = await conn.fetch(
+        """SELECT a.currency, l.expires_at, sum(l.remaining)::bigint AS points
+           FROM accounts AS a
+           LEFT JOIN ledger_cutoffs AS c ON c.program = a.program AND c.currency = a.currency
+           JOIN lots AS l ON l.account_id = a.id AND l.remaining > 0
+                         AND l.expires_at > coalesce(c.expired_through, '-infinity')
+           WHERE a.id = ANY($1::bigint[])
+           GROUP BY a.currency, l.expires_at
+           ORDER BY l.expires_at, a.currency""",
+        account_ids,
+    )
+    upcoming = [
+        Expiry(currency=r["currency"], points=r["points"], expires_at=r["expires_at"])
+        for r in expiries
+    ]
+    # Under an inactivity policy everything expires together, N days after the last
+    # earning or spending; that date moves with every new one.
+    for row in totals:
+        policy = (row["config"].get("expiry") or {}).get(row["currency"]) or {}
+        balance = balances.get(row["currency"])
+        held = (balance.available + balance.earned) if balance else 0
+        if policy.get("kind") == "inactivity" and row["last_activity_at"] and held > 0:
+            upcoming.append(
+                Expiry(
+                    currency=row["currency"], points=held,
+                    expires_at=row["last_activity_at"] + timedelta(days=policy["days"]),
+                )
+            )  # fmt: skip
+    upcoming.sort(key=lambda x: (x.expires_at, x.currency))
+    entries = await conn.fetch(
+        """SELECT t.occurred_at, a.currency, a.kind, g.amount, t.reason, t.source
+           FROM ledger_legs AS g
+           JOIN accounts AS a ON a.id = g.account_id
+           JOIN ledger_transactions AS t ON t.id = g.transaction_id
+           WHERE g.account_id = ANY($1::bigint[])
+           ORDER BY g.id DESC
+           LIMIT $2""",
+        account_ids,
+        ENTRY_LIMIT,
+    )
+    config = await conn.fetchval("SELECT config FROM programs WHERE name = $1", program)
+    statuses = await tier_statuses(conn, program, config or {}, member_id)
+    # members.tier holds the first scheme's tier; the status knows it for a member whose
+    # row was created before the program had schemes.
+    tier = statuses[0].tier if statuses else (member["tier"] if member else None)
+    return MemberView(
+        member_id=member_id,
+        program=program,
+        tier=tier,
+        tiers=statuses,
+        profile=member["profile"] if member else {},
+        balances=balances,
+        upcoming_expiries=upcoming,
+        entries=[
+            Entry(
+                at=r["occurred_at"],
+                currency=r["currency"],
+                kind=r["kind"],
+                points=r["amount"],
+                reason=r["reason"],
+                source=r["source"],
+            )
+            for r in entries
+        ],
+    )
