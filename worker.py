@@ -29,9 +29,9 @@ from activities.maintenance import MaintenanceActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.flows import check_app
-from loyalty.ingest.processing import EventProcessor
 from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
+from loyalty.router.processing import EventProcessor
 from loyalty.settings import Settings
 from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES

@@ -18,8 +18,8 @@ from temporalio.client import Client
 from loyalty.flows.outbox import start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
-from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.models import RouterProgress, RouteSession
+from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
 from loyalty.store.db import connect
 

@@ -2,7 +2,7 @@
 
 Plain frozen models with no SQL. A program's ``earn_rules`` are evaluated for every
 ``purchase``, ``activity``, ``referral`` and ``referral_approved`` event, in the router's
-batch transaction (`loyalty.ingest.earn`, and set-based in `loyalty.ingest.bulk`).
+batch transaction (`loyalty.router.earn`, and set-based in `loyalty.router.bulk`).
 
 Worked example: ``PerAmount(points_per_unit=1)`` on a purchase of 42.50 EUR with a
 discount of 2.50 and 500 points redeemed (worth 5.00 at ``point_value`` 0.01): 35 points.

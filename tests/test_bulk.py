@@ -1,4 +1,4 @@
-"""The router's bulk path (`loyalty.ingest.bulk`): the same ledger as one event at a time.
+"""The router's bulk path (`loyalty.router.bulk`): the same ledger as one event at a time.
 
 Batches are claimed and applied with `process_batch` on a fresh database, as the router
 does, without Temporal. Programs ``a`` and ``b`` have the same rules; the same events go
@@ -28,11 +28,11 @@ from loyalty.events import (
     ReferralApproved,
     Return,
 )
-from loyalty.ingest import bulk, caps
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.ledger import audit
 from loyalty.policies import Rolling
+from loyalty.router import bulk, caps
+from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.rules import Limit, OnActivity, OnReferral, OnReferralApproved, PerAmount
 from loyalty.store.db import prepare_database
 from loyalty.tiers import Tier, TierScheme

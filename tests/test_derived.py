@@ -27,8 +27,8 @@ from loyalty.events import (
 from loyalty.flows import flow
 from loyalty.ingest.derived import derived_id, listens, thresholds
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.ledger.maturing import mature_due
+from loyalty.router.processing import EventProcessor
 from loyalty.store.db import Conn
 from loyalty.triggers import PointsAbove
 

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import Activity, AnyEvent, Purchase, Referral, ReferralApproved, Return
-from loyalty.ingest.processing import EventProcessor
 from loyalty.policies import Rolling
+from loyalty.router.processing import EventProcessor
 from loyalty.rules import EarnRule, Limit, OnActivity, OnReferral, OnReferralApproved, PerAmount
 from loyalty.store.db import Conn
 

@@ -17,10 +17,10 @@ from loyalty.events import BonusExpiring, PointsDeposit, PointsWithdrawal, any_e
 from loyalty.flows import flow
 from loyalty.ingest.derived import derived_id
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.ledger.maturing import expire_due
 from loyalty.ledger.reminders import derive_reminders, reminder_days
 from loyalty.policies import Inactivity, Rolling
+from loyalty.router.processing import EventProcessor
 from loyalty.store.db import Conn, prepare_database
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
 

@@ -27,9 +27,9 @@ from loyalty.app import LoyaltyApp, Program
 from loyalty.events import BonusExpiring, PointsDeposit, any_event_adapter
 from loyalty.flows import flow
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.models import HousekeepingLoopInput, HousekeepingProgress
 from loyalty.policies import Rolling
+from loyalty.router.processing import EventProcessor
 from loyalty.settings import Settings
 from loyalty.store.db import Conn, create_pool, prepare_database
 from loyalty.tiers import Schedule

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "loyalty.ingest",
             "loyalty.ledger",
             "loyalty.messages.history",
+            "loyalty.router",
             "loyalty.tiers.maintenance",
             "loyalty.tiers.promotion",
             "loyalty.tiers.status",
@@ -170,7 +171,7 @@ def test_the_graph_reads_every_kind_of_import() -> None:
     # `from loyalty import ledger`: the package; `from loyalty.tiers import promotion`:
     # the submodule; imports inside functions and under TYPE_CHECKING count.
     assert "loyalty.ledger" in graph["loyalty.tiers.maintenance"]
-    assert "loyalty.tiers.promotion" in graph["loyalty.ingest.earn"]
+    assert "loyalty.tiers.promotion" in graph["loyalty.router.earn"]
     assert "worker" in graph["loyalty.cli.dev"]  # imported inside a function
     assert graph["loyalty.ledger"] >= {"loyalty.ledger.postings"}
 

@@ -19,8 +19,8 @@ import pytest
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import Purchase
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.ledger.members import member_view
+from loyalty.router.processing import EventProcessor
 from loyalty.rules import PerAmount
 from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Schedule, Tier, TierScheme

@@ -26,8 +26,8 @@ from activities.maintenance import MaintenanceActivities
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import Purchase
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.models import MaintenanceLoopInput, MaintenanceProgress
+from loyalty.router.processing import EventProcessor
 from loyalty.rules import PerAmount
 from loyalty.settings import Settings
 from loyalty.store.db import Conn, create_pool, prepare_database

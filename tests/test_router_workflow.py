@@ -10,8 +10,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.router import InboxListener, RouterActivities
 from loyalty.events import PointsDeposit
-from loyalty.ingest.processing import EventProcessor
 from loyalty.models import RouterInput, RouterProgress
+from loyalty.router.processing import EventProcessor
 from loyalty.settings import Settings
 from starter.client import LoyaltyClient
 from tests.conftest import TEST_APP

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import Activity, AnyEvent, Purchase, Return
 from loyalty.ingest.inbox import insert_events
-from loyalty.ingest.processing import EventProcessor
 from loyalty.ledger.members import member_view
+from loyalty.router.processing import EventProcessor
 from loyalty.rules import OnActivity, PerAmount
 from loyalty.store.db import Conn, prepare_database
 from loyalty.tiers import Tier, TierScheme, Window

@@ -36,7 +36,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.journeys import JourneyActivities
 from loyalty.events import Activity
 from loyalty.flows.outbox import start_journeys
-from loyalty.ingest.processing import EventProcessor, process_batch
+from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
 from loyalty.store.db import prepare_database
 from loyalty.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES

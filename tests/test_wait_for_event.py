@@ -14,8 +14,8 @@ from temporalio.worker import Worker
 from activities.journeys import JourneyActivities
 from loyalty.events import Activity, Purchase
 from loyalty.flows.signals import send_signals
-from loyalty.ingest.processing import EventProcessor, process_batch
 from loyalty.models import EndWaitInput, RegisterWaitInput
+from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.store.db import prepare_database
 from loyalty.store.embedded import find_binary
 from loyalty.temporal import DATA_CONVERTER

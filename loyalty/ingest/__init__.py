@@ -1,10 +1,10 @@
-"""Events in: the inbox, derived events, and applying a batch in one transaction.
+"""Events in: the inbox, and the events the engine derives, recorded where they happen.
 
-Owns the ``events`` inbox (`inbox`: idempotent insert, claims, outcomes), the events the
-engine derives in the transaction that causes them (`derived`), and the router's batch
-(`processing`: one event at a time in savepoints; `bulk` and `caps`: the set-based fast
-path; `earn`: the earn rules of one event). `inbox` and `derived` sit low: the ledger
-and tiers record derived events through them. `processing`, `bulk` and `earn` sit
-above the ledger, tiers and flows, whose SQL they call. Never imports activities,
-workflows or the CLI. Re-exports nothing: import its modules.
+Owns the ``events`` inbox (`inbox`: idempotent insert, claims, outcomes, what
+``--wait`` reads) and derived events (`derived`: ids, thresholds, recording them in the
+transaction that causes them, so they commit or roll back with their cause). It sits
+low: the ledger, tiers and the router record derived events through it. May import the
+definitions, `loyalty.store` and `loyalty.flows.spec` (which flows listen to what).
+Never imports the ledger, tiers, the router, activities, workflows or the CLI.
+Re-exports nothing: import its modules.
 """

@@ -1,6 +1,6 @@
 """Set-based application of a batch's simple events: a few statements for the whole batch.
 
-The router (`loyalty.ingest.processing`) applies most events one at a time, several statements
+The router (`loyalty.router.processing`) applies most events one at a time, several statements
 each. The common events only record an order and award earn rules: this module applies
 all of them at once, and writes exactly the rows the per-event path would (same keys,
 reasons, sources, lots, dates, ``earn_rule_awards``, cap counters), so that the two
@@ -21,7 +21,7 @@ Orders of a member handed back may already be recorded: they are the rows the
 per-event path writes for them too (same owner and amount; the first event of an order
 id wins), so recording them twice changes nothing.
 
-Statements: orders (one); capped rules (`loyalty.ingest.caps`: two, only if a capped rule
+Statements: orders (one); capped rules (`loyalty.router.caps`: two, only if a capped rule
 matches); accounts (one, a second only if a concurrent writer created one meanwhile);
 then every award in one statement: transactions (a key already used is a duplicate and
 writes nothing more), legs, lots (clamped behind the cut-offs as `ledger.award` does),
@@ -47,8 +47,8 @@ from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import DERIVED_TYPES, Activity, AnyEvent, Purchase, Referral
 from loyalty.ingest import derived
-from loyalty.ingest.caps import CapCheck, within_caps
 from loyalty.policies import lot_expiry
+from loyalty.router.caps import CapCheck, within_caps
 from loyalty.rules import EarnRule
 from loyalty.store.db import Conn
 from loyalty.tiers import promotion

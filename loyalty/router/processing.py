@@ -37,11 +37,12 @@ from loyalty.events import (
 )
 from loyalty.flows.outbox import record_journeys
 from loyalty.flows.signals import record_signals
-from loyalty.ingest import bulk, derived, earn
+from loyalty.ingest import derived
 from loyalty.ingest.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
 from loyalty.policies import lot_expiry
+from loyalty.router import bulk, earn
 from loyalty.store.db import Conn
 
 # Errors that say "try the whole batch again", not "this event is bad".
@@ -182,7 +183,7 @@ async def process_batch(
     again and applied carefully, each event in its own savepoint, so that the failure is
     isolated and recorded.
 
-    In the first pass, the members whose events are all simple (`loyalty.ingest.bulk`) have
+    In the first pass, the members whose events are all simple (`loyalty.router.bulk`) have
     them applied set-based, in a few statements for the whole batch, before the others'
     events are applied one by one; ``use_bulk=False`` applies every event one by one (to
     compare the two). The careful pass is always one by one.
@@ -283,7 +284,7 @@ async def process_batch(
 async def _apply_bulk(
     conn: Conn, app: LoyaltyApp, program: str, rows: list[asyncpg.Record]
 ) -> dict[int, tuple[AnyEvent, str]]:
-    """Apply the events of the batch's bulk members (`loyalty.ingest.bulk`) before the others.
+    """Apply the events of the batch's bulk members (`loyalty.router.bulk`) before the others.
 
     Returns (event, outcome) by inbox row id for the events applied; the members the bulk
     path hands back keep all their events for the per-event path. Members are disjoint

@@ -1,6 +1,6 @@
-"""Earn-rule caps for the bulk path (`loyalty.ingest.bulk`): a batch's capped awards at once.
+"""Earn-rule caps for the bulk path (`loyalty.router.bulk`): a batch's capped awards at once.
 
-The per-event path (`loyalty.ingest.earn`) checks a capped award in three steps: it locks the
+The per-event path (`loyalty.router.earn`) checks a capped award in three steps: it locks the
 member's ``earn_rule_usage`` row of the rule (and, with ``max_total``, the rule's
 ``earn_rule_totals`` row), then counts the member's awards of the rule around the event
 (the sliding window of ``limit``), then awards if no cap is reached. `within_caps` does
