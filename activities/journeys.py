@@ -90,10 +90,25 @@ class JourneyActivities:
 
     @activity.defn(name="journey_award_points")
     async def award_points(self, step: AwardPointsInput) -> LedgerReceipt:
-        """Give points; a key already used returns the first receipt (``duplicate``)."""
+        """Give points; a key already used returns the first receipt (``duplicate``).
+
+        A balance the award lifts over a ``PointsAbove`` threshold derives its
+        ``points_above`` event in the same transaction (`loyalty.ledger.watching`).
+        """
         program = self._program(step.program, step.currency)
         now = datetime.now(UTC)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(),
+            ledger.watching(
+                conn,
+                self.app,
+                step.program,
+                step.member_id,
+                key=step.idempotency_key,
+                occurred_at=now,
+            ),
+        ):
             return await ledger.award(
                 conn, program=step.program, member_id=step.member_id, points=step.points,
                 kind=step.kind, currency=step.currency, reason=step.reason,

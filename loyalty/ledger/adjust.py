@@ -37,6 +37,7 @@ from loyalty.app import LoyaltyApp
 from loyalty.errors import AdjustmentFileError, LedgerRefusal
 from loyalty.events import MAX_POINTS, PointKind
 from loyalty.ledger import postings
+from loyalty.ledger.watching import watching
 from loyalty.models import Model
 from loyalty.policies import lot_expiry
 from loyalty.store.db import Conn
@@ -268,11 +269,15 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
     """Apply one adjustment in its own transaction; a ledger refusal rejects the line.
 
     Points given to a member the program has not seen enrol the member, in the same
-    transaction.
+    transaction, which also derives the ``points_above`` crossings of the line
+    (`loyalty.ledger.watching`, id ``points_above:<line key>:<x>``).
     """
     program = app.programs[a.program]
     try:
-        async with conn.transaction():
+        async with (
+            conn.transaction(),
+            watching(conn, app, a.program, a.member_id, key=a.key, occurred_at=now),
+        ):
             if a.points > 0:
                 await conn.execute(_ENROL, a.program, a.member_id)
                 available_at = now + program.earned_waiting_period if a.kind == "earned" else now
