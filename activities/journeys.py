@@ -37,7 +37,6 @@ from loyalty.models import (
     SendMessageInput,
     WaitReceipt,
 )
-from loyalty.policies import lot_expiry
 
 
 def _refusal(exc: LedgerRefusal) -> ApplicationError:
@@ -115,7 +114,7 @@ class JourneyActivities:
                 source=f"journey:{step.workflow_id}", key=step.idempotency_key,
                 occurred_at=now,
                 available_at=now + program.earned_waiting_period,
-                expires_at=lot_expiry(program.expiry_for(step.currency), now),
+                expires_at=program.lot_expiry(step.currency, now),
             )  # fmt: skip
 
     @activity.defn(name="journey_remove_points")

@@ -39,7 +39,6 @@ from loyalty.events import MAX_POINTS, PointKind
 from loyalty.ledger import postings
 from loyalty.ledger.watching import watching
 from loyalty.models import Model
-from loyalty.policies import lot_expiry
 from loyalty.store.db import Conn
 
 REQUIRED_COLUMNS = ("member_id", "points", "kind", "reason")
@@ -285,7 +284,7 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
                     conn, program=a.program, member_id=a.member_id, points=a.points,
                     kind=a.kind, currency=a.currency, reason=a.reason, source=a.source,
                     key=a.key, occurred_at=now, available_at=available_at,
-                    expires_at=lot_expiry(program.expiry_for(a.currency), now),
+                    expires_at=program.lot_expiry(a.currency, now),
                 )  # fmt: skip
             else:
                 receipt = await postings.spend(

@@ -16,7 +16,7 @@ see `loyalty.ledger.housekeeping`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
@@ -275,9 +275,7 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
     for currency in program.currencies:
         policy = program.expiry_for(currency)
         # Without an inactivity policy the second half of _EXPIRING matches nothing.
-        inactive_since = (
-            at - timedelta(days=policy.days) if isinstance(policy, Inactivity) else None
-        )
+        inactive_since = at - policy.duration if isinstance(policy, Inactivity) else None
         try:
             async with conn.transaction():
                 await _exclusive(conn, program.name)
