@@ -37,7 +37,6 @@ from loyalty.models import (
     SendMessageInput,
     WaitReceipt,
 )
-from loyalty.policies import lot_expiry
 
 
 def _refusal(exc: LedgerRefusal) -> ApplicationError:
@@ -90,17 +89,32 @@ class JourneyActivities:
 
     @activity.defn(name="journey_award_points")
     async def award_points(self, step: AwardPointsInput) -> LedgerReceipt:
-        """Give points; a key already used returns the first receipt (``duplicate``)."""
+        """Give points; a key already used returns the first receipt (``duplicate``).
+
+        A balance the award lifts over a ``PointsAbove`` threshold derives its
+        ``points_above`` event in the same transaction (`loyalty.ledger.watching`).
+        """
         program = self._program(step.program, step.currency)
         now = datetime.now(UTC)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(),
+            ledger.watching(
+                conn,
+                self.app,
+                step.program,
+                step.member_id,
+                key=step.idempotency_key,
+                occurred_at=now,
+            ),
+        ):
             return await ledger.award(
                 conn, program=step.program, member_id=step.member_id, points=step.points,
                 kind=step.kind, currency=step.currency, reason=step.reason,
                 source=f"journey:{step.workflow_id}", key=step.idempotency_key,
                 occurred_at=now,
                 available_at=now + program.earned_waiting_period,
-                expires_at=lot_expiry(program.expiry_for(step.currency), now),
+                expires_at=program.lot_expiry(step.currency, now),
             )  # fmt: skip
 
     @activity.defn(name="journey_remove_points")

@@ -10,15 +10,15 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loyalty.errors import ConfigurationError
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.messages.providers import Messages
-from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy
+from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy, lot_expiry, time_zone
 from loyalty.rules import EarnRule, check_rules
 from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
 
@@ -44,6 +44,9 @@ class Program(BaseModel):
             day by default; its ``anchor`` does not apply.
         messages: the provider of each message channel (see `loyalty.messages`); by
             default everything goes to the ``log`` provider. Not stored in the database.
+        timezone: the program's IANA time zone (default ``UTC``): it defines the day of
+            a ``bonus_expiring`` reminder (one per member, currency and expiry day) and
+            where a `loyalty.policies.FixedDate` day ends.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,6 +60,16 @@ class Program(BaseModel):
     tier_schemes: tuple[TierScheme, ...] = ()
     housekeeping: Schedule = Schedule()
     messages: Messages = Messages()
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_time_zone(cls, name: str) -> str:
+        try:
+            time_zone(name)
+        except ValueError as exc:
+            raise ValueError(f"timezone: {exc}") from None
+        return name
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:
@@ -72,6 +85,11 @@ class Program(BaseModel):
     def expiry_for(self, currency: str) -> ExpiryPolicy:
         """The expiry policy of a currency (never, when none is set)."""
         return self.expiry.get(currency, NoExpiry())
+
+    def lot_expiry(self, currency: str, earned_at: datetime) -> datetime | None:
+        """When a lot of ``currency`` earned at ``earned_at`` expires (None: not by date),
+        by the currency's policy in the program's time zone."""
+        return lot_expiry(self.expiry_for(currency), earned_at, self.timezone)
 
     def config(self) -> dict[str, object]:
         """The settings stored with the program in the database (JSON).

@@ -2,12 +2,15 @@
 
 Expiry (`Program.expiry`, per currency; a currency without one never expires):
 
-* ``Rolling(days=365)``: each lot expires N days after it was earned.
+* ``Rolling(days=365)``: each lot expires N days after it was earned;
+  ``Rolling(period=timedelta(minutes=10))`` takes any duration (an accelerated demo).
 * ``FixedDate(month=12, day=31, years_after=1)``: lots expire at the end of that
-  calendar day (UTC), in the first such date on or after the day they were earned,
-  plus ``years_after`` years: points of 2026 expire at the end of 2027.
+  calendar day (in the program's time zone, `Program.timezone`), in the first such date
+  on or after the day they were earned, plus ``years_after`` years: points of 2026
+  expire at the end of 2027.
 * ``Inactivity(days=540)``: all of a member's points in the currency expire N days after
-  the member last earned or spent any.
+  the member last earned or spent any; ``Inactivity(period=timedelta(hours=2))`` takes
+  any duration.
 
 Returns (`Program.return_policy`): points of a returned order that were already spent
 become ``debt`` (paid off first by later earnings) or are ``forgive``-n (recorded only).
@@ -17,15 +20,41 @@ What a return takes back, of the order's points and of its qualifying points ali
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_FLOOR, Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A hundred years: longer periods are a typo, not a policy.
+MAX_PERIOD = timedelta(days=36_500)
 
 
 class _Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Period(_Policy):
+    """A policy measured by a length of time: whole ``days``, or any ``period``."""
+
+    days: int | None = Field(None, gt=0, le=MAX_PERIOD.days)
+    period: timedelta | None = None
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Self:
+        if self.days is None and self.period is None:
+            raise ValueError("give days or period (a timedelta)")
+        if self.days is not None and self.period is not None:
+            raise ValueError("give days or period, not both")
+        if self.period is not None and not timedelta(0) < self.period <= MAX_PERIOD:
+            raise ValueError("period: must be a positive duration of at most 36,500 days")
+        return self
+
+    @property
+    def duration(self) -> timedelta:
+        """The policy's length of time, whichever way it was given."""
+        return self.period if self.period is not None else timedelta(days=self.days or 0)
 
 
 class NoExpiry(_Policy):
@@ -34,15 +63,15 @@ class NoExpiry(_Policy):
     kind: Literal["none"] = "none"
 
 
-class Rolling(_Policy):
-    """Each lot expires ``days`` after it was earned."""
+class Rolling(_Period):
+    """Each lot expires ``days`` (or ``period``) after it was earned."""
 
     kind: Literal["rolling"] = "rolling"
-    days: int = Field(gt=0, le=36_500)
 
 
 class FixedDate(_Policy):
-    """Lots expire at the end of a calendar day (UTC), e.g. the end of the year."""
+    """Lots expire at the end of a calendar day (in the program's time zone), e.g. the end
+    of the year."""
 
     kind: Literal["fixed_date"] = "fixed_date"
     month: int = Field(ge=1, le=12)
@@ -61,28 +90,47 @@ class FixedDate(_Policy):
         return self
 
 
-class Inactivity(_Policy):
-    """All points expire ``days`` after the member last earned or spent."""
+class Inactivity(_Period):
+    """All points expire ``days`` (or ``period``) after the member last earned or spent."""
 
     kind: Literal["inactivity"] = "inactivity"
-    days: int = Field(gt=0, le=36_500)
 
 
 ExpiryPolicy = Annotated[NoExpiry | Rolling | FixedDate | Inactivity, Field(discriminator="kind")]
 ReturnPolicy = Literal["debt", "forgive"]
 
 
-def lot_expiry(policy: ExpiryPolicy, earned_at: datetime) -> datetime | None:
-    """When a lot earned at ``earned_at`` expires under the policy (None: not by date)."""
+def time_zone(name: str) -> tzinfo:
+    """The IANA time zone of that name (UTC needs no time zone database).
+
+    Raises:
+        ValueError: no such time zone.
+    """
+    if name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; give an IANA name such as 'Europe/Paris' or 'UTC'"
+        ) from None
+
+
+def lot_expiry(policy: ExpiryPolicy, earned_at: datetime, timezone: str = "UTC") -> datetime | None:
+    """When a lot earned at ``earned_at`` expires under the policy (None: not by date).
+
+    ``timezone``: the program's (`Program.timezone`), where a `FixedDate` day ends.
+    """
     if isinstance(policy, Rolling):
-        return earned_at + timedelta(days=policy.days)
+        return earned_at + policy.duration
     if isinstance(policy, FixedDate):
-        earned_day = earned_at.astimezone(UTC).date()
+        zone = time_zone(timezone)
+        earned_day = earned_at.astimezone(zone).date()
         year = earned_day.year
         if date(year, policy.month, policy.day) < earned_day:
             year += 1
         last_day = date(year + policy.years_after, policy.month, policy.day)
-        return datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=UTC)
+        return datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=zone)
     return None
 
 

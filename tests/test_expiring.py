@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
+from pydantic import ValidationError
 from temporalio import workflow
 
 from loyalty.app import LoyaltyApp, Program
@@ -17,9 +19,10 @@ from loyalty.events import BonusExpiring, PointsDeposit, PointsWithdrawal, any_e
 from loyalty.flows import flow
 from loyalty.ingest.derived import derived_id
 from loyalty.ingest.inbox import insert_events
-from loyalty.ledger.maturing import expire_due
+from loyalty.ledger.maturing import expire_due, mature_due
+from loyalty.ledger.members import member_view
 from loyalty.ledger.reminders import derive_reminders, reminder_days
-from loyalty.policies import Inactivity, Rolling
+from loyalty.policies import FixedDate, Inactivity, Rolling
 from loyalty.router.processing import EventProcessor
 from loyalty.store.db import Conn, prepare_database
 from loyalty.triggers import BonusExpiring as BonusExpiringTrigger
@@ -82,7 +85,7 @@ async def reminders(conn: Conn) -> list[BonusExpiring]:
 
 def reminder(member: str, n: int, expires_at: datetime, points: int, account: str = "points"):  # type: ignore[no-untyped-def]
     return BonusExpiring(
-        event_id=f"bonus_expiring:{n}:{account}:{expires_at.isoformat()}:{member}",
+        event_id=f"bonus_expiring:{n}:{account}:{expires_at.date().isoformat()}:{member}",
         member_id=member, program="shop", occurred_at=expires_at - n * DAY, points=points,
         expires_at=expires_at, days_left=n, account=account,
     )  # fmt: skip
@@ -163,10 +166,10 @@ async def test_ids_of_long_member_ids_are_hashed(
     member = "m" * 128
     await deposit(conn, "a1", member, 100, T0)
     await derive_reminders(conn, APP, SHOP, T0 + 55 * DAY)
-    expires = (T0 + 60 * DAY).isoformat()
+    day = (T0 + 60 * DAY).date().isoformat()
     assert [e.event_id for e in await reminders(conn)] == [
-        derived_id("bonus_expiring", 7, "points", expires, member),
-        derived_id("bonus_expiring", 30, "points", expires, member),
+        derived_id("bonus_expiring", 7, "points", day, member),
+        derived_id("bonus_expiring", 30, "points", day, member),
     ]
     assert all(len(e.event_id) <= 128 for e in await reminders(conn))
 
@@ -209,3 +212,137 @@ async def test_points_under_an_inactivity_policy_are_announced_before_the_date_a
     # Once expired, nothing is left to announce.
     await expire_due(conn, shop, T0 + 186 * DAY)
     assert await derive_reminders(conn, app, shop, T0 + 186 * DAY) == 0
+
+
+def day_reminder(member: str, n: int, expires_at: datetime, points: int, day: str) -> BonusExpiring:
+    """A reminder of the lots expiring on ``day`` (the program's time zone), the first
+    of them at ``expires_at``."""
+    return BonusExpiring(
+        event_id=f"bonus_expiring:{n}:points:{day}:{member}", member_id=member, program="shop",
+        occurred_at=expires_at - n * DAY, points=points, expires_at=expires_at, days_left=n,
+        account="points",
+    )  # fmt: skip
+
+
+async def test_lots_expiring_on_one_day_make_one_reminder_per_n_with_all_their_points(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """A purchase's points and its flows' bonuses expire minutes apart, each lot 60 days
+    after its own time: one reminder per N for the day, carrying every lot of that day,
+    also those past the N days' window (as_of + 7 days reaches 09:00 on day 60 only)."""
+    await prepare_database(database_url, APP)
+    for event_id, points, at in (
+        ("buy", 100, T0),  # 09:00
+        ("bonus", 50, T0 + timedelta(seconds=5)),
+        ("welcome", 20, T0 + timedelta(minutes=3)),
+        ("evening", 10, T0 + timedelta(hours=14)),  # 23:00, still day 0 in UTC
+        ("next-day", 5, T0 + timedelta(hours=16)),  # 01:00 the next day
+    ):
+        await deposit(conn, event_id, "alice", points, at)
+    day60, day61 = "2026-05-01", "2026-05-02"
+    next_day = T0 + 60 * DAY + timedelta(hours=16)
+    assert await derive_reminders(conn, APP, SHOP, T0 + 53 * DAY) == 3
+    assert await reminders(conn) == [
+        day_reminder("alice", 7, T0 + 60 * DAY, 180, day60),
+        day_reminder("alice", 30, T0 + 60 * DAY, 180, day60),
+        day_reminder("alice", 30, next_day, 5, day61),
+    ]
+    # A day later the next day is within 7 days too; day 60 is not announced again.
+    assert await derive_reminders(conn, APP, SHOP, T0 + 54 * DAY) == 1
+    assert (await reminders(conn))[3:] == [day_reminder("alice", 7, next_day, 5, day61)]
+
+
+async def test_the_expiry_day_is_the_programs_time_zone(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """23:30 and 02:00 UTC are two days in UTC, one evening in New York."""
+    first = T0.replace(hour=23, minute=30)
+    second = first + timedelta(hours=2, minutes=30)
+    for timezone in ("UTC", "America/New_York"):
+        shop = SHOP.model_copy(update={"timezone": timezone})
+        app = LoyaltyApp(programs=[shop], flows=[WarnAWeekBefore])
+        await prepare_database(database_url, app)
+        member = f"m-{timezone}"
+        await deposit(conn, f"{member}-1", member, 10, first, app=app)
+        await deposit(conn, f"{member}-2", member, 20, second, app=app)
+        await derive_reminders(conn, app, shop, T0 + 55 * DAY)
+        found = [e for e in await reminders(conn) if e.member_id == member]
+        if timezone == "America/New_York":
+            assert found == [
+                day_reminder(member, 7, first + 60 * DAY, 30, "2026-05-01"),
+            ]
+        else:
+            assert [(e.event_id, e.points) for e in found] == [
+                (f"bonus_expiring:7:points:2026-05-01:{member}", 10),
+                (f"bonus_expiring:7:points:2026-05-02:{member}", 20),
+            ]
+
+
+def test_a_program_time_zone_is_an_iana_name() -> None:
+    assert Program(name="shop").timezone == "UTC"
+    assert Program(name="shop", timezone="Europe/Paris").timezone == "Europe/Paris"
+    with pytest.raises(ValidationError, match="timezone: unknown time zone 'Mars/Olympus'"):
+        Program(name="shop", timezone="Mars/Olympus")
+
+
+def test_expiry_periods_take_whole_days_or_a_duration() -> None:
+    assert Rolling(days=365).duration == timedelta(days=365)
+    assert Rolling(period=timedelta(minutes=10)).duration == timedelta(minutes=10)
+    assert Inactivity(period=timedelta(hours=2)).duration == timedelta(hours=2)
+    for bad, message in (
+        ({}, "give days or period"),
+        ({"days": 3, "period": timedelta(days=3)}, "give days or period, not both"),
+        ({"period": timedelta(0)}, "period: must be a positive duration"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            Rolling(**bad)  # type: ignore[arg-type]
+    # Stored with the program (as JSON) and read back the same.
+    policy = Rolling(period=timedelta(minutes=10))
+    assert Rolling.model_validate_json(policy.model_dump_json()) == policy
+
+
+async def test_an_accelerated_program_expires_points_within_minutes(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Points that expire ten minutes after they were earned, and a member's points
+    after two hours without activity: the member view shows when, housekeeping takes
+    them."""
+    shop = Program(
+        name="shop", currencies=("points", "miles"),
+        expiry={"points": Rolling(period=timedelta(minutes=10)),
+                "miles": Inactivity(period=timedelta(hours=2))},
+        earned_waiting_period=timedelta(minutes=2),
+    )  # fmt: skip
+    app = LoyaltyApp(programs=[shop])
+    await prepare_database(database_url, app)
+    await deposit(conn, "p1", "alice", 100, T0, app=app)
+    await deposit(conn, "m1", "alice", 40, T0, account="miles", app=app)
+    await apply(conn, PointsDeposit(
+        event_id="p2", member_id="alice", program="shop", points=5, kind="earned",
+        reason="gift", occurred_at=T0,
+    ), app)  # fmt: skip
+    view = await member_view(conn, "shop", "alice")
+    assert [(e.currency, e.points, e.expires_at) for e in view.upcoming_expiries] == [
+        ("points", 105, T0 + timedelta(minutes=10)),
+        ("miles", 40, T0 + timedelta(hours=2)),
+    ]
+    assert (await mature_due(conn, "shop", T0 + timedelta(minutes=3))).points == 5
+    results = await expire_due(conn, shop, T0 + timedelta(minutes=11))
+    assert [(r.currency, r.points) for r in results] == [("points", 105), ("miles", 0)]
+    results = await expire_due(conn, shop, T0 + timedelta(hours=2, minutes=1))
+    assert [(r.currency, r.points) for r in results] == [("points", 0), ("miles", 40)]
+    balances = (await member_view(conn, "shop", "alice")).balances
+    assert (balances["points"].available, balances["miles"].available) == (0, 0)
+
+
+def test_a_fixed_date_ends_with_the_day_in_the_programs_time_zone() -> None:
+    paris = Program(
+        name="shop", timezone="Europe/Paris", expiry={"points": FixedDate(month=12, day=31)}
+    )
+    utc = paris.model_copy(update={"timezone": "UTC"})
+    june = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    assert paris.lot_expiry("points", june) == datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
+    assert utc.lot_expiry("points", june) == datetime(2027, 1, 1, 0, 0, tzinfo=UTC)
+    # 23:30 UTC on 31 December is already the next year in Paris.
+    late = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)
+    assert paris.lot_expiry("points", late) == datetime(2027, 12, 31, 23, 0, tzinfo=UTC)

@@ -249,6 +249,76 @@ async def test_earning_during_maintenance_ends_in_the_right_tier_with_one_event_
             )
 
 
+async def test_promotions_earned_while_a_run_is_in_progress_survive_it(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Silver at 300, no grace; 30 bronze members hold 295. While a run reviews them one
+    per chunk, 20 of them earn 10 (after the run's ``as_of``, as a login during a real
+    run does) on three connections: an earning commits between each two chunks, for a
+    member reviewed already or not yet, and the rest race the last chunks for the ledger
+    lock. Every earner ends silver with one ``new_stage``, the others stay bronze with
+    none, and the next run changes nothing."""
+    program = Program(
+        name="coffee", earn_rules=(PerAmount(),),
+        tier_schemes=(TierScheme(tiers=(
+            Tier(name="bronze", threshold=0), Tier(name="silver", threshold=300),
+            Tier(name="gold", threshold=1000),
+        ), window=timedelta(days=365)),),
+    )  # fmt: skip
+    scheme = program.tier_schemes[0]
+    proc = await setup(database_url, program)
+    members = [f"m{n:02d}" for n in range(30)]
+    for member in members:
+        await buy(conn, proc, member, 295, T0)
+    as_of = T0 + 30 * DAY
+    earners = random.Random(12).sample(members, 20)
+    todo: asyncio.Queue[str | None] = asyncio.Queue()
+    committed = asyncio.Condition()
+    done: list[str] = []
+
+    async def earn() -> None:
+        earner = await connect(database_url)
+        try:
+            while (member := await todo.get()) is not None:
+                await buy(earner, proc, member, 10, as_of + timedelta(hours=1))
+                async with committed:
+                    done.append(member)
+                    committed.notify_all()
+        finally:
+            await earner.close()
+
+    released = 0
+
+    async def between_chunks(progress: object) -> None:
+        nonlocal released
+        if released < len(earners) - 5:
+            # One earning commits before the next chunk takes the ledger lock.
+            released += 1
+            await todo.put(earners[released - 1])
+            async with committed:
+                await committed.wait_for(lambda: len(done) == released)
+        elif released < len(earners):
+            # The last ones are left to race the chunks.
+            released += 1
+            await todo.put(earners[released - 1])
+
+    tasks = [asyncio.create_task(earn()) for _ in range(3)]
+    run = await run_maintenance(conn, program, scheme, as_of, chunk=1, progress=between_chunks)
+    for _ in tasks:
+        await todo.put(None)
+    await asyncio.gather(*tasks)
+    assert sorted(done) == sorted(earners)
+    assert run.demoted == 0
+    final = await tiers(conn)
+    assert final == {m: "silver" if m in earners else "bronze" for m in members}
+    assert sorted(await moves(conn)) == sorted((m, "bronze", "silver", "earn") for m in earners)
+    # The next run finds every tier supported: nothing moves, nothing is derived.
+    again = await run_maintenance(conn, program, scheme, as_of + DAY)
+    assert (again.promoted, again.demoted) == (0, 0)
+    assert await tiers(conn) == final
+    assert len(await moves(conn)) == len(earners)
+
+
 @pytest.mark.parametrize("size", [1, 1000])
 async def test_chunk_size_does_not_change_the_outcome(
     conn: asyncpg.Connection, database_url: str, size: int

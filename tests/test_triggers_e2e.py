@@ -16,6 +16,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import quote
 
 import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -25,6 +26,7 @@ from temporalio.worker import Worker
 from activities.journeys import JourneyActivities
 from loyalty import events
 from loyalty.events import any_event_adapter
+from loyalty.ingest.derived import derived_id
 from loyalty.ingest.inbox import insert_events
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker
@@ -182,6 +184,37 @@ async def test_points_above_starts_when_an_earn_rule_award_crosses_the_threshold
     assert await available(client, "a1") == 580
     assert await messages(conn, "almost_gold") == [
         {"member_id": "a1", "data": {"balance": 580}, "workflow_id": crossing}
+    ]
+
+
+async def test_points_above_starts_when_a_journey_award_crosses_the_threshold(
+    client: LoyaltyClient,
+    start_worker: StartWorker,
+    conn: asyncpg.Connection,
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """380 deposited, a purchase of 100 earns 100 (480), then its BigPurchase journey
+    awards 50: 530 crosses 500. A later deposit of 1 fires nothing more."""
+    queue = (await start_worker(app=app)).task_queue
+    outcomes = await emit_and_wait(client, deposit("d1", "j1", 380), purchase("buy", "j1", 100))
+    assert outcomes == ["applied", "applied"]
+    await settled(conn)
+    await completed(dev_env.client, jid(queue, "BigPurchase", "j1", "buy"))
+    await settled(conn)
+    assert await emit_and_wait(client, deposit("d2", "j1", 1)) == ["applied"]
+    await settled(conn)
+    derived = await conn.fetch(
+        "SELECT event_id, caused_by, payload FROM events WHERE type = 'points_above'"
+    )
+    key = f"journey:{jid(queue, 'BigPurchase', 'j1', 'buy')}:bonus"
+    assert [(r["event_id"], r["caused_by"], r["payload"]["balance"]) for r in derived] == [
+        (derived_id("points_above", key, 500), None, 530)
+    ]
+    crossing = jid(queue, "AlmostGold", "j1", quote(derived[0]["event_id"], safe=":"))
+    assert await journeys(conn, "AlmostGold") == [crossing]
+    await completed(dev_env.client, crossing)
+    assert await messages(conn, "almost_gold") == [
+        {"member_id": "j1", "data": {"balance": 530}, "workflow_id": crossing}
     ]
 
 

@@ -44,7 +44,7 @@ def register(cli: typer.Typer) -> None:
         the bonus_expiring reminders of the BonusExpiring flows; then delete the journey
         starts and signals done more than LOYALTY_JOURNEY_RETENTION days ago."""
         from loyalty.flows.retention import prune
-        from loyalty.ingest.derived import listens
+        from loyalty.ingest.derived import listens, watch
         from loyalty.ledger.maturing import run_housekeeping
         from loyalty.ledger.reminders import derive_reminders, reminder_days
         from loyalty.store.db import Database, connect, prepare_database
@@ -69,6 +69,7 @@ def register(cli: typer.Typer) -> None:
                             results = await run_housekeeping(
                                 conn, p, cutoff,
                                 derive_events=listens(app, "points_matured", p.name),
+                                watch=watch(app, p.name),
                             )  # fmt: skip
                         for r in results:
                             table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",

@@ -7,13 +7,23 @@ row, so it is never lost (it commits or rolls back with its cause) and never dou
 unique). The router then claims it like any event, and flows react to it.
 
 * ``points_above``: the member's available balance in the program's first currency (the
-  currency points are redeemed in; `loyalty.triggers.PointsAbove` names no currency)
-  crossed a threshold ``x`` upwards, from ≤ x before the event to > x after it, for each
-  ``x`` of a ``PointsAbove`` trigger of the app's flows for that program. Falling back to
-  ≤ x re-arms it: a later crossing has another cause, hence another id,
-  ``points_above:<x>:<causing event_id>``. The balance is read before and after the
-  event (one indexed read each), only when the program has such thresholds. Balance
-  changes made by housekeeping (maturing, expiry) are not watched.
+  currency points are redeemed in; `loyalty.triggers.PointsAbove` names no currency; see
+  `Watch`) crossed a threshold ``x`` upwards, from ≤ x before a change to > x after it,
+  for each ``x`` of a ``PointsAbove`` trigger of the app's flows for that program. Every
+  writer that can raise that balance derives it, the same way, in its own transaction:
+  the router for each event (`derives_events`: earn rules, deposits, debt paid off), a
+  journey's ``award_points`` and an adjustment line (`loyalty.ledger.watching`), and
+  maturing, set-based in its statement (`points_above_sql`). Whatever lowers the balance
+  (spending, withdrawals, journey removals, returns, expiry) re-arms it: the derivation
+  keeps no state, it compares the balance before and after each change, so a later
+  crossing has another cause, hence another id. The balance before is read with the
+  member's rows locked (`balance_before`), so concurrent writers of one member each see
+  the balance the other left: one crossing, one event. Ids, by cause:
+  ``points_above:<x>:<causing event_id>`` for an event,
+  ``points_above:<ledger key>:<x>`` for a journey step or an adjustment line (their
+  idempotency key), ``points_above:mature:<currency>:<cut-off ISO 8601>:<member_id>:<x>``
+  for maturing. Ledger keys start with their writer's name, never with a digit, so the
+  event form and the others never meet.
 * ``new_stage`` (cause ``earn``): a promotion, derived by `loyalty.tiers.promotion.promote` in
   the transaction that awarded the qualifying points,
   ``new_stage:<scheme>:<to tier>:<causing event_id>``.
@@ -34,9 +44,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, TypeVar
 
-from loyalty.app import LoyaltyApp, Program
+from loyalty.app import LoyaltyApp
 from loyalty.events import (
     DERIVED_TYPES,
     AnyEvent,
@@ -56,6 +68,18 @@ MAX_EVENT_ID = 128
 _BALANCE = """
 SELECT balance FROM accounts
 WHERE program = $1 AND member_id = $2 AND currency = $3 AND kind = 'available'
+"""
+
+# The member's activity row, then the account, as `ledger.spend` and an award lock them,
+# so that a watched change never deadlocks with another writer of the member.
+_LOCKED_BALANCE = """
+WITH activity AS (
+    SELECT 1 FROM member_currencies
+    WHERE program = $1 AND member_id = $2 AND currency = $3 FOR UPDATE)
+SELECT balance FROM accounts
+WHERE program = $1 AND member_id = $2 AND currency = $3 AND kind = 'available'
+  AND (SELECT count(*) FROM activity) >= 0
+FOR UPDATE
 """
 
 
@@ -82,10 +106,85 @@ def thresholds(app: LoyaltyApp, program: str) -> tuple[int, ...]:
     }))  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What ``points_above`` watches in a program: the available balance of its first
+    currency, against the thresholds of its ``PointsAbove`` flows (ascending)."""
+
+    program: str
+    currency: str
+    thresholds: tuple[int, ...]
+
+
+def watch(app: LoyaltyApp, program: str) -> Watch | None:
+    """The program's watched balance, or None when no flow watches a threshold."""
+    found = app.program(program)
+    watched = thresholds(app, program) if found is not None else ()
+    if found is None or not watched:
+        return None
+    return Watch(program=program, currency=found.currencies[0], thresholds=watched)
+
+
 async def available_balance(conn: Conn, program: str, member_id: str, currency: str) -> int:
     """The member's available balance (0 without an account): one indexed read."""
     value: int | None = await conn.fetchval(_BALANCE, program, member_id, currency)
     return value or 0
+
+
+async def balance_before(conn: Conn, watched: Watch, member_id: str) -> int:
+    """The watched balance before a change, with the member's rows locked until the
+    transaction ends: no other writer changes it between this read and the change.
+
+    Call it while holding the program's ledger lock (``loyalty.ledger.hold``), which
+    every ledger writer takes before the member's rows.
+    """
+    value: int | None = await conn.fetchval(
+        _LOCKED_BALANCE, watched.program, member_id, watched.currency
+    )
+    return value or 0
+
+
+def points_above_id(threshold: int, cause: str, *, ledger_key: bool = False) -> str:
+    """The id of a crossing of ``threshold`` caused by an event (its event_id) or by a
+    ledger key (a journey step's or an adjustment line's idempotency key)."""
+    if ledger_key:
+        if cause[:1].isdigit():
+            raise ValueError(f"a ledger key starts with its writer's name: {cause!r}")
+        return derived_id("points_above", cause, threshold)
+    return derived_id("points_above", threshold, cause)
+
+
+def points_above(
+    watched: Watch,
+    member_id: str,
+    *,
+    before: int,
+    after: int,
+    occurred_at: datetime,
+    event_id: Callable[[int], str],
+) -> list[PointsAbove]:
+    """One ``points_above`` per threshold ``x`` with ``before <= x < after``.
+
+    Args:
+        watched: the program's watched balance (`watch`).
+        member_id: whose balance changed.
+        before: the balance before the change (`balance_before`).
+        after: the balance after it.
+        occurred_at: when the change happened (the event's, the step's time).
+        event_id: the id of the crossing of a threshold (`points_above_id`).
+    """
+    crossed = [x for x in watched.thresholds if before <= x < after]
+    return [
+        PointsAbove(
+            event_id=event_id(x),
+            member_id=member_id,
+            program=watched.program,
+            occurred_at=occurred_at,
+            threshold=x,
+            balance=after,
+        )
+        for x in crossed
+    ]
 
 
 def _may_change_balance(event: AnyEvent) -> bool:
@@ -94,18 +193,12 @@ def _may_change_balance(event: AnyEvent) -> bool:
 
 def derive(event: AnyEvent, *, before: int, after: int, watched: tuple[int, ...]) -> list[AnyEvent]:
     """The events that applying ``event`` derives, given the balance around it."""
-    derived: list[AnyEvent] = [
-        PointsAbove(
-            event_id=derived_id("points_above", x, event.event_id),
-            member_id=event.member_id,
-            program=event.program,
-            occurred_at=event.occurred_at,
-            threshold=x,
-            balance=after,
-        )
-        for x in watched
-        if before <= x < after
-    ]
+    crossed = points_above(
+        Watch(program=event.program, currency="", thresholds=watched), event.member_id,
+        before=before, after=after, occurred_at=event.occurred_at,
+        event_id=lambda x: points_above_id(x, event.event_id),
+    )  # fmt: skip
+    derived: list[AnyEvent] = list(crossed)
     if isinstance(event, ReferralApproved):
         derived.append(
             ReferralFriendApproved(
@@ -148,19 +241,16 @@ def derives_events(apply: Apply[P]) -> Apply[P]:
 
     @functools.wraps(apply)
     async def wrapper(self: P, conn: Conn, event: AnyEvent) -> str:
-        program: Program | None = self.app.program(event.program)
-        watched: tuple[int, ...] = ()
-        if program is not None and _may_change_balance(event):
-            watched = thresholds(self.app, event.program)
-        # Thresholds apply to the first currency, the one points are redeemed in.
-        currency = program.currencies[0] if program else ""
+        # The router's batch holds the program's ledger lock already (`balance_before`).
+        watched = watch(self.app, event.program) if _may_change_balance(event) else None
         before = after = 0
-        if watched:
-            before = await available_balance(conn, event.program, event.member_id, currency)
+        if watched is not None:
+            before = await balance_before(conn, watched, event.member_id)
         result = await apply(self, conn, event)
-        if watched:
-            after = await available_balance(conn, event.program, event.member_id, currency)
-        await record(conn, event, derive(event, before=before, after=after, watched=watched))
+        if watched is not None:
+            after = await available_balance(conn, event.program, event.member_id, watched.currency)
+        found = watched.thresholds if watched is not None else ()
+        await record(conn, event, derive(event, before=before, after=after, watched=found))
         return result
 
     return wrapper
@@ -194,6 +284,48 @@ derived AS (
                               'points', d.points, 'account', $5::text),
            $7::text::timestamptz
     FROM derived_ids AS d
+    ON CONFLICT (program, event_id) DO NOTHING
+    RETURNING 1
+),"""
+
+
+def points_above_sql() -> str:
+    """A CTE inserting the ``points_above`` that maturing causes, set-based, in the
+    maturing statement of the watched currency (`loyalty.ledger.maturing.mature_due`).
+
+    Reads ``moves`` (one row per member: ``member_id``, ``pocket`` the member's
+    ``available`` account, ``points`` maturing into it), whose balance the statement has
+    not changed yet (its legs are counted at its end), and the parameters $1 program,
+    $5 currency, $7 the cut-off as ISO 8601 text, $8 the thresholds. Maturing holds the
+    ledger lock exclusively: no other writer is between before and after. The id is
+    ``points_above:mature:<currency>:<cut-off>:<member_id>:<x>`` (`points_above_id` of
+    that cause), the payload the shape of ``PointsAbove.model_dump(mode="json")``.
+    """
+    # The id and payload must match points_above_id() and the model: tests compare them.
+    return f"""
+crossed AS (
+    SELECT m.member_id, x.threshold, a.balance + m.points AS after,
+           'mature:' || $5 || ':' || $7 || ':' || m.member_id || ':' || x.threshold AS rest
+    FROM moves AS m
+    JOIN accounts AS a ON a.id = m.pocket
+    CROSS JOIN unnest($8::bigint[]) AS x(threshold)
+    WHERE a.balance <= x.threshold AND x.threshold < a.balance + m.points
+),
+above AS (
+    INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
+    SELECT $1, i.event_id, 'points_above', i.member_id,
+           jsonb_build_object('event_id', i.event_id, 'member_id', i.member_id,
+                              'program', $1::text, 'occurred_at', $7::text,
+                              'attributes', '{{}}'::jsonb, 'type', 'points_above',
+                              'threshold', i.threshold, 'balance', i.after),
+           $7::text::timestamptz
+    FROM (SELECT c.*,
+                 CASE WHEN length('points_above:' || c.rest) <= {MAX_EVENT_ID}
+                      THEN 'points_above:' || c.rest
+                      ELSE 'points_above:' || encode(sha256(convert_to(c.rest, 'UTF8')), 'hex')
+                 END AS event_id
+          FROM crossed AS c) AS i
+    ORDER BY i.member_id, i.threshold
     ON CONFLICT (program, event_id) DO NOTHING
     RETURNING 1
 ),"""

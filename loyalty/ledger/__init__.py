@@ -4,6 +4,7 @@ Owns the double-entry tables (accounts, transactions, legs, lots, cut-offs, orde
 the operations on them: `postings` (award, spend, the ledger lock), `returns` (orders
 and clawbacks), `maturing` (bulk maturing and expiry), `reminders` (``bonus_expiring``),
 `housekeeping` (the housekeeping loop's recorded steps), `adjust` (adjustment files),
+`watching` (``points_above`` around a change made outside the router),
 `audit` (``loyalty verify`` and ``report``) and `members` (the member view). May import
 the definitions, `loyalty.store`, the inbox and derived events of `loyalty.ingest`,
 `loyalty.tiers.promotion` and `loyalty.tiers.status` (a return takes back its share of
@@ -21,5 +22,6 @@ from loyalty.ledger.postings import (
     lot_dates,
     spend,
 )
+from loyalty.ledger.watching import watching
 
-__all__ = ["LEDGER_LOCK", "award", "find_accounts", "hold", "lot_dates", "spend"]
+__all__ = ["LEDGER_LOCK", "award", "find_accounts", "hold", "lot_dates", "spend", "watching"]

@@ -37,8 +37,8 @@ from loyalty.app import LoyaltyApp
 from loyalty.errors import AdjustmentFileError, LedgerRefusal
 from loyalty.events import MAX_POINTS, PointKind
 from loyalty.ledger import postings
+from loyalty.ledger.watching import watching
 from loyalty.models import Model
-from loyalty.policies import lot_expiry
 from loyalty.store.db import Conn
 
 REQUIRED_COLUMNS = ("member_id", "points", "kind", "reason")
@@ -268,11 +268,15 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
     """Apply one adjustment in its own transaction; a ledger refusal rejects the line.
 
     Points given to a member the program has not seen enrol the member, in the same
-    transaction.
+    transaction, which also derives the ``points_above`` crossings of the line
+    (`loyalty.ledger.watching`, id ``points_above:<line key>:<x>``).
     """
     program = app.programs[a.program]
     try:
-        async with conn.transaction():
+        async with (
+            conn.transaction(),
+            watching(conn, app, a.program, a.member_id, key=a.key, occurred_at=now),
+        ):
             if a.points > 0:
                 await conn.execute(_ENROL, a.program, a.member_id)
                 available_at = now + program.earned_waiting_period if a.kind == "earned" else now
@@ -280,7 +284,7 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
                     conn, program=a.program, member_id=a.member_id, points=a.points,
                     kind=a.kind, currency=a.currency, reason=a.reason, source=a.source,
                     key=a.key, occurred_at=now, available_at=available_at,
-                    expires_at=lot_expiry(program.expiry_for(a.currency), now),
+                    expires_at=program.lot_expiry(a.currency, now),
                 )  # fmt: skip
             else:
                 receipt = await postings.spend(

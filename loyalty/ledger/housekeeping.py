@@ -73,7 +73,8 @@ async def mature_step(
 ) -> HousekeepingProgress:
     """Mature what is due at the run's ``as_of`` (`mature_due`), once per run.
 
-    Writes ``points_matured`` events when a flow of the app listens to them."""
+    Writes ``points_matured`` events when a flow of the app listens to them, and the
+    ``points_above`` crossings maturing causes when a flow watches a threshold."""
     async with conn.transaction():
         run = await _locked(conn, run)
         if run.step != "mature":
@@ -81,6 +82,7 @@ async def mature_step(
         result = await mature_due(
             conn, program.name, run.as_of,
             derive_events=derived.listens(app, "points_matured", program.name),
+            watch=derived.watch(app, program.name),
         )  # fmt: skip
         return await _advance(
             conn, run, "expire", matured_lots=result.lots, matured_points=result.points

@@ -16,7 +16,7 @@ see `loyalty.ledger.housekeeping`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
@@ -103,10 +103,21 @@ FROM moves
 """
 
 
-# The same, also deriving one `points_matured` event per member ($7: the cut-off as text).
-_MATURE_CURRENCY_DERIVING = _MATURE_CURRENCY.replace(
-    "legs AS (", f"{derived.matured_events_sql()}\nlegs AS (", 1
-)
+def _mature_sql(*, matured: bool, above: bool) -> str:
+    """`_MATURE_CURRENCY`, also deriving one ``points_matured`` per member (``matured``)
+    and the ``points_above`` crossings of the watched currency (``above``; $8 the
+    thresholds); $7 is the cut-off as text when either is on."""
+    ctes = (derived.matured_events_sql() if matured else "") + (
+        derived.points_above_sql() if above else ""
+    )
+    return _MATURE_CURRENCY.replace("legs AS (", f"{ctes}\nlegs AS (", 1)
+
+
+_MATURE_SQL = {
+    (matured, above): _mature_sql(matured=matured, above=above)
+    for matured in (False, True)
+    for above in (False, True)
+}
 
 
 class _NothingMatured(Exception):
@@ -187,7 +198,12 @@ async def _exclusive(conn: Conn, program: str) -> None:
 
 
 async def mature_due(
-    conn: Conn, program: str, at: datetime, *, derive_events: bool = False
+    conn: Conn,
+    program: str,
+    at: datetime,
+    *,
+    derive_events: bool = False,
+    watch: derived.Watch | None = None,
 ) -> BulkResult:
     """Mature every earned lot with ``available_at <= at``: earned → available per member.
 
@@ -196,6 +212,9 @@ async def mature_due(
     With ``derive_events``, the same statement also writes one ``points_matured`` event
     per member and currency to the inbox (see `loyalty.ingest.derived`); off by default, as a
     run can mature millions of members: turn it on when a flow listens to them.
+    ``watch`` (`loyalty.ingest.derived.watch`: the app's ``PointsAbove`` thresholds for
+    the program) makes the statement of the watched currency derive the ``points_above``
+    events of the members whose available balance maturing lifts over a threshold.
     """
     lots = points = 0
     transaction_id = None
@@ -222,14 +241,14 @@ async def mature_due(
                         program, f"mature:{at.isoformat()}", at,
                     )  # fmt: skip
                     for cut in cuts:
-                        args = [program, at, cut["since"], cut["expired"], cut["currency"],
-                                transaction_id]  # fmt: skip
-                        if derive_events:
+                        args: list[object] = [program, at, cut["since"], cut["expired"],
+                                              cut["currency"], transaction_id]  # fmt: skip
+                        above = watch is not None and cut["currency"] == watch.currency
+                        if derive_events or above:
                             args.append(at.isoformat())
-                        row = await conn.fetchrow(
-                            _MATURE_CURRENCY_DERIVING if derive_events else _MATURE_CURRENCY,
-                            *args,
-                        )
+                        if watch is not None and above:
+                            args.append(list(watch.thresholds))
+                        row = await conn.fetchrow(_MATURE_SQL[derive_events, above], *args)
                         assert row is not None
                         lots, points = lots + row["lots"], points + row["points"]
                     if not lots:
@@ -256,9 +275,7 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
     for currency in program.currencies:
         policy = program.expiry_for(currency)
         # Without an inactivity policy the second half of _EXPIRING matches nothing.
-        inactive_since = (
-            at - timedelta(days=policy.days) if isinstance(policy, Inactivity) else None
-        )
+        inactive_since = at - policy.duration if isinstance(policy, Inactivity) else None
         try:
             async with conn.transaction():
                 await _exclusive(conn, program.name)
@@ -288,13 +305,19 @@ async def expire_due(conn: Conn, program: Program, at: datetime) -> list[BulkRes
 
 
 async def run_housekeeping(
-    conn: Conn, program: Program, at: datetime, *, derive_events: bool = False
+    conn: Conn,
+    program: Program,
+    at: datetime,
+    *,
+    derive_events: bool = False,
+    watch: derived.Watch | None = None,
 ) -> list[BulkResult]:
     """Mature, then expire: points that mature and expire at once are expired.
 
-    ``derive_events``: write ``points_matured`` events (see `mature_due`).
+    ``derive_events``: write ``points_matured`` events; ``watch``: derive the
+    ``points_above`` crossings maturing causes (see `mature_due`).
     """
     return [
-        await mature_due(conn, program.name, at, derive_events=derive_events),
+        await mature_due(conn, program.name, at, derive_events=derive_events, watch=watch),
         *await expire_due(conn, program, at),
     ]

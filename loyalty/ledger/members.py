@@ -6,10 +6,9 @@ entries from the legs index on (account_id, id), expiries from the open-lots ind
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
+from loyalty.policies import Inactivity
 from loyalty.store.db import Conn
 from loyalty.tiers.status import statuses as tier_statuses
 
@@ -74,14 +73,15 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
     # Under an inactivity policy everything expires together, N days after the last
     # earning or spending; that date moves with every new one.
     for row in totals:
-        policy = (row["config"].get("expiry") or {}).get(row["currency"]) or {}
+        stored = (row["config"].get("expiry") or {}).get(row["currency"]) or {}
         balance = balances.get(row["currency"])
         held = (balance.available + balance.earned) if balance else 0
-        if policy.get("kind") == "inactivity" and row["last_activity_at"] and held > 0:
+        if stored.get("kind") == "inactivity" and row["last_activity_at"] and held > 0:
+            policy = Inactivity.model_validate(stored)
             upcoming.append(
                 Expiry(
                     currency=row["currency"], points=held,
-                    expires_at=row["last_activity_at"] + timedelta(days=policy["days"]),
+                    expires_at=row["last_activity_at"] + policy.duration,
                 )
             )  # fmt: skip
     upcoming.sort(key=lambda x: (x.expires_at, x.currency))

@@ -47,7 +47,6 @@ from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
 from loyalty.events import DERIVED_TYPES, Activity, AnyEvent, Purchase, Referral
 from loyalty.ingest import derived
-from loyalty.policies import lot_expiry
 from loyalty.router.caps import CapCheck, within_caps
 from loyalty.rules import EarnRule
 from loyalty.store.db import Conn
@@ -271,7 +270,7 @@ def _plan(program: Program, event: AnyEvent) -> list[_Planned] | None:
             _Planned(
                 event=event, rule=rule, rule_name=rule.name, kind=rule.kind, currency=currency,
                 points=points, qualifying=rule.qualifying, available_at=available_at,
-                expires_at=lot_expiry(program.expiry_for(currency), at),
+                expires_at=program.lot_expiry(currency, at),
                 order_id=event.order_id if isinstance(event, Purchase) else None,
             )
         )  # fmt: skip

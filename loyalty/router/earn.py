@@ -22,7 +22,6 @@ from datetime import timedelta
 from loyalty import ledger
 from loyalty.app import Program
 from loyalty.events import AnyEvent, Purchase
-from loyalty.policies import lot_expiry
 from loyalty.rules import EarnRule
 from loyalty.store.db import Conn
 from loyalty.tiers import promotion
@@ -137,7 +136,7 @@ async def _award(
         conn, program=program.name, member_id=event.member_id, points=points, kind=rule.kind,
         currency=currency, reason=f"earn rule {rule.name}", source=f"event:{event.event_id}",
         key=key, occurred_at=at, available_at=available_at,
-        expires_at=lot_expiry(program.expiry_for(currency), at),
+        expires_at=program.lot_expiry(currency, at),
         order_id=event.order_id if isinstance(event, Purchase) else None,
     )  # fmt: skip
     await conn.execute(

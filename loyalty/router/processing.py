@@ -41,7 +41,6 @@ from loyalty.ingest import derived
 from loyalty.ingest.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
-from loyalty.policies import lot_expiry
 from loyalty.router import bulk, earn
 from loyalty.store.db import Conn
 
@@ -100,7 +99,7 @@ class EventProcessor:
                 conn, program=event.program, member_id=event.member_id, points=event.points,
                 kind=event.kind, currency=event.account, reason=event.reason, source=key,
                 key=key, occurred_at=event.occurred_at, available_at=available_at,
-                expires_at=lot_expiry(program.expiry_for(event.account), event.occurred_at),
+                expires_at=program.lot_expiry(event.account, event.occurred_at),
             )  # fmt: skip
             return "applied"
         if isinstance(event, PointsWithdrawal):

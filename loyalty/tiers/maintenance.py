@@ -18,8 +18,14 @@ so journeys start for it and a chunk done twice derives nothing twice.
 
 Safe against concurrent earning: a chunk's transaction takes the program's ledger lock
 exclusively (`loyalty.ledger.hold` is the shared side every writer holds), so it
-measures committed, quiescent data: no award is half-way. An award that commits after
-the chunk promotes as usual (`loyalty.tiers.promotion.promote`) from the tier the chunk left.
+measures committed, quiescent data: no award is half-way. The measure is the window
+ending at ``as_of`` plus every qualifying point earned after ``as_of`` that has committed
+by the chunk's time. A member promoted while the run goes on (an award measured later
+than ``as_of``) therefore keeps the tier: the points that promoted them are counted, and
+a window that starts earlier holds at least what the promotion measured. An award that
+commits after the chunk promotes as usual (`loyalty.tiers.promotion.promote`) from the
+tier the chunk left. Either way a member ends the run in the tier their points support,
+with one ``new_stage`` per real change.
 
 A schedule anchored on join dates (`loyalty.tiers.Schedule`) reviews, in each run, only
 the members whose join-date anniversary (``members.created_at``) fell after the previous
@@ -69,11 +75,13 @@ WITH chunk AS (
     LIMIT $4
 ),
 bounds AS (SELECT max(member_id) AS last FROM chunk),
+-- The window ending at as_of, and every point earned since: a member promoted while the
+-- run goes on (measured later than as_of) keeps what that promotion gave.
 measured AS (
     SELECT q.member_id, sum(q.points)::bigint AS measure
     FROM qualifying_points AS q, bounds
     WHERE q.program = $1 AND q.member_id > $3 AND q.member_id <= bounds.last
-      AND q.currency = $5 AND q.earned_at <= $8
+      AND q.currency = $5
       AND q.earned_at > {WINDOW_START.format(at="$8::timestamptz", kind="$6", length="$7")}
     GROUP BY q.member_id
 ),
