@@ -250,6 +250,17 @@ DERIVED_TYPES = (
     "referral_friend_approved",
 )
 
+# Where an event comes from. Client events and the events the engine derives have separate
+# id spaces (the inbox is unique on program, origin and event_id), so neither can take an
+# id the other needs.
+Origin = Literal["client", "engine"]
+
+
+def origin_of(event: BaseEvent) -> Origin:
+    """``engine`` for a derived event type, ``client`` for every type a client may emit."""
+    return "engine" if getattr(event, "type", None) in DERIVED_TYPES else "client"
+
+
 incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 

@@ -16,7 +16,7 @@ import asyncpg
 
 from loyalty.app import LoyaltyApp
 from loyalty.errors import InvalidEvent
-from loyalty.events import IncomingEvent, parse_event
+from loyalty.events import IncomingEvent, Origin, parse_event
 from loyalty.ingest import inbox
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
@@ -117,11 +117,12 @@ class LoyaltyClient:
         return results
 
     async def outcomes(
-        self, keys: Sequence[tuple[str, str]]
+        self, keys: Sequence[tuple[str, str]], origin: Origin = "client"
     ) -> dict[tuple[str, str], EventOutcome]:
-        """The current outcome of events by (program, event_id)."""
+        """The current outcome of events by (program, event_id); client events unless
+        ``origin`` is ``engine`` (derived events have an id space of their own)."""
         async with self._pool.acquire() as conn:
-            return await inbox.fetch_outcomes(conn, keys)
+            return await inbox.fetch_outcomes(conn, keys, origin)
 
     async def wait(
         self, results: Sequence[EmitResult], timeout: float = 60.0
@@ -131,8 +132,8 @@ class LoyaltyClient:
         Raises:
             TimeoutError: some events are still pending after ``timeout`` seconds.
         """
-        pending = {(r.program, r.event_id) for r in results if r.accepted}
-        done: dict[tuple[str, str], EventOutcome] = {}
+        pending = {(r.origin, r.program, r.event_id) for r in results if r.accepted}
+        done: dict[tuple[Origin, str, str], EventOutcome] = {}
         woken = asyncio.Event()
         listener = await connect(self._database.dsn)
 
@@ -144,18 +145,21 @@ class LoyaltyClient:
             async with asyncio.timeout(timeout):
                 while pending:
                     woken.clear()
-                    current = await self.outcomes(sorted(pending))
-                    for key, outcome in current.items():
-                        if outcome.status != "pending":
-                            done[key] = outcome
-                            pending.discard(key)
+                    for origin in sorted({key[0] for key in pending}):
+                        keys = sorted((p, e) for o, p, e in pending if o == origin)
+                        for (program, event_id), outcome in (
+                            await self.outcomes(keys, origin)
+                        ).items():
+                            if outcome.status != "pending":
+                                done[(origin, program, event_id)] = outcome
+                                pending.discard((origin, program, event_id))
                     if pending:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(woken.wait(), WAIT_RECHECK_SECONDS)
         finally:
             await listener.close()
         return [
-            done[(r.program, r.event_id)]
+            done[(r.origin, r.program, r.event_id)]
             if r.accepted
             else EventOutcome(program=r.program, event_id=r.event_id, status="duplicate")
             for r in results

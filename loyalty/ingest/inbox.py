@@ -1,7 +1,9 @@
 """The events inbox: idempotent insert, batch claims for the router, outcomes.
 
-Events are unique on (program, event_id); an INSERT trigger NOTIFYs ``loyalty_inbox``
-with the program name, and the router NOTIFYs ``loyalty_processed`` after each batch.
+Events are unique on (program, origin, event_id): client events and the events the
+engine derives (`loyalty.events.origin_of`) have separate id spaces, so neither can
+suppress the other. An INSERT trigger NOTIFYs ``loyalty_inbox`` with the program name,
+and the router NOTIFYs ``loyalty_processed`` after each batch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from loyalty.errors import InvalidEvent
-from loyalty.events import AnyEvent
+from loyalty.events import AnyEvent, Origin, origin_of
 from loyalty.models import EmitResult, EventOutcome, FailedEvent
 from loyalty.store.db import Conn
 
@@ -21,11 +23,12 @@ INBOX_CHANNEL = "loyalty_inbox"
 PROCESSED_CHANNEL = "loyalty_processed"
 
 _INSERT = """
-INSERT INTO events (program, event_id, type, member_id, payload, occurred_at, caused_by)
-SELECT *, $7::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                                 $6::timestamptz[])
-ON CONFLICT (program, event_id) DO NOTHING
-RETURNING program, event_id
+INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at,
+                    caused_by)
+SELECT *, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::jsonb[], $7::timestamptz[])
+ON CONFLICT (program, origin, event_id) DO NOTHING
+RETURNING program, origin, event_id
 """
 
 _CLAIM = """
@@ -64,16 +67,20 @@ async def insert_events(
 ) -> list[EmitResult]:
     """Insert validated events in one statement; existing (program, event_id) are duplicates.
 
+    Each event goes to the id space of its origin (`loyalty.events.origin_of`): a client
+    event is a duplicate only of a client event, a derived one only of a derived one.
     The statement is atomic: an unknown program rejects the whole call. ``caused_by`` is
     the row id of the event that derived these (see `loyalty.ingest.derived`); None for emits.
 
     Raises:
         InvalidEvent: an event names a program the database does not know.
     """
+    origins = [origin_of(e) for e in events]
     try:
         rows = await conn.fetch(
             _INSERT,
             [e.program for e in events],
+            origins,
             [e.event_id for e in events],
             [e.type for e in events],
             [e.member_id for e in events],
@@ -84,15 +91,14 @@ async def insert_events(
     except asyncpg.ForeignKeyViolationError:
         await check_programs(conn, {e.program for e in events})
         raise
-    inserted = {(r["program"], r["event_id"]) for r in rows}
+    inserted = {(r["program"], r["origin"], r["event_id"]) for r in rows}
     results = []
-    seen: set[tuple[str, str]] = set()
-    for e in events:
-        key = (e.program, e.event_id)
+    seen: set[tuple[str, str, str]] = set()
+    for e, origin in zip(events, origins, strict=True):
+        key = (e.program, origin, e.event_id)
+        accepted = key in inserted and key not in seen
         results.append(
-            EmitResult(
-                program=e.program, event_id=e.event_id, accepted=key in inserted and key not in seen
-            )
+            EmitResult(program=e.program, event_id=e.event_id, accepted=accepted, origin=origin)
         )
         seen.add(key)
     return results
@@ -152,17 +158,18 @@ async def record_outcomes(conn: Conn, outcomes: Sequence[dict[str, Any]]) -> Non
 
 
 async def fetch_outcomes(
-    conn: Conn, keys: Sequence[tuple[str, str]]
+    conn: Conn, keys: Sequence[tuple[str, str]], origin: Origin = "client"
 ) -> dict[tuple[str, str], EventOutcome]:
-    """The current status of events by (program, event_id)."""
+    """The current status of events by (program, event_id), in one origin's id space."""
     rows = await conn.fetch(
         """SELECT e.program, e.event_id, e.status, e.outcome,
                   CASE WHEN e.status = 'dead' THEN e.last_error ELSE e.detail END AS detail
            FROM events AS e
            JOIN unnest($1::text[], $2::text[]) AS k(program, event_id)
-             ON e.program = k.program AND e.event_id = k.event_id""",
+             ON e.program = k.program AND e.origin = $3 AND e.event_id = k.event_id""",
         [k[0] for k in keys],
         [k[1] for k in keys],
+        origin,
     )
     return {
         (r["program"], r["event_id"]): EventOutcome(
