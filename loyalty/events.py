@@ -265,6 +265,79 @@ incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 
+def occurred_at_sent(event: BaseEvent) -> bool:
+    """Whether the sender gave ``occurred_at`` (False: it was filled in with "now")."""
+    return "occurred_at" in event.model_fields_set
+
+
+def differing_fields(
+    first: BaseEvent | dict[str, Any], second: BaseEvent, *, occurred_at: bool = True
+) -> list[str]:
+    """The fields whose values differ between two versions of one event; [] if identical.
+
+    Values are compared for what they mean, not how they were written: amounts as
+    decimals (``42.50`` is ``42.5``), times as instants (any time zone), ``attributes``
+    and ``profile`` as JSON (``1`` is ``1.0``). ``first`` may be a stored payload (it is
+    validated as an event; one that no longer validates is compared as JSON).
+    ``occurred_at=False`` leaves that field out: one version did not give it.
+    """
+    second_json = second.model_dump(mode="json")
+    if isinstance(first, dict):
+        payload = first
+        try:
+            first = any_event_adapter.validate_python(payload)
+        except ValidationError:
+            return _differing_json(payload, second_json, occurred_at=occurred_at)
+    first_json = first.model_dump(mode="json")
+    differ = []
+    for name in dict.fromkeys([*type(first).model_fields, *type(second).model_fields]):
+        if name == "occurred_at" and not occurred_at:
+            continue
+        if name not in first_json or name not in second_json:
+            differ.append(name)
+            continue
+        a, b = getattr(first, name), getattr(second, name)
+        same = (
+            _same_json(first_json[name], second_json[name])
+            if isinstance(a, dict | list) or isinstance(b, dict | list)
+            else a == b
+        )
+        if not same:
+            differ.append(name)
+    return differ
+
+
+def _differing_json(
+    first: dict[str, Any], second: dict[str, Any], *, occurred_at: bool
+) -> list[str]:
+    names = dict.fromkeys([*first, *second])
+    return [
+        name
+        for name in names
+        if (occurred_at or name != "occurred_at")
+        and not (name in first and name in second and _same_json(first[name], second[name]))
+    ]
+
+
+def _same_json(a: object, b: object) -> bool:
+    """JSON equality: numbers by value (an integer equals the float it rounds to, as
+    PostgreSQL's jsonb prints ``1e300`` in full), objects regardless of key order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        if isinstance(a, float) or isinstance(b, float):
+            try:
+                return float(a) == float(b)
+            except OverflowError:
+                return False
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
 def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem, naming the field (``points: must be greater than 0``)."""
     lines = []

@@ -73,9 +73,11 @@ class LoyaltyClient:
         await self.close()
 
     async def emit(self, event: IncomingEvent | dict[str, Any]) -> EmitResult:
-        """Accept one event into the inbox; an ``event_id`` already there is a duplicate.
+        """Accept one event into the inbox; an ``event_id`` already there with the same
+        content is a duplicate (``accepted=False``).
 
         Raises:
+            EventConflict: the ``event_id`` is taken by an event with other content.
             InvalidEvent: the event is invalid (nothing is written).
         """
         return (await self.emit_many([event]))[0]
@@ -88,10 +90,15 @@ class LoyaltyClient:
         """Validate all events, then insert them: one statement per chunk.
 
         Every event is checked before the first is written, including that its program
-        exists, so invalid input writes nothing. Without ``chunk_size`` the whole call is
-        one statement (all or nothing); with it, each chunk is.
+        exists, so invalid input writes nothing. The call is all or nothing: without
+        ``chunk_size`` it is one statement; with it, one transaction of a statement per
+        chunk. An ``event_id`` already in the inbox (or earlier in the call) with the
+        same content is a duplicate (``accepted=False``); with other content it is a
+        conflict, and nothing of the call is written.
 
         Raises:
+            EventConflict: events reuse an event_id with other content; each
+                conflicting id is named with the fields that differ.
             InvalidEvent: any event is invalid; the problems of all are listed.
         """
         validated: list[IncomingEvent] = []
@@ -108,12 +115,14 @@ class LoyaltyClient:
         size = chunk_size or len(validated)
         results: list[EmitResult] = []
         async with self._pool.acquire() as conn:
-            if size < len(validated):
-                # Several statements: an unknown program must refuse all of them, not
-                # only its own; one statement refuses everything by itself.
-                await inbox.check_programs(conn, {e.program for e in validated})
-            for start in range(0, len(validated), size):
-                results += await inbox.insert_events(conn, validated[start : start + size])
+            if size >= len(validated):
+                return await inbox.insert_events(conn, validated)
+            # Several statements: an unknown program must refuse all of them, not only
+            # its own, and a conflict found in a late chunk undoes the earlier ones.
+            await inbox.check_programs(conn, {e.program for e in validated})
+            async with conn.transaction():
+                for start in range(0, len(validated), size):
+                    results += await inbox.insert_events(conn, validated[start : start + size])
         return results
 
     async def outcomes(

@@ -157,6 +157,23 @@ async def test_emit_wait_reports_a_refused_withdrawal_and_exits_1(
     assert await available(env) == 50
 
 
+async def test_emit_of_a_reused_id_with_other_content_exits_2_naming_the_fields(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    """`<event_id> conflict: <fields>` and exit 2, writing nothing; the same content again
+    (without occurred_at, filled in anew) is still `duplicate`."""
+    env = cli_env(settings_env)
+    assert (await loyalty(env, "emit", json.dumps(deposit("e1")))).lines == ["e1 accepted"]
+    run = await loyalty(env, "emit", json.dumps(deposit("e1", 500, member_id="m2")))
+    assert (run.code, run.out, run.problems) == (2, "", ["e1 conflict: member_id, points"])
+    stdin = json.dumps(deposit("e2")) + "\n" + json.dumps(deposit("e1", 7)) + "\n"
+    run = await loyalty(env, "emit", stdin=stdin)
+    assert (run.code, run.out, run.problems) == (2, "", ["e1 conflict: points"])
+    assert await conn.fetchval("SELECT count(*) FROM events") == 1
+    run = await loyalty(env, "emit", json.dumps(deposit("e1")))
+    assert (run.code, run.lines) == (0, ["e1 duplicate"]), run.err
+
+
 BAD_EVENTS: dict[str, tuple[str, list[str]]] = {
     "unknown type": (json.dumps({"type": "bonus", "event_id": "x", "member_id": "m1"}), ["type"]),
     "missing member_id": (

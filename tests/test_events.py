@@ -8,7 +8,14 @@ from decimal import Decimal
 import pytest
 
 from loyalty.errors import InvalidEvent
-from loyalty.events import MAX_ATTRIBUTES_BYTES, PointsDeposit, Purchase, parse_event, parse_lines
+from loyalty.events import (
+    MAX_ATTRIBUTES_BYTES,
+    PointsDeposit,
+    Purchase,
+    differing_fields,
+    parse_event,
+    parse_lines,
+)
 
 DEPOSIT = {
     "type": "points_deposit",
@@ -99,3 +106,25 @@ def test_lines_report_problems_of_every_line_with_numbers() -> None:
 
 def test_non_object_json_is_refused() -> None:
     assert problems("[1, 2]") == ["event: Input should be an object"]
+
+
+def test_differing_fields_compare_meaning_not_spelling() -> None:
+    order = {
+        "type": "purchase", "event_id": "o1", "member_id": "m1", "order_id": "o1",
+        "amount": "42.50", "currency": "EUR", "occurred_at": "2026-03-02T09:00:00Z",
+        "attributes": {"n": 1, "tags": ["a"]},
+    }  # fmt: skip
+    first = parse_event(json.dumps(order))
+    same = {**order, "amount": "42.5", "occurred_at": "2026-03-02T11:00:00+02:00",
+            "attributes": {"tags": ["a"], "n": 1.0}, "discount": "0"}  # fmt: skip
+    assert differing_fields(first, parse_event(json.dumps(same))) == []
+    other = {**order, "member_id": "m2", "attributes": {"n": 2, "tags": ["a"]}}
+    assert differing_fields(first, parse_event(json.dumps(other))) == ["member_id", "attributes"]
+    login = {"type": "activity", "event_id": "o1", "member_id": "m1", "name": "web_login"}
+    assert differing_fields(first, parse_event(json.dumps(login)), occurred_at=False) == [
+        "attributes", "type", "order_id", "amount", "currency", "points_redeemed", "discount",
+        "name",
+    ]  # fmt: skip
+    # A stored payload that no longer validates is compared as JSON.
+    stored = {**first.model_dump(mode="json"), "retired_field": 1}
+    assert differing_fields(stored, first) == ["retired_field"]
