@@ -105,7 +105,13 @@ class LoyaltyClient:
         problems: list[str] = []
         for index, event in enumerate(events):
             try:
-                validated.append(parse_event(event, prefix=f"event {index}: "))
+                validated.append(
+                    parse_event(
+                        event,
+                        prefix=f"event {index}: ",
+                        max_clock_skew=self._database.settings.max_clock_skew,
+                    )
+                )
             except InvalidEvent as invalid:
                 problems.extend(invalid.problems)
         if problems:

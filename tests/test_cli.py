@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,29 @@ BAD_EVENTS: dict[str, tuple[str, list[str]]] = {
         ["type"],
     ),
     "unknown program": (json.dumps(deposit("x", program="nope")), ["program"]),
+    "occurred_at in year 9999": (
+        json.dumps(deposit("x", occurred_at="9999-12-30T00:00:00Z")),
+        ["occurred_at"],
+    ),
+    "occurred_at in year 0 UTC": (
+        json.dumps(deposit("x", occurred_at="0001-01-01T00:00:00+14:00")),
+        ["occurred_at"],
+    ),
+    "NUL in event_id": (json.dumps(deposit("x\u0000")), ["event_id"]),
+    "NUL in attributes": (json.dumps(deposit("x", attributes={"a": "\u0000"})), ["attributes"]),
+    "deeply nested attributes": (
+        json.dumps(deposit("x"))[:-1] + ', "attributes": {"a": ' + "[" * 3000 + "]" * 3000 + "}}",
+        ["attributes"],
+    ),
+    "5,000-digit integer": (
+        json.dumps(deposit("x"))[:-1] + ', "attributes": {"n": ' + "9" * 5000 + "}}",
+        ["attributes"],
+    ),
+    "money with 17 decimal places as a JSON number": (
+        '{"type": "purchase", "event_id": "x", "member_id": "m1", "order_id": "o1",'
+        ' "amount": 169.99999999999999999, "currency": "EUR"}',
+        ["amount"],
+    ),
 }
 
 
@@ -217,6 +241,24 @@ async def test_invalid_event_exits_2_with_one_line_per_problem_and_writes_nothin
     for problem, field in zip(run.problems, fields, strict=True):
         assert problem.startswith(f"{field}:"), run.err
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_emit_refuses_occurred_at_beyond_the_configured_clock_skew(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    """`LOYALTY_MAX_CLOCK_SKEW` (default 1 day) bounds how far in the future an event may be."""
+    env = cli_env(settings_env)
+    ahead = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    run = await loyalty(
+        {**env, "LOYALTY_MAX_CLOCK_SKEW": "PT1H"},
+        "emit",
+        json.dumps(deposit("x", occurred_at=ahead)),
+    )
+    assert (run.code, run.out) == (2, ""), run.err
+    assert run.problems == ["occurred_at: must not be more than 1 hour in the future"]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+    run = await loyalty(env, "emit", json.dumps(deposit("x", occurred_at=ahead)))
+    assert (run.code, run.lines) == (0, ["x accepted"]), run.err
 
 
 async def test_json_lines_with_one_bad_line_write_none(

@@ -10,7 +10,14 @@ import asyncpg
 import pytest
 
 from loyalty.errors import EventConflict, InvalidEvent, UnknownMember
-from loyalty.events import NewStage, PointsDeposit, Purchase
+from loyalty.events import (
+    NewStage,
+    PointsDeposit,
+    Purchase,
+    any_event_adapter,
+    differing_fields,
+    parse_event,
+)
 from starter.client import LoyaltyClient
 
 
@@ -194,3 +201,39 @@ async def test_another_occurred_at_given_by_the_sender_is_a_conflict(
             {**deposit("a", program="coffee")},
             {**deposit("a", program="coffee"), "attributes": {"x": 1}},
         ])  # fmt: skip
+
+
+async def test_the_python_api_refuses_floats_for_money_and_unstorable_text(
+    client: LoyaltyClient, conn: asyncpg.Connection
+) -> None:
+    order = {"type": "purchase", "event_id": "p1", "member_id": "m1", "order_id": "o1",
+             "amount": 12.3, "currency": "EUR"}  # fmt: skip
+    login = {"type": "activity", "event_id": "l1", "member_id": "m1", "name": "web_login",
+             "attributes": {"note": "\ud800"}}  # fmt: skip
+    far = {**deposit("d1"), "occurred_at": datetime(9999, 12, 30, tzinfo=UTC)}
+    with pytest.raises(InvalidEvent) as caught:
+        await client.emit_many([order, login, far])
+    assert caught.value.problems == [
+        "event 0: amount: must be a Decimal or a string, not a float (floats are inexact)",
+        "event 1: attributes: at note: must not contain lone surrogates (\\ud800-\\udfff)",
+        "event 2: occurred_at: must not be more than 1 day in the future",
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_attributes_read_back_from_the_inbox_validate_as_they_did(
+    client: LoyaltyClient, conn: asyncpg.Connection
+) -> None:
+    """jsonb writes numbers in full (1e300 comes back as a 301-digit integer): what was
+    accepted still validates when the router reads it back, and the size limit counts
+    numbers as jsonb writes them."""
+    sent = {**deposit("a"), "attributes": {"big": 1e300, "small": -1.5e-300, "n": 10**300}}
+    await client.emit(sent)
+    payload = await conn.fetchval("SELECT payload FROM events")
+    assert payload["attributes"]["big"] == 10**300
+    event = any_event_adapter.validate_python(payload)
+    assert differing_fields(event, parse_event(sent), occurred_at=False) == []
+    tiny = {f"k{i}": 1e-300 for i in range(60)}
+    with pytest.raises(InvalidEvent, match="event 0: attributes: serialized size is 18"):
+        await client.emit({**deposit("b"), "attributes": tiny})
+    assert await conn.fetchval("SELECT count(*) FROM events") == 1
