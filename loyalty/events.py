@@ -453,9 +453,11 @@ def _derived_problem(given: object, prefix: str) -> str:
 
 
 def parse_lines(
-    lines: Iterable[str], *, max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
+    lines: Iterable[str | bytes], *, max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
 ) -> list[IncomingEvent]:
     """Validate JSON lines (blank lines skipped); all problems of all lines are collected.
+
+    Lines may be bytes (UTF-8), so that a line that is not UTF-8 is refused by number.
 
     Raises:
         InvalidEvent: if any line is invalid, with ``line N:`` before each problem.

@@ -48,7 +48,7 @@ def cli_env(settings_env: dict[str, object]) -> dict[str, str]:
     return env
 
 
-async def loyalty(env: dict[str, str], *args: str, stdin: str | None = None) -> Run:
+async def loyalty(env: dict[str, str], *args: str, stdin: str | bytes | None = None) -> Run:
     """Run `loyalty ARGS` without blocking the event loop (the worker may run in it)."""
     proc = await asyncio.create_subprocess_exec(
         LOYALTY,
@@ -60,7 +60,8 @@ async def loyalty(env: dict[str, str], *args: str, stdin: str | None = None) -> 
     )
     try:
         async with asyncio.timeout(90):  # a hang guard only
-            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+            given = stdin.encode() if isinstance(stdin, str) else stdin
+            out, err = await proc.communicate(given)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -271,6 +272,16 @@ async def test_json_lines_with_one_bad_line_write_none(
     assert run.code == 2, (run.out, run.err)
     assert run.problems, run.err
     assert all(p.startswith("line 2: points:") for p in run.problems), run.err
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_json_lines_that_are_not_utf8_are_named_by_line(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    stdin = json.dumps(deposit("e1")).encode() + b"\n" + b'{"event_id": "\xff"}\n'
+    run = await loyalty(cli_env(settings_env), "emit", stdin=stdin)
+    assert run.code == 2, (run.out, run.err)
+    assert [p[:27] for p in run.problems] == ["line 2: invalid JSON: 'utf-"], run.err
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
 
 

@@ -144,7 +144,8 @@ def _read_events(event: str | None, settings: Settings) -> list[IncomingEvent]:
     skew = settings.max_clock_skew
     if event is not None:
         return [parse_event(event.strip(), max_clock_skew=skew)]
-    return parse_lines(sys.stdin, max_clock_skew=skew)
+    # Bytes, decoded line by line: a line that is not UTF-8 is named, not escaped.
+    return parse_lines(sys.stdin.buffer, max_clock_skew=skew)
 
 
 @cli.command()
