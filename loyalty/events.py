@@ -30,7 +30,7 @@ from pydantic import (
 from loyalty.errors import InvalidEvent
 from loyalty.inputs import (
     MAX_JSON_DEPTH,
-    JsonTooDeep,
+    deep_member,
     differing_json,
     exact_money,
     json_problem,
@@ -424,13 +424,15 @@ def parse_event(
             raise InvalidEvent([f"{prefix}occurred_at: {problem}"])
         return data  # type: ignore[return-value]
     if isinstance(data, str | bytes):
+        text = data
         try:
-            data = load_json(data)
-        except JsonTooDeep as exc:
+            data = load_json(text)
+        except RecursionError:
+            field = deep_member(text)
             problem = (
-                f"{exc.field}: nested deeper than {MAX_JSON_DEPTH} levels"
-                if exc.field
-                else f"invalid JSON: {exc}"
+                f"{field}: nested deeper than {MAX_JSON_DEPTH} levels"
+                if field
+                else "invalid JSON: nested too deeply"
             )
             raise InvalidEvent([prefix + problem]) from None
         except ValueError as exc:

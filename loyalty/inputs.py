@@ -59,39 +59,26 @@ def _integer(text: str) -> int:
 _DECODER = json.JSONDecoder(parse_float=JsonFloat, parse_int=_integer)
 
 
-class JsonTooDeep(ValueError):
-    """The JSON text is nested too deeply to be read.
-
-    Attributes:
-        field: the top-level member of the object that holds the nesting, if known.
-    """
-
-    def __init__(self, field: str | None) -> None:
-        super().__init__("nested too deeply")
-        self.field = field
-
-
 def load_json(text: str | bytes) -> Any:
     """Read JSON text; numbers with a fraction or an exponent become `JsonFloat`.
 
     Raises:
-        JsonTooDeep: nested deeper than Python can read, naming the top-level member.
+        RecursionError: nested deeper than Python can read (`deep_member` names where).
         ValueError: not JSON (a ``json.JSONDecodeError``) or not UTF-8.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    try:
-        return _DECODER.decode(text)
-    except RecursionError:
-        raise JsonTooDeep(_deep_member(text)) from None
+    return _DECODER.decode(text)
 
 
-def _deep_member(text: str) -> str | None:
+def deep_member(text: str | bytes) -> str | None:
     """The member of a top-level JSON object whose value cannot be read for its depth.
 
     Reads the object one member at a time with the standard decoder, so that the member
     that exceeds the recursion limit is known; None if the text is not such an object.
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     at = _skip(text, 0)
     if text[at : at + 1] != "{":
         return None
