@@ -210,9 +210,9 @@ shown AS (
     UPDATE members SET tier = $4, updated_at = now() WHERE program = $1 AND member_id = $3
     RETURNING 1
 )
-INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-VALUES ($1, $7, 'new_stage', $3, $8, $6)
-ON CONFLICT (program, event_id) DO NOTHING
+INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at)
+VALUES ($1, 'engine', $7, 'new_stage', $3, $8, $6)
+ON CONFLICT (program, origin, event_id) DO NOTHING
 """
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class LoyaltyError(Exception):
     """Base class of the engine's own errors."""
@@ -33,6 +35,36 @@ class InvalidEvent(LoyaltyError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class Conflict(NamedTuple):
+    """One event_id already used in its program with other content."""
+
+    program: str
+    event_id: str
+    # The fields whose values differ, in the event's field order.
+    fields: list[str]
+
+    def describe(self) -> str:
+        """``<event_id> conflict: <fields>``, and the program unless it is ``default``."""
+        where = "" if self.program == "default" else f" (program {self.program})"
+        return f"{self.event_id} conflict: {', '.join(self.fields)}{where}"
+
+
+class EventConflict(InvalidEvent):
+    """An event reuses an ``event_id`` with other content; nothing of the batch was written.
+
+    The idempotency-key convention: one key, one payload. Identical content is a
+    duplicate, not a conflict.
+
+    Attributes:
+        conflicts: one per conflicting event id.
+        problems: one line per conflict, ``<event_id> conflict: <fields that differ>``.
+    """
+
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        super().__init__([c.describe() for c in conflicts])
+        self.conflicts = conflicts
 
 
 class UnknownMember(LoyaltyError):

@@ -7,9 +7,9 @@ starter and the worker, through the one pydantic data converter.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -17,34 +17,68 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from loyalty.errors import InvalidEvent
+from loyalty.inputs import (
+    MAX_JSON_DEPTH,
+    deep_member,
+    differing_json,
+    exact_money,
+    json_problem,
+    load_json,
+    same_json,
+    storable_text,
+    stored_size,
+)
 
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 # Points are stored as PostgreSQL bigint; one movement stays far below its limit so
 # that sums of many movements cannot overflow either.
 MAX_POINTS = 10**12
+# The earliest occurred_at accepted: older times are mistakes, and the first years of
+# the calendar are out of PostgreSQL's range once converted to UTC.
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+# How far in the future an emitted event's occurred_at may be (LOYALTY_MAX_CLOCK_SKEW):
+# senders' clocks drift, but a time in year 9999 overflows the ledger's date arithmetic.
+DEFAULT_MAX_CLOCK_SKEW = timedelta(days=1)
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+# Text PostgreSQL can store: no NUL character, no lone surrogate.
+Identifier = Annotated[str, Field(min_length=1, max_length=128), BeforeValidator(storable_text)]
 ProgramName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 CurrencyName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 Points = Annotated[StrictInt, Field(gt=0, le=MAX_POINTS)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+# Money is exact: a Decimal, a string or a JSON number read from its text; never a float.
+# At most 4 decimal places and 18 digits in all (a bound, not max_digits=18, so that
+# 169.99999999999999999 is refused for its decimal places, as a user reads it).
+MAX_MONEY = Decimal("99999999999999.9999")
+Money = Annotated[
+    Decimal,
+    BeforeValidator(exact_money),
+    Field(ge=0, le=MAX_MONEY, decimal_places=4, allow_inf_nan=False),
+]
 PositiveMoney = Annotated[
-    Decimal, Field(gt=0, max_digits=18, decimal_places=4, allow_inf_nan=False)
+    Decimal,
+    BeforeValidator(exact_money),
+    Field(gt=0, le=MAX_MONEY, decimal_places=4, allow_inf_nan=False),
 ]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 PointKind = Literal["available", "earned"]
 
 
-def _limit_size(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+def _check_json(value: dict[str, Any]) -> dict[str, Any]:
+    problem = json_problem(value)
+    if problem:
+        raise ValueError(problem)
+    size = stored_size(value)
     if size > MAX_ATTRIBUTES_BYTES:
         raise ValueError(
             f"serialized size is {size} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES}"
@@ -52,12 +86,23 @@ def _limit_size(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-# A free-form JSON object, at most MAX_ATTRIBUTES_BYTES once serialized.
-JsonObject = Annotated[dict[str, Any], AfterValidator(_limit_size)]
+# A free-form JSON object that PostgreSQL can store (`loyalty.inputs.json_problem`), at
+# most MAX_ATTRIBUTES_BYTES once serialized as jsonb writes it (`stored_size`).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def describe_duration(value: timedelta) -> str:
+    """``1 day``, ``6 hours``, ``90 seconds``: a duration in its largest whole unit."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return str(value)
 
 
 class BaseEvent(BaseModel):
@@ -70,6 +115,26 @@ class BaseEvent(BaseModel):
     program: ProgramName = "default"
     occurred_at: AwareDatetime = Field(default_factory=_now)
     attributes: JsonObject = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """Not before 2000; with a ``max_clock_skew`` in the validation context (as
+        `parse_event` gives), not further ahead of now than that."""
+        if value < EARLIEST_OCCURRED_AT:
+            raise ValueError("must be 2000-01-01T00:00:00Z or later")
+        skew = (info.context or {}).get("max_clock_skew")
+        if isinstance(skew, timedelta):
+            problem = _future_problem(value, skew)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+def _future_problem(value: datetime, skew: timedelta) -> str | None:
+    if value > datetime.now(UTC) + skew:
+        return f"must not be more than {describe_duration(skew)} in the future"
+    return None
 
 
 class Purchase(BaseEvent):
@@ -95,7 +160,7 @@ class Activity(BaseEvent):
     """Any member action that earn rules or flows react to (``web_login``, ...)."""
 
     type: Literal["activity"] = "activity"
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(storable_text)]
 
 
 class Referral(BaseEvent):
@@ -119,7 +184,7 @@ class PointsDeposit(BaseEvent):
     points: Points
     kind: PointKind
     account: CurrencyName = "points"
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(storable_text)]
 
 
 class PointsWithdrawal(BaseEvent):
@@ -129,7 +194,7 @@ class PointsWithdrawal(BaseEvent):
     points: Points
     kind: PointKind
     account: CurrencyName = "points"
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(storable_text)]
 
 
 class MemberUpdated(BaseEvent):
@@ -250,8 +315,61 @@ DERIVED_TYPES = (
     "referral_friend_approved",
 )
 
+# Where an event comes from. Client events and the events the engine derives have separate
+# id spaces (the inbox is unique on program, origin and event_id), so neither can take an
+# id the other needs.
+Origin = Literal["client", "engine"]
+
+
+def origin_of(event: BaseEvent) -> Origin:
+    """``engine`` for a derived event type, ``client`` for every type a client may emit."""
+    return "engine" if getattr(event, "type", None) in DERIVED_TYPES else "client"
+
+
 incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def occurred_at_sent(event: BaseEvent) -> bool:
+    """Whether the sender gave ``occurred_at`` (False: it was filled in with "now")."""
+    return "occurred_at" in event.model_fields_set
+
+
+def differing_fields(
+    first: BaseEvent | dict[str, Any], second: BaseEvent, *, occurred_at: bool = True
+) -> list[str]:
+    """The fields whose values differ between two versions of one event; [] if identical.
+
+    Values are compared for what they mean, not how they were written: amounts as
+    decimals (``42.50`` is ``42.5``), times as instants (any time zone), ``attributes``
+    and ``profile`` as JSON (``1`` is ``1.0``). ``first`` may be a stored payload (it is
+    validated as an event; one that no longer validates is compared as JSON).
+    ``occurred_at=False`` leaves that field out: one version did not give it.
+    """
+    second_json = second.model_dump(mode="json")
+    if isinstance(first, dict):
+        payload = first
+        try:
+            first = any_event_adapter.validate_python(payload)
+        except ValidationError:
+            return differing_json(payload, second_json, occurred_at=occurred_at)
+    first_json = first.model_dump(mode="json")
+    differ = []
+    for name in dict.fromkeys([*type(first).model_fields, *type(second).model_fields]):
+        if name == "occurred_at" and not occurred_at:
+            continue
+        if name not in first_json or name not in second_json:
+            differ.append(name)
+            continue
+        a, b = getattr(first, name), getattr(second, name)
+        same = (
+            same_json(first_json[name], second_json[name])
+            if isinstance(a, dict | list) or isinstance(b, dict | list)
+            else a == b
+        )
+        if not same:
+            differ.append(name)
+    return differ
 
 
 def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
@@ -264,6 +382,8 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
             loc = loc[1:]
         field = ".".join(str(part) for part in loc) or "event"
         message = item["msg"].removeprefix("Value error, ")
+        # A limit is shown as the number it is ("99999999999999.9999"), not its repr.
+        message = re.sub(r"Decimal\('([^']*)'\)", r"\1", message)
         if item["type"] == "union_tag_invalid":
             field = "type"
             given = item.get("input", {})
@@ -280,43 +400,66 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def parse_event(data: str | bytes | dict[str, Any] | BaseEvent, prefix: str = "") -> IncomingEvent:
+def parse_event(
+    data: str | bytes | dict[str, Any] | BaseEvent,
+    prefix: str = "",
+    *,
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
+) -> IncomingEvent:
     """Validate one incoming event from JSON text, a dict, or an event model.
 
+    JSON text is read with `loyalty.inputs.load_json`, so that money keeps its exact
+    digits. ``occurred_at`` may be at most ``max_clock_skew`` ahead of now (the setting
+    ``LOYALTY_MAX_CLOCK_SKEW``).
+
     Raises:
-        InvalidEvent: with one line per problem.
+        InvalidEvent: with one line per problem, each naming the field.
     """
     if isinstance(data, BaseEvent):
-        if data.type not in INCOMING_TYPES:  # type: ignore[attr-defined]
-            return parse_event({"type": data.type}, prefix)  # type: ignore[attr-defined]
+        given = getattr(data, "type", None)
+        if given not in INCOMING_TYPES:
+            raise InvalidEvent([_derived_problem(given, prefix)])
+        problem = _future_problem(data.occurred_at, max_clock_skew)
+        if problem:
+            raise InvalidEvent([f"{prefix}occurred_at: {problem}"])
         return data  # type: ignore[return-value]
+    if isinstance(data, str | bytes):
+        text = data
+        try:
+            data = load_json(text)
+        except RecursionError:
+            field = deep_member(text)
+            problem = (
+                f"{field}: nested deeper than {MAX_JSON_DEPTH} levels"
+                if field
+                else "invalid JSON: nested too deeply"
+            )
+            raise InvalidEvent([prefix + problem]) from None
+        except ValueError as exc:
+            raise InvalidEvent([f"{prefix}invalid JSON: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise InvalidEvent([f"{prefix}event: Input should be an object"])
     try:
-        if isinstance(data, dict):
-            return incoming_adapter.validate_python(data)
-        return incoming_adapter.validate_json(data)
+        return incoming_adapter.validate_python(data, context={"max_clock_skew": max_clock_skew})
     except ValidationError as exc:
         problems = describe_errors(exc, prefix)
         if any(p.startswith(f"{prefix}type: unknown event type") for p in problems):
-            given = _type_of(data)
+            given = data.get("type")
             if given in DERIVED_TYPES:
-                problems = [
-                    f"{prefix}type: {given!r} is derived by the engine and cannot be emitted"
-                ]
+                problems = [_derived_problem(given, prefix)]
         raise InvalidEvent(problems) from None
 
 
-def _type_of(data: str | bytes | dict[str, Any]) -> object:
-    if isinstance(data, dict):
-        return data.get("type")
-    try:
-        loaded = json.loads(data)
-    except ValueError:
-        return None
-    return loaded.get("type") if isinstance(loaded, dict) else None
+def _derived_problem(given: object, prefix: str) -> str:
+    return f"{prefix}type: {given!r} is derived by the engine and cannot be emitted"
 
 
-def parse_lines(lines: Iterable[str]) -> list[IncomingEvent]:
+def parse_lines(
+    lines: Iterable[str | bytes], *, max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
+) -> list[IncomingEvent]:
     """Validate JSON lines (blank lines skipped); all problems of all lines are collected.
+
+    Lines may be bytes (UTF-8), so that a line that is not UTF-8 is refused by number.
 
     Raises:
         InvalidEvent: if any line is invalid, with ``line N:`` before each problem.
@@ -327,14 +470,8 @@ def parse_lines(lines: Iterable[str]) -> list[IncomingEvent]:
         text = line.strip()
         if not text:
             continue
-        prefix = f"line {number}: "
         try:
-            json.loads(text)
-        except ValueError as exc:
-            problems.append(f"{prefix}invalid JSON: {exc}")
-            continue
-        try:
-            events.append(parse_event(text, prefix))
+            events.append(parse_event(text, f"line {number}: ", max_clock_skew=max_clock_skew))
         except InvalidEvent as exc:
             problems.extend(exc.problems)
     if problems:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loyalty.events import AnyEvent
+from loyalty.events import AnyEvent, Origin
 
 
 class Model(BaseModel):
@@ -67,11 +67,15 @@ class LedgerReceipt(Model):
 
 
 class EmitResult(Model):
-    """Whether an emitted event was accepted into the inbox or already there."""
+    """Whether an emitted event was accepted into the inbox or already there.
+
+    ``origin`` is ``engine`` only for the derived events the engine inserts itself.
+    """
 
     program: str
     event_id: str
     accepted: bool
+    origin: Origin = "client"
 
 
 Status = Literal["pending", "processed", "rejected", "dead"]

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loyalty.events import DEFAULT_MAX_CLOCK_SKEW
+
 
 class Settings(BaseSettings):
     """Every setting of the engine, with the environment variable that sets it.
@@ -56,6 +58,14 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias="LOYALTY_ROUTER_IDLE_POLL_SECONDS"
     )
     event_max_attempts: int = Field(5, ge=1, le=100, validation_alias="LOYALTY_EVENT_MAX_ATTEMPTS")
+    # How far in the future an emitted event's occurred_at may be: an ISO 8601 duration
+    # (P1D, PT6H) or seconds. Clocks drift; a time years ahead is a mistake.
+    max_clock_skew: timedelta = Field(
+        DEFAULT_MAX_CLOCK_SKEW,
+        gt=timedelta(0),
+        le=timedelta(days=366),
+        validation_alias="LOYALTY_MAX_CLOCK_SKEW",
+    )
     # Members per tier maintenance chunk (one transaction under the program's ledger lock),
     # and a pause after each chunk that gives the router room in between.
     maintenance_chunk: int = Field(

@@ -16,7 +16,7 @@ import asyncpg
 
 from loyalty.app import LoyaltyApp
 from loyalty.errors import InvalidEvent
-from loyalty.events import IncomingEvent, parse_event
+from loyalty.events import IncomingEvent, Origin, parse_event
 from loyalty.ingest import inbox
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
@@ -73,9 +73,11 @@ class LoyaltyClient:
         await self.close()
 
     async def emit(self, event: IncomingEvent | dict[str, Any]) -> EmitResult:
-        """Accept one event into the inbox; an ``event_id`` already there is a duplicate.
+        """Accept one event into the inbox; an ``event_id`` already there with the same
+        content is a duplicate (``accepted=False``).
 
         Raises:
+            EventConflict: the ``event_id`` is taken by an event with other content.
             InvalidEvent: the event is invalid (nothing is written).
         """
         return (await self.emit_many([event]))[0]
@@ -88,17 +90,28 @@ class LoyaltyClient:
         """Validate all events, then insert them: one statement per chunk.
 
         Every event is checked before the first is written, including that its program
-        exists, so invalid input writes nothing. Without ``chunk_size`` the whole call is
-        one statement (all or nothing); with it, each chunk is.
+        exists, so invalid input writes nothing. The call is all or nothing: without
+        ``chunk_size`` it is one statement; with it, one transaction of a statement per
+        chunk. An ``event_id`` already in the inbox (or earlier in the call) with the
+        same content is a duplicate (``accepted=False``); with other content it is a
+        conflict, and nothing of the call is written.
 
         Raises:
+            EventConflict: events reuse an event_id with other content; each
+                conflicting id is named with the fields that differ.
             InvalidEvent: any event is invalid; the problems of all are listed.
         """
         validated: list[IncomingEvent] = []
         problems: list[str] = []
         for index, event in enumerate(events):
             try:
-                validated.append(parse_event(event, prefix=f"event {index}: "))
+                validated.append(
+                    parse_event(
+                        event,
+                        prefix=f"event {index}: ",
+                        max_clock_skew=self._database.settings.max_clock_skew,
+                    )
+                )
             except InvalidEvent as invalid:
                 problems.extend(invalid.problems)
         if problems:
@@ -108,20 +121,23 @@ class LoyaltyClient:
         size = chunk_size or len(validated)
         results: list[EmitResult] = []
         async with self._pool.acquire() as conn:
-            if size < len(validated):
-                # Several statements: an unknown program must refuse all of them, not
-                # only its own; one statement refuses everything by itself.
-                await inbox.check_programs(conn, {e.program for e in validated})
-            for start in range(0, len(validated), size):
-                results += await inbox.insert_events(conn, validated[start : start + size])
+            if size >= len(validated):
+                return await inbox.insert_events(conn, validated)
+            # Several statements: an unknown program must refuse all of them, not only
+            # its own, and a conflict found in a late chunk undoes the earlier ones.
+            await inbox.check_programs(conn, {e.program for e in validated})
+            async with conn.transaction():
+                for start in range(0, len(validated), size):
+                    results += await inbox.insert_events(conn, validated[start : start + size])
         return results
 
     async def outcomes(
-        self, keys: Sequence[tuple[str, str]]
+        self, keys: Sequence[tuple[str, str]], origin: Origin = "client"
     ) -> dict[tuple[str, str], EventOutcome]:
-        """The current outcome of events by (program, event_id)."""
+        """The current outcome of events by (program, event_id); client events unless
+        ``origin`` is ``engine`` (derived events have an id space of their own)."""
         async with self._pool.acquire() as conn:
-            return await inbox.fetch_outcomes(conn, keys)
+            return await inbox.fetch_outcomes(conn, keys, origin)
 
     async def wait(
         self, results: Sequence[EmitResult], timeout: float = 60.0
@@ -131,8 +147,8 @@ class LoyaltyClient:
         Raises:
             TimeoutError: some events are still pending after ``timeout`` seconds.
         """
-        pending = {(r.program, r.event_id) for r in results if r.accepted}
-        done: dict[tuple[str, str], EventOutcome] = {}
+        pending = {(r.origin, r.program, r.event_id) for r in results if r.accepted}
+        done: dict[tuple[Origin, str, str], EventOutcome] = {}
         woken = asyncio.Event()
         listener = await connect(self._database.dsn)
 
@@ -144,18 +160,21 @@ class LoyaltyClient:
             async with asyncio.timeout(timeout):
                 while pending:
                     woken.clear()
-                    current = await self.outcomes(sorted(pending))
-                    for key, outcome in current.items():
-                        if outcome.status != "pending":
-                            done[key] = outcome
-                            pending.discard(key)
+                    for origin in sorted({key[0] for key in pending}):
+                        keys = sorted((p, e) for o, p, e in pending if o == origin)
+                        for (program, event_id), outcome in (
+                            await self.outcomes(keys, origin)
+                        ).items():
+                            if outcome.status != "pending":
+                                done[(origin, program, event_id)] = outcome
+                                pending.discard((origin, program, event_id))
                     if pending:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(woken.wait(), WAIT_RECHECK_SECONDS)
         finally:
             await listener.close()
         return [
-            done[(r.program, r.event_id)]
+            done[(r.origin, r.program, r.event_id)]
             if r.accepted
             else EventOutcome(program=r.program, event_id=r.event_id, status="duplicate")
             for r in results

@@ -22,6 +22,7 @@ from loyalty.events import (
     Activity,
     AnyEvent,
     PointsDeposit,
+    PointsMatured,
     PointsWithdrawal,
     Purchase,
     Referral,
@@ -104,7 +105,7 @@ class Spy:
 
         async def spy(*args: Any) -> bulk.BulkResult:
             result = await real(*args)
-            self.applied += list(result.outcomes)
+            self.applied += [event_id for _, event_id in result.outcomes]
             self.fallback |= result.fallback
             self.awards += result.awards
             return result
@@ -319,6 +320,24 @@ async def test_a_members_mixed_batch_stays_in_order(db: asyncpg.Connection, spy:
     assert [k[0] for k in keys] == [
         "event:l1:rule:activity:web_login", "event:w1", "event:l2:rule:activity:web_login"
     ]  # fmt: skip
+    assert await balances(db, "m1") == {"available": 10}
+
+
+async def test_a_client_event_and_an_engine_event_with_one_id_in_one_batch(
+    db: asyncpg.Connection, spy: Spy
+) -> None:
+    """Separate id spaces: both are stored, applied in bulk, each with its own outcome."""
+    await emit(db, [
+        Activity(event_id="x1", member_id="m1", name="web_login", occurred_at=T0),
+        PointsMatured(event_id="x1", member_id="m1", points=1, occurred_at=T0),
+    ])  # fmt: skip
+    await run(db, "a")
+    assert spy.applied == ["x1", "x1"]
+    rows = await db.fetch("SELECT type, status, outcome FROM events ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        ("activity", "processed", "applied"),
+        ("points_matured", "processed", "no_effect"),
+    ]
     assert await balances(db, "m1") == {"available": 10}
 
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def cli_env(settings_env: dict[str, object]) -> dict[str, str]:
     return env
 
 
-async def loyalty(env: dict[str, str], *args: str, stdin: str | None = None) -> Run:
+async def loyalty(env: dict[str, str], *args: str, stdin: str | bytes | None = None) -> Run:
     """Run `loyalty ARGS` without blocking the event loop (the worker may run in it)."""
     proc = await asyncio.create_subprocess_exec(
         LOYALTY,
@@ -59,7 +60,8 @@ async def loyalty(env: dict[str, str], *args: str, stdin: str | None = None) -> 
     )
     try:
         async with asyncio.timeout(90):  # a hang guard only
-            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+            given = stdin.encode() if isinstance(stdin, str) else stdin
+            out, err = await proc.communicate(given)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -157,6 +159,23 @@ async def test_emit_wait_reports_a_refused_withdrawal_and_exits_1(
     assert await available(env) == 50
 
 
+async def test_emit_of_a_reused_id_with_other_content_exits_2_naming_the_fields(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    """`<event_id> conflict: <fields>` and exit 2, writing nothing; the same content again
+    (without occurred_at, filled in anew) is still `duplicate`."""
+    env = cli_env(settings_env)
+    assert (await loyalty(env, "emit", json.dumps(deposit("e1")))).lines == ["e1 accepted"]
+    run = await loyalty(env, "emit", json.dumps(deposit("e1", 500, member_id="m2")))
+    assert (run.code, run.out, run.problems) == (2, "", ["e1 conflict: member_id, points"])
+    stdin = json.dumps(deposit("e2")) + "\n" + json.dumps(deposit("e1", 7)) + "\n"
+    run = await loyalty(env, "emit", stdin=stdin)
+    assert (run.code, run.out, run.problems) == (2, "", ["e1 conflict: points"])
+    assert await conn.fetchval("SELECT count(*) FROM events") == 1
+    run = await loyalty(env, "emit", json.dumps(deposit("e1")))
+    assert (run.code, run.lines) == (0, ["e1 duplicate"]), run.err
+
+
 BAD_EVENTS: dict[str, tuple[str, list[str]]] = {
     "unknown type": (json.dumps({"type": "bonus", "event_id": "x", "member_id": "m1"}), ["type"]),
     "missing member_id": (
@@ -184,6 +203,29 @@ BAD_EVENTS: dict[str, tuple[str, list[str]]] = {
         ["type"],
     ),
     "unknown program": (json.dumps(deposit("x", program="nope")), ["program"]),
+    "occurred_at in year 9999": (
+        json.dumps(deposit("x", occurred_at="9999-12-30T00:00:00Z")),
+        ["occurred_at"],
+    ),
+    "occurred_at in year 0 UTC": (
+        json.dumps(deposit("x", occurred_at="0001-01-01T00:00:00+14:00")),
+        ["occurred_at"],
+    ),
+    "NUL in event_id": (json.dumps(deposit("x\u0000")), ["event_id"]),
+    "NUL in attributes": (json.dumps(deposit("x", attributes={"a": "\u0000"})), ["attributes"]),
+    "deeply nested attributes": (
+        json.dumps(deposit("x"))[:-1] + ', "attributes": {"a": ' + "[" * 3000 + "]" * 3000 + "}}",
+        ["attributes"],
+    ),
+    "5,000-digit integer": (
+        json.dumps(deposit("x"))[:-1] + ', "attributes": {"n": ' + "9" * 5000 + "}}",
+        ["attributes"],
+    ),
+    "money with 17 decimal places as a JSON number": (
+        '{"type": "purchase", "event_id": "x", "member_id": "m1", "order_id": "o1",'
+        ' "amount": 169.99999999999999999, "currency": "EUR"}',
+        ["amount"],
+    ),
 }
 
 
@@ -202,6 +244,24 @@ async def test_invalid_event_exits_2_with_one_line_per_problem_and_writes_nothin
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
 
 
+async def test_emit_refuses_occurred_at_beyond_the_configured_clock_skew(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    """`LOYALTY_MAX_CLOCK_SKEW` (default 1 day) bounds how far in the future an event may be."""
+    env = cli_env(settings_env)
+    ahead = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    run = await loyalty(
+        {**env, "LOYALTY_MAX_CLOCK_SKEW": "PT1H"},
+        "emit",
+        json.dumps(deposit("x", occurred_at=ahead)),
+    )
+    assert (run.code, run.out) == (2, ""), run.err
+    assert run.problems == ["occurred_at: must not be more than 1 hour in the future"]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+    run = await loyalty(env, "emit", json.dumps(deposit("x", occurred_at=ahead)))
+    assert (run.code, run.lines) == (0, ["x accepted"]), run.err
+
+
 async def test_json_lines_with_one_bad_line_write_none(
     settings_env: dict[str, object], conn: asyncpg.Connection
 ) -> None:
@@ -212,6 +272,16 @@ async def test_json_lines_with_one_bad_line_write_none(
     assert run.code == 2, (run.out, run.err)
     assert run.problems, run.err
     assert all(p.startswith("line 2: points:") for p in run.problems), run.err
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_json_lines_that_are_not_utf8_are_named_by_line(
+    settings_env: dict[str, object], conn: asyncpg.Connection
+) -> None:
+    stdin = json.dumps(deposit("e1")).encode() + b"\n" + b'{"event_id": "\xff"}\n'
+    run = await loyalty(cli_env(settings_env), "emit", stdin=stdin)
+    assert run.code == 2, (run.out, run.err)
+    assert [p[:27] for p in run.problems] == ["line 2: invalid JSON: 'utf-"], run.err
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
 
 

@@ -17,6 +17,7 @@ from temporalio import workflow
 from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import InsufficientPoints
 from loyalty.events import (
+    Activity,
     AnyEvent,
     PointsDeposit,
     PointsMatured,
@@ -26,7 +27,7 @@ from loyalty.events import (
 )
 from loyalty.flows import flow
 from loyalty.ingest.derived import derived_id, listens, thresholds
-from loyalty.ingest.inbox import insert_events
+from loyalty.ingest.inbox import fetch_outcomes, insert_events
 from loyalty.ledger.maturing import mature_due
 from loyalty.router.processing import EventProcessor
 from loyalty.store.db import Conn
@@ -189,6 +190,37 @@ async def test_referral_approved_derives_referral_friend_approved_for_the_referr
     async with conn.transaction():
         assert await PROC.apply(conn, event) == "no_effect"
     assert len(await derived_rows(conn, "referral_friend_approved")) == 1
+
+
+async def test_a_client_event_cannot_take_the_id_of_an_engine_event(
+    conn: asyncpg.Connection,
+) -> None:
+    """Client events and derived events have separate id spaces: a client event that has
+    the id the engine will derive suppresses nothing, and is not suppressed either."""
+    squatter = Activity(
+        event_id="points_above:200:d1", member_id="mallory", name="noop", occurred_at=T0
+    )
+    assert [r.accepted for r in await insert_events(conn, [squatter])] == [True]
+    await emit_and_apply(conn, deposit("d1", 600))
+    rows = await derived_rows(conn, "points_above")
+    assert [(r["event_id"], r["member_id"], r["cause"]) for r in rows] == [
+        ("points_above:200:d1", "alice", "d1"),
+        ("points_above:500:d1", "alice", "d1"),
+    ]
+    # The other way round: the id of an engine event is free for a client event.
+    late = squatter.model_copy(update={"event_id": "points_above:500:d1"})
+    assert [r.accepted for r in await insert_events(conn, [late])] == [True]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 5
+    # Outcomes read by a client's (program, event_id) are its own events'.
+    await conn.execute(
+        """UPDATE events SET status = 'rejected', outcome = 'test', processed_at = now()
+           WHERE type = 'activity'"""
+    )
+    keys = [("default", "points_above:200:d1"), ("default", "points_above:500:d1")]
+    assert {k: o.status for k, o in (await fetch_outcomes(conn, keys)).items()} == {
+        keys[0]: "rejected",
+        keys[1]: "rejected",
+    }
 
 
 def test_long_ids_are_hashed_deterministically() -> None:

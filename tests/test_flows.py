@@ -313,6 +313,12 @@ def test_journey_ids_every_time_one_per_trigger_event() -> None:
     assert jid(every, member="m2") != jid(every)
 
 
+def test_journey_ids_of_a_client_and_an_engine_event_with_one_id_differ() -> None:
+    every = Entry.EVERY_TIME
+    assert jid(every, origin="engine") == "journey/default/F/m1/engine/e1@q"
+    assert jid(every, origin="engine") != jid(every, origin="client") == jid(every)
+
+
 def test_journey_ids_once_per_member_ignore_the_event() -> None:
     once = Entry.ONCE_PER_MEMBER
     assert jid(once) == "journey/default/F/m1@q"

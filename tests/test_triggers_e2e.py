@@ -57,10 +57,17 @@ def activity(event_id: str, member: str, name: str, at: datetime = T0) -> events
 
 
 def jid(
-    queue: str, flow: str, member: str, event_id: str | None = None, program: str = "default"
+    queue: str,
+    flow: str,
+    member: str,
+    event_id: str | None = None,
+    program: str = "default",
+    engine: bool = False,
 ) -> str:
-    """A journey id as the router builds it (``:`` of derived event ids is encoded)."""
-    tail = "" if event_id is None else f"/event/{event_id.replace(':', '%3A')}"
+    """A journey id as the router builds it (``:`` of derived event ids is encoded);
+    ``engine`` for a journey triggered by an event the engine derived."""
+    space = "engine" if engine else "event"
+    tail = "" if event_id is None else f"/{space}/{event_id.replace(':', '%3A')}"
     return f"journey/{program}/{flow}/{member}{tail}@{queue}"
 
 
@@ -177,7 +184,7 @@ async def test_points_above_starts_when_an_earn_rule_award_crosses_the_threshold
     assert [dict(r) for r in derived] == [
         {"event_id": "points_above:500:buy", "status": "processed", "by_buy": True}
     ]
-    crossing = jid(queue, "AlmostGold", "a1", "points_above:500:buy")
+    crossing = jid(queue, "AlmostGold", "a1", "points_above:500:buy", engine=True)
     assert await journeys(conn, "AlmostGold") == [crossing]
     assert await journeys(conn, "GoldCongratulation") == []
     await completed(dev_env.client, crossing)
@@ -305,13 +312,45 @@ async def test_referral_friend_approved_gives_the_referrer_a_bonus(
         events.ReferralApproved(event_id="ok1", member_id="f1", referrer_id="r1", occurred_at=T0),
     )
     assert outcomes == ["applied", "applied"]
-    bonus = jid(queue, "ReferrerBonus", "r1", "referral_friend_approved:ok1")
+    bonus = jid(queue, "ReferrerBonus", "r1", "referral_friend_approved:ok1", engine=True)
     assert await journeys(conn, "ReferrerBonus") == [bonus]
     # 20 for the referral (earn rule) and 200 from the journey.
     assert await completed(dev_env.client, bonus) == 220
     assert await available(client, "r1") == 220
     assert await messages(conn, "referrer_bonus") == [
         {"member_id": "r1", "data": {"friend": "f1"}, "workflow_id": bonus}
+    ]
+    await dev_env.client.get_workflow_handle(
+        jid(queue, "ReferralReminder", "r1", "ref1")
+    ).terminate("test finished")
+
+
+async def test_a_client_event_with_the_id_the_engine_needs_takes_nothing_from_the_referrer(
+    client: LoyaltyClient,
+    start_worker: StartWorker,
+    conn: asyncpg.Connection,
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """A client event named like the referrer's derived event comes first: the referrer
+    still gets the bonus, since client and engine events have separate id spaces."""
+    queue = (await start_worker(app=app)).task_queue
+    outcomes = await emit_and_wait(
+        client,
+        activity("referral_friend_approved:ok1", "someone", "noop"),
+        events.Referral(event_id="ref1", member_id="r1", friend_id="f1", occurred_at=T0),
+        events.ReferralApproved(event_id="ok1", member_id="f1", referrer_id="r1", occurred_at=T0),
+    )
+    assert outcomes == ["no_effect", "applied", "applied"]
+    bonus = jid(queue, "ReferrerBonus", "r1", "referral_friend_approved:ok1", engine=True)
+    assert await journeys(conn, "ReferrerBonus") == [bonus]
+    assert await completed(dev_env.client, bonus) == 220
+    rows = await conn.fetch(
+        """SELECT type, member_id, status FROM events
+           WHERE event_id = 'referral_friend_approved:ok1' ORDER BY id"""
+    )
+    assert [tuple(r) for r in rows] == [
+        ("activity", "someone", "processed"),
+        ("referral_friend_approved", "r1", "processed"),
     ]
     await dev_env.client.get_workflow_handle(
         jid(queue, "ReferralReminder", "r1", "ref1")
@@ -344,7 +383,7 @@ async def test_bonus_expiring_warns_seven_days_before(
         "no_effect",
         "duplicate",
     ]
-    journey = jid(queue, "ExpiryWarning", "x1", "bonus_expiring:7:x1")
+    journey = jid(queue, "ExpiryWarning", "x1", "bonus_expiring:7:x1", engine=True)
     assert await journeys(conn, "ExpiryWarning") == [journey]
     await completed(dev_env.client, journey)
     assert await messages(conn, "bonus_expiring") == [
@@ -521,7 +560,7 @@ async def test_sessionm_logins_cross_the_threshold_and_promote_with_a_new_stage_
     assert (status.qualifying, status.next_tier, status.points_to_next) == (30, "gold", 30)
     assert member.balances["points"].available == 30
     stage = "new_stage:main:silver:login-2"
-    journey = jid(queue, "TierUp", "s1", stage, program="coffee")
+    journey = jid(queue, "TierUp", "s1", stage, program="coffee", engine=True)
     assert await journeys(conn, "TierUp") == [journey]
     await completed(dev_env.client, journey)
     assert await messages(conn, "tier_up") == [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -141,15 +140,12 @@ def migrate(
     run(go())
 
 
-def _read_events(event: str | None) -> list[IncomingEvent]:
+def _read_events(event: str | None, settings: Settings) -> list[IncomingEvent]:
+    skew = settings.max_clock_skew
     if event is not None:
-        text = event.strip()
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            raise InvalidEvent([f"invalid JSON: {exc}"]) from None
-        return [parse_event(text)]
-    return parse_lines(sys.stdin)
+        return [parse_event(event.strip(), max_clock_skew=skew)]
+    # Bytes, decoded line by line: a line that is not UTF-8 is named, not escaped.
+    return parse_lines(sys.stdin.buffer, max_clock_skew=skew)
 
 
 @cli.command()
@@ -170,7 +166,7 @@ def emit(
 
     settings = settings_of(ctx)
     try:
-        events = _read_events(event)
+        events = _read_events(event, settings)
     except InvalidEvent as exc:
         for line in exc.problems:
             problem(line)

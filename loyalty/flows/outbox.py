@@ -25,7 +25,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from loyalty.app import LoyaltyApp
-from loyalty.events import BaseEvent, any_event_adapter
+from loyalty.events import BaseEvent, any_event_adapter, origin_of
 from loyalty.flows.spec import (
     JOURNEY_ID_REUSE_POLICY,
     FlowSpec,
@@ -107,7 +107,7 @@ async def record_journeys(
                 continue
             workflow_id = journey_id(
                 spec, event.member_id, event.event_id, event.occurred_at,
-                program=event.program, task_queue=task_queue,
+                program=event.program, task_queue=task_queue, origin=origin_of(event),
             )  # fmt: skip
             rows.append((
                 workflow_id, event.program, spec.name, event.member_id, row_id,

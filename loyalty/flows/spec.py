@@ -25,7 +25,7 @@ from temporalio.common import WorkflowIDReusePolicy
 
 from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError, InvalidFlows
-from loyalty.events import DERIVED_TYPES, INCOMING_TYPES
+from loyalty.events import DERIVED_TYPES, INCOMING_TYPES, Origin
 from loyalty.messages.templates import check_templates
 from loyalty.triggers import NewStage, Trigger
 
@@ -311,6 +311,7 @@ def journey_id(
     *,
     program: str,
     task_queue: str,
+    origin: Origin = "client",
 ) -> str:
     """The deterministic workflow id of the journey a trigger event starts.
 
@@ -318,8 +319,10 @@ def journey_id(
     period: (flow, member, period index since the epoch, with the period's length, so
     that changing the period does not reuse old indices). The program is in the id since
     member ids are per program, and the task queue, as in router ids, since it names the
-    deployment. Parts are percent-encoded, so no two inputs give one id. Start journeys
-    with `JOURNEY_ID_REUSE_POLICY`.
+    deployment. The trigger event is ``event/<id>`` for a client event and
+    ``engine/<id>`` for a derived one (``origin``): the two have separate id spaces, so
+    one id can name two events. Parts are percent-encoded, so no two inputs give one id.
+    Start journeys with `JOURNEY_ID_REUSE_POLICY`.
     """
 
     def part(text: str) -> str:
@@ -328,7 +331,8 @@ def journey_id(
     base = f"journey/{part(program)}/{part(spec.name)}/{part(member_id)}"
     entry = spec.entry
     if entry.policy == "every_time":
-        base = f"{base}/event/{part(trigger_event_id)}"
+        space = "engine" if origin == "engine" else "event"
+        base = f"{base}/{space}/{part(trigger_event_id)}"
     elif entry.policy == "once_per_period":
         assert entry.period is not None
         seconds = int(entry.period.total_seconds())

@@ -3,8 +3,10 @@
 A derived event is inserted into ``events`` by the very transaction that caused it (the
 router's batch, or a housekeeping step), with ``caused_by`` naming the causing event's
 row, so it is never lost (it commits or rolls back with its cause) and never doubled (its
-``event_id`` is derived deterministically from its cause, and (program, event_id) is
-unique). The router then claims it like any event, and flows react to it.
+``event_id`` is derived deterministically from its cause, and (program, origin, event_id)
+is unique). Derived events have ``origin`` ``engine``: their ids live apart from client
+event ids, so a client event can never take the id of a derived event, nor the other way
+round. The router then claims it like any event, and flows react to it.
 
 * ``points_above``: the member's available balance in the program's first currency (the
   currency points are redeemed in; `loyalty.triggers.PointsAbove` names no currency; see
@@ -54,9 +56,11 @@ from loyalty.events import (
     AnyEvent,
     MemberDeleted,
     MemberUpdated,
+    Origin,
     PointsAbove,
     ReferralApproved,
     ReferralFriendApproved,
+    origin_of,
 )
 from loyalty.flows.spec import flows_by_type
 from loyalty.ingest.inbox import insert_events
@@ -215,14 +219,22 @@ def derive(event: AnyEvent, *, before: int, after: int, watched: tuple[int, ...]
 async def record(conn: Conn, cause: AnyEvent, derived: list[AnyEvent]) -> None:
     """Insert derived events, ``caused_by`` the cause's row (None if not in the inbox)."""
     if derived:
-        await record_caused_by(conn, derived, cause_event_id=cause.event_id)
+        await record_caused_by(
+            conn, derived, cause_event_id=cause.event_id, cause_origin=origin_of(cause)
+        )
 
 
-async def record_caused_by(conn: Conn, derived: list[AnyEvent], *, cause_event_id: str) -> None:
-    """Insert derived events of one program whose cause is known by its event id."""
+async def record_caused_by(
+    conn: Conn, derived: list[AnyEvent], *, cause_event_id: str, cause_origin: Origin = "client"
+) -> None:
+    """Insert derived events of one program whose cause is known by its event id.
+
+    The cause is looked up in the id space of ``cause_origin``: a client event unless
+    the cause is itself a derived event.
+    """
     caused_by: int | None = await conn.fetchval(
-        "SELECT id FROM events WHERE program = $1 AND event_id = $2",
-        derived[0].program, cause_event_id,
+        "SELECT id FROM events WHERE program = $1 AND origin = $2 AND event_id = $3",
+        derived[0].program, cause_origin, cause_event_id,
     )  # fmt: skip
     await insert_events(conn, derived, caused_by=caused_by)
 
@@ -276,15 +288,15 @@ derived_ids AS (
          LATERAL (SELECT 'points_matured:' || r.rest AS id, r.rest) AS t
 ),
 derived AS (
-    INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-    SELECT $1, d.event_id, 'points_matured', d.member_id,
+    INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at)
+    SELECT $1, 'engine', d.event_id, 'points_matured', d.member_id,
            jsonb_build_object('event_id', d.event_id, 'member_id', d.member_id,
                               'program', $1::text, 'occurred_at', $7::text,
                               'attributes', '{{}}'::jsonb, 'type', 'points_matured',
                               'points', d.points, 'account', $5::text),
            $7::text::timestamptz
     FROM derived_ids AS d
-    ON CONFLICT (program, event_id) DO NOTHING
+    ON CONFLICT (program, origin, event_id) DO NOTHING
     RETURNING 1
 ),"""
 
@@ -312,8 +324,8 @@ crossed AS (
     WHERE a.balance <= x.threshold AND x.threshold < a.balance + m.points
 ),
 above AS (
-    INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-    SELECT $1, i.event_id, 'points_above', i.member_id,
+    INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at)
+    SELECT $1, 'engine', i.event_id, 'points_above', i.member_id,
            jsonb_build_object('event_id', i.event_id, 'member_id', i.member_id,
                               'program', $1::text, 'occurred_at', $7::text,
                               'attributes', '{{}}'::jsonb, 'type', 'points_above',
@@ -326,6 +338,6 @@ above AS (
                  END AS event_id
           FROM crossed AS c) AS i
     ORDER BY i.member_id, i.threshold
-    ON CONFLICT (program, event_id) DO NOTHING
+    ON CONFLICT (program, origin, event_id) DO NOTHING
     RETURNING 1
 ),"""

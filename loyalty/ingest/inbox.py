@@ -1,7 +1,9 @@
 """The events inbox: idempotent insert, batch claims for the router, outcomes.
 
-Events are unique on (program, event_id); an INSERT trigger NOTIFYs ``loyalty_inbox``
-with the program name, and the router NOTIFYs ``loyalty_processed`` after each batch.
+Events are unique on (program, origin, event_id): client events and the events the
+engine derives (`loyalty.events.origin_of`) have separate id spaces, so neither can
+suppress the other. An INSERT trigger NOTIFYs ``loyalty_inbox`` with the program name,
+and the router NOTIFYs ``loyalty_processed`` after each batch.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from loyalty.errors import InvalidEvent
-from loyalty.events import AnyEvent
+from loyalty.errors import Conflict, EventConflict, InvalidEvent
+from loyalty.events import AnyEvent, Origin, differing_fields, occurred_at_sent, origin_of
 from loyalty.models import EmitResult, EventOutcome, FailedEvent
 from loyalty.store.db import Conn
 
@@ -21,11 +23,20 @@ INBOX_CHANNEL = "loyalty_inbox"
 PROCESSED_CHANNEL = "loyalty_processed"
 
 _INSERT = """
-INSERT INTO events (program, event_id, type, member_id, payload, occurred_at, caused_by)
-SELECT *, $7::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                                 $6::timestamptz[])
-ON CONFLICT (program, event_id) DO NOTHING
-RETURNING program, event_id
+INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at,
+                    occurred_at_sent, caused_by)
+SELECT *, $9::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::jsonb[], $7::timestamptz[], $8::boolean[])
+ON CONFLICT (program, origin, event_id) DO NOTHING
+RETURNING program, origin, event_id
+"""
+
+# The first version of client events, to compare a repeat with.
+_STORED = """
+SELECT e.program, e.event_id, e.payload, e.occurred_at_sent
+FROM events AS e
+JOIN unnest($1::text[], $2::text[]) AS k(program, event_id)
+  ON e.program = k.program AND e.origin = 'client' AND e.event_id = k.event_id
 """
 
 _CLAIM = """
@@ -64,38 +75,98 @@ async def insert_events(
 ) -> list[EmitResult]:
     """Insert validated events in one statement; existing (program, event_id) are duplicates.
 
-    The statement is atomic: an unknown program rejects the whole call. ``caused_by`` is
-    the row id of the event that derived these (see `loyalty.ingest.derived`); None for emits.
+    Each event goes to the id space of its origin (`loyalty.events.origin_of`): a client
+    event is a duplicate only of a client event, a derived one only of a derived one.
+    A client event whose (program, event_id) is taken by one with other content (or
+    that comes twice in ``events`` with other content) is a conflict: nothing of the call
+    is written (in a transaction of its own, or a savepoint of the caller's). Derived
+    events are never compared: the first one derived stays. The statement is atomic: an
+    unknown program rejects the whole call. ``caused_by`` is the row id of the event that
+    derived these (see `loyalty.ingest.derived`); None for emits.
 
     Raises:
+        EventConflict: client events reuse an event_id with other content.
         InvalidEvent: an event names a program the database does not know.
     """
+    origins = [origin_of(e) for e in events]
     try:
-        rows = await conn.fetch(
-            _INSERT,
-            [e.program for e in events],
-            [e.event_id for e in events],
-            [e.type for e in events],
-            [e.member_id for e in events],
-            [e.model_dump(mode="json") for e in events],
-            [e.occurred_at for e in events],
-            caused_by,
-        )
+        if "client" not in origins:
+            return await _insert(conn, events, origins, caused_by)
+        async with conn.transaction():
+            results = await _insert(conn, events, origins, caused_by)
+            conflicts = await _conflicts(conn, events, results)
+            if conflicts:
+                raise EventConflict(conflicts)
+            return results
     except asyncpg.ForeignKeyViolationError:
         await check_programs(conn, {e.program for e in events})
         raise
-    inserted = {(r["program"], r["event_id"]) for r in rows}
+
+
+async def _insert(
+    conn: Conn, events: Sequence[AnyEvent], origins: list[Origin], caused_by: int | None
+) -> list[EmitResult]:
+    rows = await conn.fetch(
+        _INSERT,
+        [e.program for e in events],
+        origins,
+        [e.event_id for e in events],
+        [e.type for e in events],
+        [e.member_id for e in events],
+        [e.model_dump(mode="json") for e in events],
+        [e.occurred_at for e in events],
+        [occurred_at_sent(e) for e in events],
+        caused_by,
+    )
+    inserted = {(r["program"], r["origin"], r["event_id"]) for r in rows}
     results = []
-    seen: set[tuple[str, str]] = set()
-    for e in events:
-        key = (e.program, e.event_id)
+    seen: set[tuple[str, str, str]] = set()
+    for e, origin in zip(events, origins, strict=True):
+        key = (e.program, origin, e.event_id)
+        accepted = key in inserted and key not in seen
         results.append(
-            EmitResult(
-                program=e.program, event_id=e.event_id, accepted=key in inserted and key not in seen
-            )
+            EmitResult(program=e.program, event_id=e.event_id, accepted=accepted, origin=origin)
         )
         seen.add(key)
     return results
+
+
+async def _conflicts(
+    conn: Conn, events: Sequence[AnyEvent], results: list[EmitResult]
+) -> list[Conflict]:
+    """The client events not accepted whose content differs from the first version: the
+    stored one, or the one earlier in ``events``. ``occurred_at`` is compared only when
+    both versions gave it (compare what the senders sent, not the defaults)."""
+    first: dict[tuple[str, str], int] = {}
+    for index, (e, r) in enumerate(zip(events, results, strict=True)):
+        if r.origin == "client":
+            first.setdefault((e.program, e.event_id), index)
+    unread = [key for key, index in first.items() if not results[index].accepted]
+    stored: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}
+    if unread:
+        rows = await conn.fetch(_STORED, [k[0] for k in unread], [k[1] for k in unread])
+        stored = {
+            (r["program"], r["event_id"]): (r["payload"], r["occurred_at_sent"]) for r in rows
+        }
+    found: dict[tuple[str, str], list[str]] = {}
+    for e, r in zip(events, results, strict=True):
+        if r.origin != "client" or r.accepted:
+            continue
+        key = (e.program, e.event_id)
+        earlier = events[first[key]]
+        if results[first[key]].accepted:
+            fields = differing_fields(
+                earlier, e, occurred_at=occurred_at_sent(earlier) and occurred_at_sent(e)
+            )
+        elif key in stored:
+            payload, sent = stored[key]
+            fields = differing_fields(payload, e, occurred_at=sent and occurred_at_sent(e))
+        else:
+            continue
+        if fields:
+            known = found.setdefault(key, [])
+            known += [f for f in fields if f not in known]
+    return [Conflict(program, event_id, fields) for (program, event_id), fields in found.items()]
 
 
 async def check_programs(conn: Conn, programs: set[str]) -> None:
@@ -152,17 +223,18 @@ async def record_outcomes(conn: Conn, outcomes: Sequence[dict[str, Any]]) -> Non
 
 
 async def fetch_outcomes(
-    conn: Conn, keys: Sequence[tuple[str, str]]
+    conn: Conn, keys: Sequence[tuple[str, str]], origin: Origin = "client"
 ) -> dict[tuple[str, str], EventOutcome]:
-    """The current status of events by (program, event_id)."""
+    """The current status of events by (program, event_id), in one origin's id space."""
     rows = await conn.fetch(
         """SELECT e.program, e.event_id, e.status, e.outcome,
                   CASE WHEN e.status = 'dead' THEN e.last_error ELSE e.detail END AS detail
            FROM events AS e
            JOIN unnest($1::text[], $2::text[]) AS k(program, event_id)
-             ON e.program = k.program AND e.event_id = k.event_id""",
+             ON e.program = k.program AND e.origin = $3 AND e.event_id = k.event_id""",
         [k[0] for k in keys],
         [k[1] for k in keys],
+        origin,
     )
     return {
         (r["program"], r["event_id"]): EventOutcome(

@@ -130,8 +130,8 @@ ids AS (
     FROM texts AS t
 ),
 derived AS (
-    INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-    SELECT $1, i.event_id, 'bonus_expiring', i.member_id,
+    INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at)
+    SELECT $1, 'engine', i.event_id, 'bonus_expiring', i.member_id,
            jsonb_build_object('event_id', i.event_id, 'member_id', i.member_id,
                               'program', $1::text, 'occurred_at', {_iso("i.occurred_at")},
                               'attributes', '{{}}'::jsonb, 'type', 'bonus_expiring',
@@ -140,7 +140,7 @@ derived AS (
            i.occurred_at
     FROM ids AS i
     ORDER BY i.member_id, i.currency, i.day, i.days
-    ON CONFLICT (program, event_id) DO NOTHING
+    ON CONFLICT (program, origin, event_id) DO NOTHING
     RETURNING 1
 )
 SELECT last.member_id, last.currency, (SELECT count(*) FROM chunk) AS accounts,

@@ -45,7 +45,15 @@ from typing import Any
 
 from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
-from loyalty.events import DERIVED_TYPES, Activity, AnyEvent, Purchase, Referral
+from loyalty.events import (
+    DERIVED_TYPES,
+    Activity,
+    AnyEvent,
+    Origin,
+    Purchase,
+    Referral,
+    origin_of,
+)
 from loyalty.ingest import derived
 from loyalty.router.caps import CapCheck, within_caps
 from loyalty.rules import EarnRule
@@ -213,15 +221,16 @@ class BulkResult:
     """What `apply_bulk` did.
 
     Attributes:
-        outcomes: per event id applied here, ``applied`` or ``no_effect`` (as
-            `EventProcessor.apply` would return).
+        outcomes: per (origin, event id) applied here, ``applied`` or ``no_effect``
+            (as `EventProcessor.apply` would return); a client event and a derived one
+            may share an id.
         awards: the awards written, in event and rule order; awards whose ledger key
             was already used (events applied before) are not listed.
         fallback: members handed back, none of whose awards were written: the caller
             applies all of their events one by one.
     """
 
-    outcomes: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[tuple[Origin, str], str] = field(default_factory=dict)
     awards: list[Award] = field(default_factory=list)
     fallback: set[str] = field(default_factory=set)
 
@@ -378,8 +387,12 @@ async def apply_bulk(
         await _qualify(conn, found, result.awards)
     for event in events:
         if event.member_id not in result.fallback:
-            applied = isinstance(event, Purchase) or event.event_id in awarded
-            result.outcomes[event.event_id] = "applied" if applied else "no_effect"
+            origin = origin_of(event)
+            # Only client events earn: a derived event named like an awarded one did not.
+            applied = isinstance(event, Purchase) or (
+                origin == "client" and event.event_id in awarded
+            )
+            result.outcomes[(origin, event.event_id)] = "applied" if applied else "no_effect"
     return result
 
 

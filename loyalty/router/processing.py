@@ -34,6 +34,7 @@ from loyalty.events import (
     ReferralApproved,
     Return,
     any_event_adapter,
+    origin_of,
 )
 from loyalty.flows.outbox import record_journeys
 from loyalty.flows.signals import record_signals
@@ -310,7 +311,7 @@ async def _apply_bulk(
     except Exception as exc:
         raise _RedoCarefully from exc
     return {
-        row_id: (event, done.outcomes[event.event_id])
+        row_id: (event, done.outcomes[(origin_of(event), event.event_id)])
         for row_id, event in chosen
         if event is not None and event.member_id not in done.fallback
     }

@@ -149,8 +149,8 @@ shown AS (
     RETURNING 1
 ),
 derived AS (
-    INSERT INTO events (program, event_id, type, member_id, payload, occurred_at)
-    SELECT $1, e.event_id, 'new_stage', e.member_id,
+    INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at)
+    SELECT $1, 'engine', e.event_id, 'new_stage', e.member_id,
            jsonb_build_object('event_id', e.event_id, 'member_id', e.member_id,
                               'program', $1::text, 'occurred_at', $15::text,
                               'attributes', '{{}}'::jsonb, 'type', 'new_stage',
@@ -164,7 +164,7 @@ derived AS (
                       ELSE 'new_stage:' || encode(sha256(convert_to(mv.rest, 'UTF8')), 'hex')
                  END AS event_id
           FROM moves AS mv) AS e
-    ON CONFLICT (program, event_id) DO NOTHING
+    ON CONFLICT (program, origin, event_id) DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM chunk) AS scanned,
