@@ -217,7 +217,7 @@ async def test_points_above_starts_when_a_journey_award_crosses_the_threshold(
     assert [(r["event_id"], r["caused_by"], r["payload"]["balance"]) for r in derived] == [
         (derived_id("points_above", key, 500), None, 530)
     ]
-    crossing = jid(queue, "AlmostGold", "j1", quote(derived[0]["event_id"], safe=":"))
+    crossing = jid(queue, "AlmostGold", "j1", quote(derived[0]["event_id"], safe=":"), engine=True)
     assert await journeys(conn, "AlmostGold") == [crossing]
     await completed(dev_env.client, crossing)
     assert await messages(conn, "almost_gold") == [
