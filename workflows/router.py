@@ -67,7 +67,9 @@ class EventRouter:
                 heartbeat_timeout=ROUTER_HEARTBEAT_TIMEOUT,
                 retry_policy=ROUTER_RETRY_POLICY,
             )
-            self._totals = self._totals + done
+            # What the partition committed so far, counted by the database: a session
+            # attempt that timed out still committed its batches, and they count once.
+            self._totals = done
             self._show(summary)
             if workflow.info().is_continue_as_new_suggested():
                 break
@@ -83,5 +85,5 @@ class EventRouter:
 
     @workflow.query
     def progress(self) -> RouterProgress:
-        """Totals since the router was first started."""
+        """What the partition's batches committed, as of the end of the latest session."""
         return self._totals
