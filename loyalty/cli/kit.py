@@ -1,4 +1,9 @@
-"""What every `loyalty` command shares: consoles, settings, running a coroutine."""
+"""What every `loyalty` command shares: consoles, settings, running a coroutine.
+
+`run` is where an expected failure becomes one line and an exit code: 2 for invalid
+configuration, 3 for a service that cannot be reached (`ServiceUnavailable`, or a
+connection lost in the middle of a command).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import typer
 from rich.console import Console
 
 from loyalty.app import LoyaltyApp, load_app
-from loyalty.errors import ConfigurationError
+from loyalty.errors import ConfigurationError, ServiceUnavailable
 from loyalty.flows import check_app
 from loyalty.settings import Settings
 
@@ -37,13 +42,51 @@ def settings_of(ctx: typer.Context) -> Settings:
     return settings
 
 
+# Exit codes of every command (README, "Command line").
+INVALID = 2
+UNAVAILABLE = 3
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; a configuration problem exits with code 2."""
+    """Run a command's coroutine; its expected failures exit with one line.
+
+    A configuration problem exits with code 2; a service that cannot be reached, before
+    or during the command, exits with code 3 (nothing decided: try again).
+    """
     try:
         return asyncio.run(coro)
     except ConfigurationError as exc:
         report(exc)
-        raise typer.Exit(2) from None
+        raise typer.Exit(INVALID) from None
+    except ServiceUnavailable as exc:
+        problem(str(exc))
+        raise typer.Exit(UNAVAILABLE) from None
+    except Exception as exc:
+        lost = _lost_connection(exc)
+        if lost is None:
+            raise
+        problem(lost)
+        raise typer.Exit(UNAVAILABLE) from None
+
+
+def _lost_connection(exc: Exception) -> str | None:
+    """The line for a connection lost in the middle of a command, past the helpers that
+    turn an unreachable server into `ServiceUnavailable`; None for any other error."""
+    # Imported here: `loyalty --help` does not load the drivers.
+    import asyncpg
+    from temporalio.service import RPCError
+
+    from loyalty.store.db import UNREACHABLE
+    from loyalty.temporal import UNAVAILABLE_STATUSES
+
+    # Not OSError: a command's own I/O (a closed stdout) is no database failure.
+    postgres = tuple(e for e in UNREACHABLE if not issubclass(e, OSError))
+    closed = isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    if isinstance(exc, postgres) or closed:
+        return f"PostgreSQL: the connection was lost ({exc}); try again"
+    if isinstance(exc, RPCError) and exc.status in UNAVAILABLE_STATUSES:
+        return f"Temporal is unavailable: {exc.message}; try again"
+    return None
 
 
 def app_or_exit(settings: Settings, spec: str | None) -> LoyaltyApp:
