@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from loyalty.errors import ServiceUnavailable
 from loyalty.flows.outbox import start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
@@ -23,8 +24,10 @@ from loyalty.models import RouterProgress, RouteSession
 from loyalty.router import totals
 from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
-from loyalty.store.db import connect
+from loyalty.store.db import UNREACHABLE, connect
 
+# The database cannot be reached (or went away): the session is retried, no traceback.
+_DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNREACHABLE)
 # Heartbeats while idle keep the activity alive under its heartbeat timeout.
 IDLE_HEARTBEAT_SECONDS = 2.0
 
@@ -113,6 +116,19 @@ class RouterActivities:
         """
         try:
             await self._session(session)
+        except _DOWN as exc:
+            # The database is down: Temporal retries the session with back-off; one line
+            # each time instead of a traceback.
+            activity.logger.warning(
+                "router session of program %s, partition %d of %d: PostgreSQL is "
+                "unavailable (%s); retrying", session.program, session.partition + 1,
+                session.partitions, exc,
+            )  # fmt: skip
+            raise ApplicationError(
+                f"PostgreSQL is unavailable: {exc}",
+                type="DatabaseUnavailable",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is None or details.cancel_requested or details.worker_shutdown:

@@ -2,12 +2,14 @@
 
 `run` is where an expected failure becomes one line and an exit code: 2 for invalid
 configuration, 3 for a service that cannot be reached (`ServiceUnavailable`, or a
-connection lost in the middle of a command).
+connection lost in the middle of a command). It also makes SIGTERM stop a command the
+way Ctrl-C does, with every clean-up run (an embedded PostgreSQL it started is stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -42,19 +44,53 @@ def settings_of(ctx: typer.Context) -> Settings:
     return settings
 
 
-# Exit codes of every command (README, "Command line").
+# Exit codes of every command (README, "Command line"); a command stopped by a signal
+# exits as shells expect, 128 + the signal's number.
 INVALID = 2
 UNAVAILABLE = 3
+INTERRUPTED = 128 + signal.SIGINT
+TERMINATED = 128 + signal.SIGTERM
+_terminated: list[asyncio.Task[Any]] = []
+
+
+def _terminate(task: asyncio.Task[Any]) -> None:
+    _terminated.append(task)
+    task.cancel()
+
+
+def stop_on_sigterm() -> None:
+    """From now on, SIGTERM cancels the current task, as Ctrl-C cancels `asyncio.run`'s.
+
+    Python's default for SIGTERM ends the process at once, skipping every ``finally``:
+    a PostgreSQL the command started would keep running.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _terminate, task)
+
+
+async def _main(coro: Coroutine[Any, Any, T]) -> T:
+    stop_on_sigterm()
+    return await coro
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; its expected failures exit with one line.
 
     A configuration problem exits with code 2; a service that cannot be reached, before
-    or during the command, exits with code 3 (nothing decided: try again).
+    or during the command, exits with code 3 (nothing decided: try again). Ctrl-C and
+    SIGTERM stop the command after its clean-up, with codes 130 and 143.
     """
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_main(coro))
+    except KeyboardInterrupt:
+        problem("interrupted")
+        raise typer.Exit(INTERRUPTED) from None
+    except asyncio.CancelledError:
+        if not _terminated:
+            raise
+        problem("stopped by SIGTERM")
+        raise typer.Exit(TERMINATED) from None
     except ConfigurationError as exc:
         report(exc)
         raise typer.Exit(INVALID) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TypeAlias
@@ -125,6 +126,21 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+class _OneLineWhenUnreachable(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect (every few
+    seconds while the server is down): one line with the reason says the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UNREACHABLE):
+            record.msg = f"{record.getMessage()}: PostgreSQL is unavailable: {_reason(exc)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+_POOL_LOG_FILTER = _OneLineWhenUnreachable()
+
+
 async def create_pool(dsn: str, size: int = 10) -> asyncpg.Pool:
     """The pool a process uses for all its queries; create once, close at shutdown.
 
@@ -132,6 +148,7 @@ async def create_pool(dsn: str, size: int = 10) -> asyncpg.Pool:
         ServiceUnavailable: the server cannot be reached.
         ConfigurationError: the server refuses the DSN's credentials or database.
     """
+    logging.getLogger("asyncpg.pool").addFilter(_POOL_LOG_FILTER)
     with _connecting(dsn):
         pool = await asyncpg.create_pool(
             dsn, min_size=1, max_size=size, init=_init_connection, timeout=CONNECT_TIMEOUT
@@ -144,21 +161,28 @@ class Database:
     """Resolves where the database is: ``LOYALTY_DATABASE_URL``, or the embedded server.
 
     Used as an async context manager; the embedded server is stopped on exit only if this
-    object started it (a server started by `loyalty dev` keeps running).
+    object owns it (a server started by `loyalty dev` keeps running). ``take_over`` makes
+    it the owner of an embedded server that already runs (`loyalty dev`).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, take_over: bool = False) -> None:
         self.settings = settings
+        self.take_over = take_over
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = ""
 
     async def __aenter__(self) -> Database:
         if self.settings.database_url is not None:
             self.dsn = self.settings.database_url.get_secret_value()
-        else:
-            self.embedded = EmbeddedPostgres(self.settings.home / "postgres")
-            self.embedded.start()
+            return self
+        self.embedded = EmbeddedPostgres(self.settings.home / "postgres")
+        try:
+            self.embedded.start(take_over=self.take_over)
             self.dsn = await self.embedded.ensure_database()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed after the start: no server left behind.
+            self.embedded.stop()
+            raise
         return self
 
     async def __aexit__(
