@@ -35,9 +35,9 @@ from loyalty.router.processing import EventProcessor
 from loyalty.settings import Settings
 from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
-from workflows.housekeeping import Housekeeping, housekeeping_workflow_id
-from workflows.maintenance import TierMaintenance, maintenance_workflow_id
-from workflows.router import EventRouter, router_workflow_id
+from workflows.housekeeping import Housekeeping, housekeeping_summary, housekeeping_workflow_id
+from workflows.maintenance import TierMaintenance, maintenance_summary, maintenance_workflow_id
+from workflows.router import EventRouter, router_summary, router_workflow_id
 
 log = logging.getLogger("loyalty.worker")
 # Webhook providers set their own per-request timeout; this bounds everything else.
@@ -111,7 +111,7 @@ async def start_routers(client: Client, settings: Settings, app: LoyaltyApp) -> 
             workflow_id=router_workflow_id(settings.task_queue, program, partition, partitions),
             program=program,
             flow="event-router",
-            summary=f"Event router of program {program}, partition {partition + 1} of {partitions}",
+            summary=router_summary(program, partition, partitions),
         )
         for program in app.programs
         for partition in range(partitions)
@@ -129,7 +129,7 @@ async def start_loops(client: Client, settings: Settings, app: LoyaltyApp) -> li
             workflow_id=maintenance_workflow_id(settings.task_queue, program.name, scheme.name),
             program=program.name,
             flow="tier-maintenance",
-            summary=f"Tier maintenance of program {program.name}, scheme {scheme.name}",
+            summary=maintenance_summary(program.name, scheme.name),
         )
         for program in app.programs.values()
         for scheme in program.tier_schemes
@@ -147,7 +147,7 @@ async def start_housekeeping(client: Client, settings: Settings, app: LoyaltyApp
             workflow_id=housekeeping_workflow_id(settings.task_queue, program.name),
             program=program.name,
             flow="housekeeping",
-            summary=f"Housekeeping of program {program.name}",
+            summary=housekeeping_summary(program.name),
         )
         for program in app.programs.values()
     ]

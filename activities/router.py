@@ -14,15 +14,20 @@ from functools import partial
 import asyncpg
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from loyalty.errors import ServiceUnavailable
 from loyalty.flows.outbox import start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
 from loyalty.models import RouterProgress, RouteSession
+from loyalty.router import totals
 from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
-from loyalty.store.db import connect
+from loyalty.store.db import UNREACHABLE, connect
 
+# The database cannot be reached (or went away): the session is retried, no traceback.
+_DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNREACHABLE)
 # Heartbeats while idle keep the activity alive under its heartbeat timeout.
 IDLE_HEARTBEAT_SECONDS = 2.0
 
@@ -106,7 +111,45 @@ class RouterActivities:
 
         Heartbeats after every batch and every idle wait, so a retry after a crash starts
         quickly; the claims themselves are in the database, so a retry loses nothing.
+        Returns the partition's totals: everything its batches committed so far
+        (`loyalty.router.totals`), whichever attempt or session committed them.
         """
+        try:
+            await self._session(session)
+        except _DOWN as exc:
+            # The database is down: Temporal retries the session with back-off; one line
+            # each time instead of a traceback.
+            activity.logger.warning(
+                "router session of program %s, partition %d of %d: PostgreSQL is "
+                "unavailable (%s); retrying", session.program, session.partition + 1,
+                session.partitions, exc,
+            )  # fmt: skip
+            raise ApplicationError(
+                f"PostgreSQL is unavailable: {exc}",
+                type="DatabaseUnavailable",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is None or details.cancel_requested or details.worker_shutdown:
+                raise
+            # Temporal gave up on this attempt (its result would be dropped) and a retry
+            # takes over: one line saying so, instead of the cancellation's traceback.
+            reason = _why_stopped(details)
+            activity.logger.warning(
+                "router session of program %s, partition %d of %d (attempt %d) stopped: %s",
+                session.program, session.partition + 1, session.partitions,
+                activity.info().attempt, reason,
+            )  # fmt: skip
+            raise ApplicationError(
+                f"session stopped: {reason}",
+                type="SessionStopped",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        async with self.pool.acquire() as conn:
+            return await totals.read(conn, session.program, session.partitions, session.partition)
+
+    async def _session(self, session: RouteSession) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.router_session_seconds
@@ -159,7 +202,6 @@ class RouterActivities:
             if retry_at is not None:
                 idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))
             await self._idle(session.program, seen, idle, progress)
-        return progress
 
     async def _idle(
         self, program: str, seen: int, seconds: float, progress: RouterProgress
@@ -174,3 +216,19 @@ class RouterActivities:
                 return
             # The same details as after a batch: the Web UI shows the last heartbeat's.
             activity.heartbeat(progress.model_dump())
+
+
+def _why_stopped(details: activity.ActivityCancellationDetails) -> str:
+    """Why Temporal cancelled a router attempt, in words an operator can act on."""
+    if details.timed_out or details.not_found:
+        timeout = activity.info().heartbeat_timeout
+        limit = f"the {timeout.total_seconds():g} s heartbeat timeout" if timeout else "its timeout"
+        return (
+            f"its heartbeat timed out (a batch, or the wait for the partition's lock, outlasted "
+            f"{limit}); a retry took over, and what this attempt committed still counts"
+        )
+    if details.paused:
+        return "an operator paused the activity"
+    if details.reset:
+        return "an operator reset the activity"
+    return "Temporal cancelled it"

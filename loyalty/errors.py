@@ -13,6 +13,21 @@ class ConfigurationError(LoyaltyError):
     """Settings, the app module or a local server cannot be used as configured."""
 
 
+class ServiceUnavailable(LoyaltyError):
+    """PostgreSQL or Temporal cannot be reached now: nothing was decided, try again.
+
+    The message names what is down and where (host and port, never a password); the
+    CLI prints it as one line and exits with code 3.
+
+    Attributes:
+        service: ``"PostgreSQL"`` or ``"Temporal"``.
+    """
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
 class InvalidFlows(ConfigurationError):
     """The app's flow definitions are wrong; the worker refuses to start.
 

@@ -21,7 +21,8 @@ class Model(BaseModel):
 
 
 class RouterProgress(Model):
-    """Counts of what a router did, summed over sessions and runs."""
+    """Counts of what a router partition committed (`loyalty.router.totals`), or one
+    session's part of them (its heartbeat details, a batch)."""
 
     batches: int = 0
     events: int = 0
@@ -46,6 +47,7 @@ class RouterInput(Model):
     # Activity sessions per workflow run before continue-as-new; the run also ends
     # early when Temporal suggests it.
     sessions_per_run: int = Field(100, ge=1)
+    # The totals the previous run had read, shown until this run's first session ends.
     totals: RouterProgress = RouterProgress()
 
 

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+from loyalty.errors import ConfigurationError, ServiceUnavailable
 from loyalty.settings import Settings
 
 DATA_CONVERTER: DataConverter = pydantic_data_converter
+# Seconds to reach the frontend before Temporal counts as unavailable.
+CONNECT_TIMEOUT = 10.0
+# Statuses that mean "not now": the server is down, overloaded or did not answer in time.
+UNAVAILABLE_STATUSES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.CANCELLED,
+    }
+)
+# Statuses that mean the settings are wrong: credentials, TLS, namespace.
+REFUSED_STATUSES = frozenset(
+    {RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.NOT_FOUND}
+)
 
 MEMBER_ID = SearchAttributeKey.for_keyword("LoyaltyMemberId")
 FLOW = SearchAttributeKey.for_keyword("LoyaltyFlow")
@@ -35,13 +54,50 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     return settings.temporal_tls or settings.temporal_api_key is not None
 
 
-async def connect_temporal(settings: Settings, address: str | None = None) -> Client:
-    """Connect to Temporal with the project's data converter and credentials."""
-    api_key = settings.temporal_api_key
-    return await Client.connect(
-        address or settings.effective_temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=DATA_CONVERTER,
-        api_key=api_key.get_secret_value() if api_key else None,
-        tls=tls_config(settings),
+def _reason(exc: BaseException) -> str:
+    """The useful part of a connection error (the Rust core nests the OS's message)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    text = exc.message if isinstance(exc, RPCError) else str(exc)
+    nested: list[str] = re.findall(r'(?:message|error): "([^"]+)"', text)
+    if nested:
+        return nested[-1][:1].lower() + nested[-1][1:]
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def unavailable(address: str, exc: BaseException) -> ServiceUnavailable:
+    """`ServiceUnavailable` for Temporal at the address, with the error's reason."""
+    return ServiceUnavailable(
+        "Temporal", f"Temporal at {address} is unavailable: {_reason(exc)}; try again"
     )
+
+
+async def connect_temporal(settings: Settings, address: str | None = None) -> Client:
+    """Connect to Temporal with the project's data converter and credentials.
+
+    Raises:
+        ServiceUnavailable: the frontend does not answer (down, unreachable, too slow).
+        ConfigurationError: it refuses the credentials or the namespace.
+    """
+    target = address or settings.effective_temporal_address
+    api_key = settings.temporal_api_key
+    tls = tls_config(settings)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            return await Client.connect(
+                target,
+                namespace=settings.temporal_namespace,
+                data_converter=DATA_CONVERTER,
+                api_key=api_key.get_secret_value() if api_key else None,
+                tls=tls,
+            )
+    except RPCError as exc:
+        if exc.status in REFUSED_STATUSES:
+            raise ConfigurationError(
+                f"Temporal at {target} refuses the connection (namespace "
+                f"{settings.temporal_namespace!r}, credentials): {_reason(exc)}"
+            ) from None
+        raise unavailable(target, exc) from None
+    except (RuntimeError, OSError) as exc:
+        # The core reports a failed connection as a RuntimeError ("Failed client connect").
+        raise unavailable(target, exc) from None

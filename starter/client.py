@@ -21,7 +21,14 @@ from loyalty.ingest import inbox
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
 from loyalty.settings import Settings
-from loyalty.store.db import Database, connect, create_pool, prepare_database
+from loyalty.store.db import (
+    UNREACHABLE,
+    Database,
+    connect,
+    create_pool,
+    prepare_database,
+    reachable,
+)
 
 # Wait in slices, re-reading the outcomes, in case a notification is lost.
 WAIT_RECHECK_SECONDS = 1.0
@@ -30,7 +37,9 @@ WAIT_RECHECK_SECONDS = 1.0
 class LoyaltyClient:
     """A connection to the engine's database, for services and the CLI.
 
-    Use ``async with await LoyaltyClient.connect() as loyalty: ...``.
+    Use ``async with await LoyaltyClient.connect() as loyalty: ...``. Every method raises
+    `loyalty.errors.ServiceUnavailable` when PostgreSQL cannot be reached: nothing was
+    decided, and the same call can be made again (emitting is idempotent).
     """
 
     def __init__(self, database: Database, pool: asyncpg.Pool) -> None:
@@ -45,6 +54,11 @@ class LoyaltyClient:
 
         Applies pending migrations (idempotent, under an advisory lock) and, given an app,
         records its programs so that events can name them before a worker has started.
+
+        Raises:
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
+            ConfigurationError: the settings cannot work (a refused database URL, no
+                embedded server installed).
         """
         database = Database(settings or Settings())
         await database.__aenter__()
@@ -79,6 +93,7 @@ class LoyaltyClient:
         Raises:
             EventConflict: the ``event_id`` is taken by an event with other content.
             InvalidEvent: the event is invalid (nothing is written).
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
         """
         return (await self.emit_many([event]))[0]
 
@@ -100,6 +115,7 @@ class LoyaltyClient:
             EventConflict: events reuse an event_id with other content; each
                 conflicting id is named with the fields that differ.
             InvalidEvent: any event is invalid; the problems of all are listed.
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
         """
         validated: list[IncomingEvent] = []
         problems: list[str] = []
@@ -120,15 +136,16 @@ class LoyaltyClient:
             return []
         size = chunk_size or len(validated)
         results: list[EmitResult] = []
-        async with self._pool.acquire() as conn:
-            if size >= len(validated):
-                return await inbox.insert_events(conn, validated)
-            # Several statements: an unknown program must refuse all of them, not only
-            # its own, and a conflict found in a late chunk undoes the earlier ones.
-            await inbox.check_programs(conn, {e.program for e in validated})
-            async with conn.transaction():
-                for start in range(0, len(validated), size):
-                    results += await inbox.insert_events(conn, validated[start : start + size])
+        with reachable(self._database.dsn):
+            async with self._pool.acquire() as conn:
+                if size >= len(validated):
+                    return await inbox.insert_events(conn, validated)
+                # Several statements: an unknown program must refuse all of them, not only
+                # its own, and a conflict found in a late chunk undoes the earlier ones.
+                await inbox.check_programs(conn, {e.program for e in validated})
+                async with conn.transaction():
+                    for start in range(0, len(validated), size):
+                        results += await inbox.insert_events(conn, validated[start : start + size])
         return results
 
     async def outcomes(
@@ -136,8 +153,9 @@ class LoyaltyClient:
     ) -> dict[tuple[str, str], EventOutcome]:
         """The current outcome of events by (program, event_id); client events unless
         ``origin`` is ``engine`` (derived events have an id space of their own)."""
-        async with self._pool.acquire() as conn:
-            return await inbox.fetch_outcomes(conn, keys, origin)
+        with reachable(self._database.dsn):
+            async with self._pool.acquire() as conn:
+                return await inbox.fetch_outcomes(conn, keys, origin)
 
     async def wait(
         self, results: Sequence[EmitResult], timeout: float = 60.0
@@ -146,6 +164,7 @@ class LoyaltyClient:
 
         Raises:
             TimeoutError: some events are still pending after ``timeout`` seconds.
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
         """
         pending = {(r.origin, r.program, r.event_id) for r in results if r.accepted}
         done: dict[tuple[Origin, str, str], EventOutcome] = {}
@@ -156,7 +175,8 @@ class LoyaltyClient:
             woken.set()
 
         try:
-            await listener.add_listener(inbox.PROCESSED_CHANNEL, notified)
+            with reachable(self._database.dsn):
+                await listener.add_listener(inbox.PROCESSED_CHANNEL, notified)
             async with asyncio.timeout(timeout):
                 while pending:
                     woken.clear()
@@ -172,7 +192,8 @@ class LoyaltyClient:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(woken.wait(), WAIT_RECHECK_SECONDS)
         finally:
-            await listener.close()
+            with contextlib.suppress(*UNREACHABLE):
+                await listener.close()
         return [
             done[(r.origin, r.program, r.event_id)]
             if r.accepted
@@ -185,13 +206,16 @@ class LoyaltyClient:
 
         Raises:
             UnknownMember: the program has never seen this member.
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
         """
-        async with self._pool.acquire() as conn:
-            return await member_view(conn, program, member_id)
+        with reachable(self._database.dsn):
+            async with self._pool.acquire() as conn:
+                return await member_view(conn, program, member_id)
 
     async def failed_events(
         self, program: str | None = None, limit: int = 100
     ) -> list[FailedEvent]:
         """Events moved to the dead-letter state, newest first."""
-        async with self._pool.acquire() as conn:
-            return await inbox.failed_events(conn, program, limit)
+        with reachable(self._database.dsn):
+            async with self._pool.acquire() as conn:
+                return await inbox.failed_events(conn, program, limit)

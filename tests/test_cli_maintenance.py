@@ -73,7 +73,7 @@ async def test_run_now_shows_the_counts_and_the_tier_distribution_and_history_li
     assert (resumed.code, resumed.lines) == (0, ["maintenance of coffee/main: resumed"])
 
 
-async def test_bad_program_or_scheme_exit_2_and_a_missing_loop_exits_1(
+async def test_bad_program_or_scheme_exit_2_and_a_missing_loop_exits_3(
     settings_env: dict[str, object],
 ) -> None:
     env = {**cli_env(settings_env), "LOYALTY_APP": APP}
@@ -90,9 +90,9 @@ async def test_bad_program_or_scheme_exit_2_and_a_missing_loop_exits_1(
     assert (scheme.code, scheme.problems) == (
         2, ["scheme: program 'coffee' has no tier scheme 'vip'; schemes: main"]
     )  # fmt: skip
-    # No worker: no loop to talk to.
+    # No worker: no loop to talk to, "unavailable, try again".
     missing = await loyalty(env, "maintenance", "pause", "--program", "coffee")
-    assert missing.code == 1
+    assert missing.code == 3
     assert missing.problems[0].startswith(
         "no tier maintenance loop for program 'coffee', scheme 'main' on task queue"
     )

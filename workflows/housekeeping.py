@@ -60,6 +60,11 @@ def housekeeping_workflow_id(task_queue: str, program: str) -> str:
     return f"housekeeping/{program}@{task_queue}"
 
 
+def housekeeping_summary(program: str) -> str:
+    """The loop's one-line summary in the Web UI."""
+    return f"Housekeeping of program {program}"
+
+
 def describe(run: HousekeepingProgress) -> str:
     """One line of counts, for the Web UI and the CLI."""
     return (
@@ -79,14 +84,15 @@ class Housekeeping(ScheduledLoop[HousekeepingProgress]):
     @workflow.init
     def __init__(self, input: HousekeepingLoopInput) -> None:
         super().__init__(
-            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
-        )
+            summary=housekeeping_summary(input.program), paused=input.paused, last=input.last,
+            runs=input.runs, next_run_at=input.next_run_at,
+        )  # fmt: skip
         self._input = input
 
     @workflow.run
     async def run(self, input: HousekeepingLoopInput) -> None:
         await self._loop()
-        workflow.continue_as_new(input.model_copy(update=self._carry()))
+        self._continue_as_new(input)
 
     async def _next_after(self, at: datetime) -> datetime:
         return await workflow.execute_activity_method(

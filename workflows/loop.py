@@ -7,20 +7,27 @@ by each loop with its own model). The run in progress, the next run time and the
 are the workflow's current details in the Web UI.
 
 A subclass's `__init__` is a `workflow.init` that passes the carried state (paused, last
-run, run count, next run time) from its input, so signals and updates that arrive with the
-start see it. It gives the next run time (`_next_after`, an activity), the run itself (`_work`,
-activities that call `_between` at their boundaries), a one-line `_describe` of a run,
-and its `run_now` update, `status` query and `@workflow.run` method, which calls `_loop`
-and continues as new with `_carry`.
+run, run count, next run time) from its input, and the loop's one-line summary, so signals
+and updates that arrive with the start see it. It gives the next run time (`_next_after`,
+an activity), the run itself (`_work`, activities that call `_between` at their
+boundaries), a one-line `_describe` of a run, and its `run_now` update, `status` query and
+`@workflow.run` method, which calls `_loop` and then `_continue_as_new`.
+
+Temporal keeps the static summary given at the start on the first run only (a
+continue-as-new command carries no user metadata), so the summary also heads the current
+details of every run.
 """
 
 from __future__ import annotations
 
 import contextlib
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, NoReturn, Protocol, TypeVar
 
 from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
 
 
 class _Run(Protocol):
@@ -38,8 +45,15 @@ class ScheduledLoop(Generic[P]):
     RESUME_HINT: ClassVar[str] = "resume with the `resume` signal"
 
     def __init__(
-        self, *, paused: bool, last: P | None, runs: int, next_run_at: datetime | None
+        self,
+        *,
+        summary: str,
+        paused: bool,
+        last: P | None,
+        runs: int,
+        next_run_at: datetime | None,
     ) -> None:
+        self._summary = summary
         # Set from the input before any handler runs (subclasses' `__init__` is a
         # `workflow.init`), so a pause or run-now delivered with the start is not undone.
         self._paused = paused
@@ -66,6 +80,7 @@ class ScheduledLoop(Generic[P]):
     async def _loop(self) -> None:
         """Wait for the next run and run, again while run-now requests are pending."""
         if self._next is None:
+            self._show()
             self._next = await self._next_after(workflow.now())
         while True:
             self._show()
@@ -79,10 +94,12 @@ class ScheduledLoop(Generic[P]):
             if self._requested == self._served:
                 return
 
-    def _carry(self) -> dict[str, Any]:
-        """The state the next execution takes over (fields of the loop's input)."""
-        return {"next_run_at": self._next, "paused": self._paused, "runs": self._runs,
-                "last": self._last}  # fmt: skip
+    def _continue_as_new(self, input: BaseModel) -> NoReturn:
+        """Continue as new with the carried state; this run's details say it has ended."""
+        self._show(closed=True)
+        carried = {"next_run_at": self._next, "paused": self._paused, "runs": self._runs,
+                   "last": self._last}  # fmt: skip
+        workflow.continue_as_new(input.model_copy(update=carried))
 
     async def _wait_until_due(self) -> None:
         while True:
@@ -115,13 +132,22 @@ class ScheduledLoop(Generic[P]):
             self._show()
             await workflow.wait_condition(lambda: not self._paused)
 
-    def _show(self) -> None:
-        """The current details in the Web UI: the run in progress, or the next one."""
-        lines = []
-        if self._running is not None:
+    def _show(self, *, closed: bool = False) -> None:
+        """The current details in the Web UI: the run in progress, or the next one.
+
+        A run that continues as new keeps its last details for ever (the Web UI replays
+        it to read them), so its details then say where the loop went on.
+        """
+        lines = [f"**{self._summary}**"]
+        if closed:
+            lines.append(
+                f"Continued as new after run {self._runs}: the latest run of this workflow "
+                "id carries on."
+            )
+        elif self._running is not None:
             lines.append(f"**Running** (as of {self._running.as_of:%Y-%m-%d %H:%M} UTC): "
                          + self._describe(self._running))  # fmt: skip
-        if self._paused:
+        if self._paused and not closed:
             lines.append(f"**Paused**: {self.RESUME_HINT}.")
         elif self._running is None and self._next is not None:
             lines.append(f"Next run at {self._next:%Y-%m-%d %H:%M} UTC.")

@@ -47,6 +47,11 @@ def maintenance_workflow_id(task_queue: str, program: str, scheme: str) -> str:
     return f"maintenance/{program}/{scheme}@{task_queue}"
 
 
+def maintenance_summary(program: str, scheme: str) -> str:
+    """The loop's one-line summary in the Web UI."""
+    return f"Tier maintenance of program {program}, scheme {scheme}"
+
+
 def describe(run: MaintenanceProgress) -> str:
     """One line of counts, for the Web UI and the CLI."""
     return (
@@ -65,14 +70,15 @@ class TierMaintenance(ScheduledLoop[MaintenanceProgress]):
     @workflow.init
     def __init__(self, input: MaintenanceLoopInput) -> None:
         super().__init__(
-            paused=input.paused, last=input.last, runs=input.runs, next_run_at=input.next_run_at
-        )
+            summary=maintenance_summary(input.program, input.scheme), paused=input.paused,
+            last=input.last, runs=input.runs, next_run_at=input.next_run_at,
+        )  # fmt: skip
         self._input = input
 
     @workflow.run
     async def run(self, input: MaintenanceLoopInput) -> None:
         await self._loop()
-        workflow.continue_as_new(input.model_copy(update=self._carry()))
+        self._continue_as_new(input)
 
     async def _next_after(self, at: datetime) -> datetime:
         return await workflow.execute_activity_method(

@@ -36,6 +36,11 @@ def router_workflow_id(task_queue: str, program: str, partition: int, partitions
     return f"router/{program}/{partition}-of-{partitions}@{task_queue}"
 
 
+def router_summary(program: str, partition: int, partitions: int) -> str:
+    """The router's one-line summary in the Web UI (partitions counted from 1)."""
+    return f"Event router of program {program}, partition {partition + 1} of {partitions}"
+
+
 @workflow.defn(name="EventRouter")
 class EventRouter:
     """Routes inbox events of one program partition, forever."""
@@ -46,6 +51,9 @@ class EventRouter:
     @workflow.run
     async def run(self, input: RouterInput) -> None:
         self._totals = input.totals
+        # Temporal keeps the static summary on the first run only: every run shows it.
+        summary = router_summary(input.program, input.partition, input.partitions)
+        self._show(summary)
         session = RouteSession(
             program=input.program, partition=input.partition, partitions=input.partitions
         )
@@ -59,17 +67,23 @@ class EventRouter:
                 heartbeat_timeout=ROUTER_HEARTBEAT_TIMEOUT,
                 retry_policy=ROUTER_RETRY_POLICY,
             )
-            self._totals = self._totals + done
-            workflow.set_current_details(
-                f"{self._totals.events} events in {self._totals.batches} batches: "
-                f"{self._totals.applied} applied, {self._totals.no_effect} no effect, "
-                f"{self._totals.rejected} rejected, {self._totals.dead} dead-lettered"
-            )
+            # What the partition committed so far, counted by the database: a session
+            # attempt that timed out still committed its batches, and they count once.
+            self._totals = done
+            self._show(summary)
             if workflow.info().is_continue_as_new_suggested():
                 break
         workflow.continue_as_new(input.model_copy(update={"totals": self._totals}))
 
+    def _show(self, summary: str) -> None:
+        totals = self._totals
+        workflow.set_current_details(
+            f"**{summary}**\n\n{totals.events} events in {totals.batches} batches: "
+            f"{totals.applied} applied, {totals.no_effect} no effect, "
+            f"{totals.rejected} rejected, {totals.dead} dead-lettered"
+        )
+
     @workflow.query
     def progress(self) -> RouterProgress:
-        """Totals since the router was first started."""
+        """What the partition's batches committed, as of the end of the latest session."""
         return self._totals

@@ -1,9 +1,16 @@
-"""`loyalty dev` and `loyalty worker`: the processes, their start and their clean stop."""
+"""`loyalty dev` and `loyalty worker`: the processes, their start and their clean stop.
+
+`loyalty dev` watches the servers it runs: if its Temporal dev server or its PostgreSQL
+dies, it says so in one line, stops everything else and exits 1, instead of a worker
+retrying a dead server for ever. Servers that a killed `loyalty dev` left behind are
+stopped or taken over at the next start (`loyalty.store.embedded`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,14 +20,20 @@ from rich.panel import Panel
 from temporalio.client import Client
 
 from loyalty.app import LoyaltyApp
+from loyalty.cli.kit import problem, stop_on_sigterm
 from loyalty.settings import Settings
 from loyalty.store.db import Database
-from loyalty.store.embedded import TemporalDevServer
+from loyalty.store.embedded import EmbeddedPostgres, TemporalDevServer
 from loyalty.temporal import connect_temporal
 
 StoryHook = Callable[[Client, str, str | None], Awaitable[int]]
 """Played once the worker is ready, with the Temporal client, the database DSN and the
 Web UI's URL (`loyalty.cli.demo.play`): its result, when it returns, is the exit code."""
+
+# How often `loyalty dev` checks that the servers it runs are alive.
+WATCH_SECONDS = 1.0
+# How long the worker may take to stop once a server it needs has died.
+STOP_TIMEOUT = 15.0
 
 TRY_COMMAND = (
     'loyalty emit --wait \'{"type":"points_deposit","event_id":"e1","member_id":"m1",'
@@ -36,8 +49,73 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(signal.SIGINT)
+        # A SIGTERM while the servers stop still lets their clean-up run.
+        stop_on_sigterm()
+
+
+Servers = tuple[TemporalDevServer | None, EmbeddedPostgres | None]
+# The Temporal core's log lines, forwarded to Python logging (see `_forward_core_logs`).
+CORE_LOG = logging.getLogger("loyalty.dev.temporal")
+
+
+def _forward_core_logs() -> None:
+    """Send the Temporal core's log lines through Python logging, to stderr as before.
+
+    Once its Temporal dev server has died, `loyalty dev` silences them: the stopping
+    worker would otherwise print a warning for each of the retries it makes, for
+    seconds, to report its cancelled activities to the dead server. Must run before any
+    Temporal client exists (it sets the default runtime).
+    """
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
+
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=CORE_LOG),
+    )
+    runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    Runtime.set_default(runtime, error_if_already_set=False)
+
+
+async def _watch(servers: Servers, stop: asyncio.Event) -> None:
+    """Return once a server that `loyalty dev` runs has died, having said so and set stop."""
+    temporal, postgres = servers
+    while True:
+        await asyncio.sleep(WATCH_SECONDS)
+        if temporal is not None and (code := temporal.exit_code()) is not None:
+            died = f"the Temporal dev server (pid {temporal.pid}) exited with code {code}"
+            CORE_LOG.setLevel(logging.CRITICAL)
+        elif postgres is not None and not postgres.is_running():
+            died = f"PostgreSQL ({postgres.data_dir}) is no longer running"
+        else:
+            continue
+        problem(f"{died}; stopping everything")
+        stop.set()
+        return
+
+
+async def _worker(work: Awaitable[None], died: asyncio.Task[None]) -> None:
+    """Run the worker; once a server died, give it `STOP_TIMEOUT` to stop, quietly.
+
+    Its errors then are the dead server's, already said in one line; a worker whose
+    server is gone may also never finish stopping.
+    """
+    worker = asyncio.ensure_future(work)
+    await asyncio.wait({worker, died}, return_when=asyncio.FIRST_COMPLETED)
+    if not died.done():
+        await worker
+        return
+    done, _ = await asyncio.wait({worker}, timeout=STOP_TIMEOUT)
+    if not done:
+        worker.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await worker
 
 
 async def _serve(
@@ -49,44 +127,63 @@ async def _serve(
     started: float,
     ui_url: str | None,
     story: StoryHook | None = None,
+    servers: Servers = (None, None),
 ) -> int:
     from worker import run_worker
 
     client = await connect_temporal(settings, address)
     stop = asyncio.Event()
     ready = asyncio.Event()
-    with _stop_on_signals(stop):
-        task = asyncio.create_task(run_worker(settings, app, client, dsn, stop, ready))
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task.done():
-            task.result()
-            return 1
-        elapsed = time.monotonic() - started
-        lines = [
-            f"[bold green]Ready[/] in {elapsed:.1f}s: worker on task queue "
-            f"[bold]{settings.task_queue}[/], programs: {', '.join(app.programs)}",
-        ]
-        if ui_url:
-            query = "WorkflowType%3D%22EventRouter%22"
-            lines.append(f"Temporal Web UI: [link={ui_url}]{ui_url}[/link]")
-            namespace = settings.temporal_namespace
-            lines.append(f"Routers: {ui_url}/namespaces/{namespace}/workflows?query={query}")
-            loops = "WorkflowType%3D%22TierMaintenance%22%20OR%20WorkflowType%3D%22Housekeeping%22"
-            lines.append(f"Loops: {ui_url}/namespaces/{namespace}/workflows?query={loops}")
-        lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
-        lines.append("Stop with Ctrl-C.")
-        console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
-        # Printed raw, outside the panel, so that it can be copied whole.
-        console.print("Try, in another shell:", soft_wrap=True)
-        console.print(TRY_COMMAND, soft_wrap=True, markup=False, highlight=False)
-        code = 0
-        if story is not None:
-            code = await _play(story(client, dsn, ui_url), task, stop, console)
-        await task
+    died = asyncio.create_task(_watch(servers, stop))
+    try:
+        with _stop_on_signals(stop):
+            work = run_worker(settings, app, client, dsn, stop, ready)
+            task = asyncio.create_task(_worker(work, died))
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():
+                task.result()
+                return 1
+            _print_ready(settings, app, console, started, address, ui_url)
+            code = 0
+            if story is not None:
+                code = await _play(story(client, dsn, ui_url), task, stop, console)
+            await task
+    finally:
+        died.cancel()
+    if died.done() and not died.cancelled():
+        return 1
     console.print("stopped the worker")
     return code
+
+
+def _print_ready(
+    settings: Settings,
+    app: LoyaltyApp,
+    console: Console,
+    started: float,
+    address: str,
+    ui_url: str | None,
+) -> None:
+    elapsed = time.monotonic() - started
+    lines = [
+        f"[bold green]Ready[/] in {elapsed:.1f}s: worker on task queue "
+        f"[bold]{settings.task_queue}[/], programs: {', '.join(app.programs)}",
+    ]
+    if ui_url:
+        query = "WorkflowType%3D%22EventRouter%22"
+        lines.append(f"Temporal Web UI: [link={ui_url}]{ui_url}[/link]")
+        namespace = settings.temporal_namespace
+        lines.append(f"Routers: {ui_url}/namespaces/{namespace}/workflows?query={query}")
+        loops = "WorkflowType%3D%22TierMaintenance%22%20OR%20WorkflowType%3D%22Housekeeping%22"
+        lines.append(f"Loops: {ui_url}/namespaces/{namespace}/workflows?query={loops}")
+    lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
+    lines.append("Stop with Ctrl-C.")
+    console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
+    # Printed raw, outside the panel, so that it can be copied whole.
+    console.print("Try, in another shell:", soft_wrap=True)
+    console.print(TRY_COMMAND, soft_wrap=True, markup=False, highlight=False)
 
 
 async def _play(
@@ -117,9 +214,15 @@ async def run_dev(
     the story returns, and the story's result is the exit code.
     """
     started = time.monotonic()
+    _forward_core_logs()
     settings.home.mkdir(parents=True, exist_ok=True)
     temporal: TemporalDevServer | None = None
-    async with Database(settings) as database:
+    # `loyalty dev` owns the embedded server even if a client command started it.
+    async with Database(settings, take_over=True) as database:
+        embedded = database.embedded
+        if embedded is not None and embedded.adopted is not None:
+            console.print(f"took over PostgreSQL (pid {embedded.adopted}), left running by a "
+                          "process that did not stop it")  # fmt: skip
         try:
             address = settings.effective_temporal_address
             ui_url = None
@@ -131,15 +234,23 @@ async def run_dev(
                     settings.temporal_namespace,
                 )
                 await temporal.start_and_wait()
+                if temporal.stopped_left_behind is not None:
+                    console.print(
+                        f"stopped the Temporal dev server (pid {temporal.stopped_left_behind}) "
+                        "left running by a `loyalty dev` that did not stop it"
+                    )
                 address, ui_url = temporal.address, temporal.ui_url
             return await _serve(
-                settings, app, database.dsn, address, console, started, ui_url, story
-            )
+                settings, app, database.dsn, address, console, started, ui_url, story,
+                (temporal, embedded),
+            )  # fmt: skip
         finally:
             if temporal is not None:
+                running = temporal.exit_code() is None
                 temporal.stop()
-                console.print("stopped the Temporal dev server")
-            if database.embedded is not None and database.embedded.owned:
+                if running:
+                    console.print("stopped the Temporal dev server")
+            if embedded is not None and embedded.owned and embedded.is_running():
                 console.print("stopping PostgreSQL")
 
 

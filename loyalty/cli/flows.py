@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from temporalio.service import RPCError
 
-from loyalty.cli.kit import app_or_exit, console, errors, run, settings_of
+from loyalty.cli.kit import app_or_exit, console, errors, settings_of
+from loyalty.errors import ServiceUnavailable
 from loyalty.flows import FlowSpec, check_app
 from loyalty.settings import Settings
 from loyalty.temporal import FLOW, connect_temporal
@@ -32,7 +33,7 @@ async def journey_counts(settings: Settings, specs: list[FlowSpec]) -> dict[str,
     """Journeys per flow name and state (in `STATES` order), on this deployment's queue.
 
     Raises:
-        TimeoutError, RuntimeError, OSError, RPCError: Temporal cannot be reached.
+        ServiceUnavailable, TimeoutError, RPCError: Temporal cannot be reached.
     """
     async with asyncio.timeout(CONNECT_TIMEOUT):
         client = await connect_temporal(settings)
@@ -67,13 +68,16 @@ def register(cli: typer.Typer) -> None:
         specs = check_app(app_or_exit(settings, app_spec))
         counts: dict[str, list[int]] | None = None
         if specs:
+            address = settings.effective_temporal_address
             try:
-                counts = run(journey_counts(settings, specs))
-            except (TimeoutError, RuntimeError, OSError, RPCError) as exc:
+                # Not kit.run: Temporal unavailable is a warning here, not exit code 3.
+                counts = asyncio.run(journey_counts(settings, specs))
+            except (ServiceUnavailable, TimeoutError, RuntimeError, OSError, RPCError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = reason.removeprefix(f"Temporal at {address} is unavailable: ")
                 errors.print(
                     f"warning: journey counts unavailable, Temporal at "
-                    f"{settings.effective_temporal_address} did not answer: {reason}",
+                    f"{address} did not answer: {reason}",
                     markup=False,
                     highlight=False,
                 )

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from loyalty.app import load_app
 from loyalty.cli import adjust, audit, flows, ledger, maintenance, messages
-from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent, UnknownMember
 from loyalty.events import IncomingEvent, parse_event, parse_lines
 from loyalty.settings import Settings
@@ -160,7 +160,9 @@ def emit(
     """Send events to the inbox; prints each event id with accepted or duplicate.
 
     With --wait, prints each outcome (applied, no_effect, duplicate, rejected: …) and
-    exits 1 if any event was rejected or failed. Invalid input exits 2, writing nothing.
+    exits 1 if any event was rejected or failed, 3 if some are still pending at the end
+    of the timeout. Invalid input exits 2, writing nothing; a database that cannot be
+    reached exits 3.
     """
     from starter.client import LoyaltyClient
 
@@ -183,11 +185,13 @@ def emit(
             try:
                 outcomes = await client.wait(results, timeout)
             except TimeoutError:
+                # Accepted but not processed: nothing decided yet, so "try again" (3).
                 problem(
-                    f"events still pending after {timeout:.0f}s; "
-                    "is a worker running (loyalty dev or loyalty worker)?"
+                    f"events still pending after {timeout:g} s: no worker processed them in "
+                    "time (is loyalty dev or loyalty worker running?); they stay accepted, "
+                    "and emitting them again waits again"
                 )
-                return 1
+                return UNAVAILABLE
             bad = False
             for outcome in outcomes:
                 print(f"{outcome.event_id} {outcome.describe()}")

@@ -3,23 +3,30 @@ with the tier distribution, and the history of its runs.
 
 `run`, `pause`, `resume` and `status` talk to the scheme's TierMaintenance loop in
 Temporal (a worker must be running); `run` follows the run's progress in the database.
-`history` reads the database only.
+`history` reads the database only. Temporal down, no loop, or no worker answering within
+`WORKER_ANSWER` is `ServiceUnavailable`: one line, exit code 3.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from loyalty.app import LoyaltyApp, Program
 from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.errors import ServiceUnavailable
 from loyalty.models import MaintenanceProgress, MaintenanceStatus
 from loyalty.settings import Settings
 from loyalty.store.db import Conn
@@ -33,6 +40,10 @@ SchemeOption = Annotated[
 AppOption = Annotated[str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")]
 # How often `run` reads the run's progress from the database.
 POLL_SECONDS = 0.5
+# How long `status` and `run` wait for a worker to answer the loop's query or take its
+# update; a running worker answers in well under a second, and without one Temporal
+# would keep the command waiting (30 s for a query, for ever for an update).
+WORKER_ANSWER = timedelta(seconds=5)
 BAR_WIDTH = 40
 
 
@@ -65,14 +76,37 @@ async def _loop(
     )
 
 
-def _no_loop(settings: Settings, program: str, scheme: str, exc: RPCError) -> None:
-    if exc.status == RPCStatusCode.NOT_FOUND:
-        problem(
-            f"no tier maintenance loop for program {program!r}, scheme {scheme!r} on task "
-            f"queue {settings.task_queue!r}: start a worker (loyalty worker, loyalty dev)"
+def _unavailable(
+    settings: Settings, program: str, scheme: str, exc: Exception
+) -> ServiceUnavailable | None:
+    """What a failed call to the loop means when it means "try again"; None otherwise."""
+    from loyalty.temporal import UNAVAILABLE_STATUSES, unavailable
+
+    loop = f"tier maintenance loop for program {program!r}, scheme {scheme!r}"
+    queue = f"task queue {settings.task_queue!r}"
+    # The client reports its own rpc_timeout as CANCELLED, the server's as DEADLINE_EXCEEDED.
+    no_worker = isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError) or (
+        isinstance(exc, RPCError)
+        and exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+    )
+    if no_worker:
+        return ServiceUnavailable(
+            "worker",
+            f"no worker answered the {loop} within {WORKER_ANSWER.total_seconds():g} s: "
+            f"start a worker on {queue} (loyalty worker, loyalty dev) and try again",
         )
-    else:
-        problem(f"Temporal at {settings.effective_temporal_address}: {exc.message}")
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+        return ServiceUnavailable(
+            "worker", f"no {loop} on {queue}: start a worker (loyalty worker, loyalty dev)"
+        )
+    if isinstance(exc, RPCError) and exc.status in UNAVAILABLE_STATUSES:
+        return unavailable(settings.effective_temporal_address, exc)
+    return None
+
+
+def _refused(settings: Settings, exc: RPCError) -> int:
+    problem(f"Temporal at {settings.effective_temporal_address}: {exc.message}")
+    return 1
 
 
 async def distribution(conn: Conn, program: str, scheme: TierScheme) -> list[tuple[str, int]]:
@@ -166,13 +200,24 @@ def register(cli: typer.Typer) -> None:
                 try:
                     since = await conn.fetchval("SELECT now()")
                     handle = await _loop(settings, found.name, chosen.name)
-                    update = asyncio.create_task(handle.execute_update(TierMaintenance.run_now))
+                    try:
+                        accepted = await handle.start_update(
+                            TierMaintenance.run_now,
+                            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                            rpc_timeout=WORKER_ANSWER,
+                        )
+                    except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+                        if down := _unavailable(settings, found.name, chosen.name, exc):
+                            raise down from None
+                        raise
+                    update = asyncio.create_task(accepted.result())
                     await _follow(conn, found.name, chosen.name, since, update)
                     try:
                         done = update.result()
                     except RPCError as exc:
-                        _no_loop(settings, found.name, chosen.name, exc)
-                        return 1
+                        if down := _unavailable(settings, found.name, chosen.name, exc):
+                            raise down from None
+                        return _refused(settings, exc)
                     console.print(
                         f"maintenance of {found.name}/{chosen.name}: {describe(done)}",
                         soft_wrap=True,
@@ -197,8 +242,9 @@ def register(cli: typer.Typer) -> None:
             try:
                 await handle.signal(name)
             except RPCError as exc:
-                _no_loop(settings, found.name, chosen.name, exc)
-                return 1
+                if down := _unavailable(settings, found.name, chosen.name, exc):
+                    raise down from None
+                return _refused(settings, exc)
             console.print(f"maintenance of {found.name}/{chosen.name}: {name}d")
             return 0
 
@@ -234,10 +280,13 @@ def register(cli: typer.Typer) -> None:
 
             handle = await _loop(settings, found.name, chosen.name)
             try:
-                state: MaintenanceStatus = await handle.query(TierMaintenance.status)
+                state: MaintenanceStatus = await handle.query(
+                    TierMaintenance.status, rpc_timeout=WORKER_ANSWER
+                )
             except RPCError as exc:
-                _no_loop(settings, found.name, chosen.name, exc)
-                return 1
+                if down := _unavailable(settings, found.name, chosen.name, exc):
+                    raise down from None
+                return _refused(settings, exc)
             label = f"{found.name}/{chosen.name}"
             console.print(f"maintenance of {label}: {'paused' if state.paused else 'active'}, "
                           f"{state.runs} runs")  # fmt: skip

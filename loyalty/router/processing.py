@@ -42,7 +42,7 @@ from loyalty.ingest import derived
 from loyalty.ingest.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
-from loyalty.router import bulk, earn
+from loyalty.router import bulk, earn, totals
 from loyalty.store.db import Conn
 
 # Errors that say "try the whole batch again", not "this event is bad".
@@ -271,8 +271,10 @@ async def process_batch(
             await record_outcomes(conn, outcomes)
             await record_journeys(conn, processor.app, processed, task_queue=task_queue)
             await record_signals(conn, processed)
+            done = RouterProgress(batches=1, events=len(rows), **counts)
+            await totals.add(conn, program, partitions, partition, done)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
-        return RouterProgress(batches=1, events=len(rows), **counts)
+        return done
     except _RedoCarefully:
         return await process_batch(
             conn, processor, program=program, partitions=partitions, partition=partition,

