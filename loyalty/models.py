@@ -262,10 +262,16 @@ class RemovePointsInput(PointsStep):
 
 
 class GetMemberInput(Model):
-    """A journey reads a member."""
+    """A journey reads a member; the profile only when ``profile`` is set.
+
+    What the activity returns is recorded in the journey's history, readable in the
+    Temporal CLI and Web UI for as long as the history is kept, and a later
+    ``member_deleted`` cannot erase it there.
+    """
 
     program: str
     member_id: str
+    profile: bool = False
 
 
 class SendMessageInput(Model):
@@ -324,6 +330,8 @@ class MessageRecord(Model):
     idempotency_key: str
     workflow_id: str | None
     created_at: datetime
+    # When the member's erasure emptied body, data and event (``member_deleted``).
+    erased_at: datetime | None = None
     attempts: list[MessageAttempt] = []
 
 

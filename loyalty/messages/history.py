@@ -97,7 +97,7 @@ async def member_messages(
     """A member's latest messages, newest first, each with its attempts in order."""
     rows = await conn.fetch(
         """SELECT id, program, member_id, template, channel, provider, status, detail, body,
-                  data, idempotency_key, workflow_id, created_at
+                  data, idempotency_key, workflow_id, created_at, erased_at
            FROM message_log
            WHERE member_id = $1 AND ($2::text IS NULL OR program = $2)
            ORDER BY id DESC
