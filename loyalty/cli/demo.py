@@ -184,7 +184,8 @@ def render(story: Story, snap: Snapshot) -> Group:
             inbox.add_row(
                 str(r.body.get("member_id", "?")), str(r.body.get("template", "?")),
                 str(r.body.get("body") or "-").strip(), r.idempotency_key or "-",
-                "refused: " + r.error if r.error else "verified",
+                "refused: " + r.error if r.error else
+                "verified, duplicate: not acted on" if r.duplicate else "verified",
             )  # fmt: skip
         if not snap.received:
             inbox.add_row("-", "nothing yet", "-", "-", "-")
