@@ -21,7 +21,7 @@ from loyalty.ingest import inbox
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
 from loyalty.settings import Settings
-from loyalty.store.db import Database, connect, create_pool, prepare_database
+from loyalty.store.db import Database, connect, create_pool, prepare_database, program_config
 
 # Wait in slices, re-reading the outcomes, in case a notification is lost.
 WAIT_RECHECK_SECONDS = 1.0
@@ -165,6 +165,7 @@ class LoyaltyClient:
         """Tier, balances, upcoming expiries and latest entries of a member.
 
         Raises:
+            UnknownProgram: the database knows no such program.
             UnknownMember: the program has never seen this member.
         """
         async with self._pool.acquire() as conn:
@@ -173,6 +174,12 @@ class LoyaltyClient:
     async def failed_events(
         self, program: str | None = None, limit: int = 100
     ) -> list[FailedEvent]:
-        """Events moved to the dead-letter state, newest first."""
+        """Events moved to the dead-letter state, newest first.
+
+        Raises:
+            UnknownProgram: ``program`` is given and the database knows no such program.
+        """
         async with self._pool.acquire() as conn:
+            if program is not None:
+                await program_config(conn, program)
             return await inbox.failed_events(conn, program, limit)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
-from loyalty.store.db import Conn
+from loyalty.store.db import Conn, program_config
 from loyalty.tiers.status import statuses as tier_statuses
 
 ENTRY_LIMIT = 20
@@ -20,8 +20,10 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
     """Read one member.
 
     Raises:
+        UnknownProgram: the database knows no such program.
         UnknownMember: the program has never seen this member.
     """
+    config = await program_config(conn, program)
     member = await conn.fetchrow(
         "SELECT tier, profile FROM members WHERE program = $1 AND member_id = $2",
         program,
@@ -96,8 +98,7 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
         account_ids,
         ENTRY_LIMIT,
     )
-    config = await conn.fetchval("SELECT config FROM programs WHERE name = $1", program)
-    statuses = await tier_statuses(conn, program, config or {}, member_id)
+    statuses = await tier_statuses(conn, program, config, member_id)
     # members.tier holds the first scheme's tier; the status knows it for a member whose
     # row was created before the program had schemes.
     tier = statuses[0].tier if statuses else (member["tier"] if member else None)
