@@ -134,7 +134,12 @@ class Expiry(Model):
 
 
 class Entry(Model):
-    """One ledger leg on a member account, with its transaction's reason and source."""
+    """One ledger leg on a member account, with its transaction's reason and source.
+
+    ``id`` is the leg's: entries come newest first, and ``loyalty member --before ID``
+    (`member_view`'s ``before``) pages back from one. ``action`` names the journey step
+    that wrote a journey's entry (its ``action=``, or ``step-<n>``); None otherwise.
+    """
 
     at: datetime
     currency: str
@@ -142,6 +147,8 @@ class Entry(Model):
     points: int
     reason: str
     source: str
+    id: int | None = None
+    action: str | None = None
 
 
 class TierStatus(Model):
@@ -227,16 +234,25 @@ class MaintenanceStatus(Model):
 
 
 class MemberView(Model):
-    """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns."""
+    """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns.
+
+    ``entries`` are the latest ledger entries, newest first (20 by default);
+    ``more_entries`` says that older ones exist (page back with ``before``).
+    ``enrolled_at`` is when the program first processed an event of the member;
+    ``erased_at`` when a ``member_deleted`` event last erased the profile.
+    """
 
     member_id: str
     program: str
     tier: str | None
     tiers: list[TierStatus] = []
     profile: dict[str, object] = {}
+    enrolled_at: datetime | None = None
+    erased_at: datetime | None = None
     balances: dict[str, Balance]
     upcoming_expiries: list[Expiry]
     entries: list[Entry]
+    more_entries: bool = False
 
 
 class PointsStep(Model):
