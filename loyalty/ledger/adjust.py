@@ -30,7 +30,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -253,30 +253,14 @@ def _text(column: str, value: str, limit: int) -> list[str]:
     return []
 
 
-async def apply_adjustments(
-    conn: Conn,
-    app: LoyaltyApp,
-    adjustments: Iterable[Adjustment],
-    now: datetime,
-    *,
-    create_members: bool = False,
-) -> AsyncIterator[LineResult]:
-    """Apply adjustments one by one, each in its own transaction, yielding each result.
-
-    ``now`` is when every adjustment of the run occurs: points given as ``earned``
-    become available after the program's waiting period from then, and lots expire by
-    the program's expiry policy counted from then. A database error stops the run; the
-    lines applied before it stay applied (running the file again applies the rest).
-    ``create_members``: see `apply_one`.
-    """
-    for adjustment in adjustments:
-        yield await apply_one(conn, app, adjustment, now, create_members=create_members)
-
-
 async def apply_one(
     conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime, *, create_members: bool = False
 ) -> LineResult:
     """Apply one adjustment in its own transaction; a ledger refusal rejects the line.
+
+    ``now`` is when every adjustment of a run occurs: points given as ``earned`` become
+    available after the program's waiting period from then, and lots expire by the
+    program's expiry policy counted from then.
 
     Points for a member the program has never seen are refused (``unknown_member``): a
     typo in a member id must not create a member with points. With ``create_members``
