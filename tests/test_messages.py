@@ -34,7 +34,7 @@ from activities.journeys import JourneyActivities
 from examples.receiver import WebhookReceiver
 from loyalty import events
 from loyalty.app import LoyaltyApp, Program
-from loyalty.errors import ConfigurationError, InvalidFlows
+from loyalty.errors import ConfigurationError, InvalidFlows, UnknownProgram
 from loyalty.flows import check_app
 from loyalty.messages import (
     IDEMPOTENCY_HEADER,
@@ -560,7 +560,9 @@ async def test_loyalty_messages_lists_a_members_messages_with_attempts(
     ]  # fmt: skip
     assert [(a.attempt, a.http_status) for a in records[1].attempts] == [(1, 503), (2, 200)]
     assert records[1].attempts[0].at <= datetime.now(UTC) + timedelta(seconds=1)
-    assert await list_messages(settings, "m1", "other", 10) == []
+    # A program the database does not know is invalid input (exit code 2 in the CLI).
+    with pytest.raises(UnknownProgram, match="unknown program 'other'"):
+        await list_messages(settings, "m1", "other", 10)
 
 
 async def test_loyalty_messages_lists_a_members_messages_with_their_attempts(
