@@ -191,3 +191,17 @@ async def test_an_unknown_program_exits_2(
     run = await loyalty_in(ROOT, cli_env(settings_env), *command, "--program", "nope")
     assert (run.code, run.out) == (2, ""), run
     assert run.problems[0].startswith("program: unknown program 'nope'"), run.problems
+
+
+async def test_a_command_that_talked_to_temporal_exits_with_its_own_code(
+    settings_env: dict[str, object],
+) -> None:
+    """The Temporal client's native threads must not abort the process after the command
+    (temporalio/sdk-python#300): fast output made about half of these runs exit -6."""
+    env = cli_env(settings_env)
+    codes = []
+    for _ in range(10):
+        run = await loyalty_in(ROOT, env, "flows", "--app", APP, "--json")
+        codes.append(run.code)
+        assert json.loads(run.out), run.err
+    assert codes == [0] * 10

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -261,5 +263,22 @@ for commands in (members, ledger, audit, adjust, flows, maintenance, messages):
 
 
 def main() -> None:
-    """Entry point of the `loyalty` console script."""
-    cli()
+    """Entry point of the `loyalty` console script.
+
+    Once the command is done, the process runs its exit handlers, flushes its output and
+    ends without the interpreter's finalization: the Temporal client's native threads may
+    still be releasing Python objects at that moment, which aborts or hangs a finalizing
+    interpreter (temporalio/sdk-python#300), so a command that succeeded would exit -6
+    or never, most often when it prints fast (``loyalty flows --json``).
+    """
+    try:
+        cli()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
