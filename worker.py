@@ -33,6 +33,7 @@ from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
 from loyalty.router.processing import EventProcessor
 from loyalty.settings import Settings
+from loyalty.store.apps import record_app
 from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
 from workflows.housekeeping import Housekeeping, housekeeping_summary, housekeeping_workflow_id
@@ -193,8 +194,8 @@ async def run_worker(
 
     Refuses an app with wrong flow definitions or templates (`InvalidFlows`) or a webhook
     provider whose secret variable is not set (`ConfigurationError`) before anything else,
-    then migrates the database, registers programs and search attributes, starts the
-    routers.
+    then migrates the database, registers programs and search attributes, records the
+    app it was loaded from (`loyalty.store.apps`), starts the routers.
     The worker runs the routers, the tier maintenance and housekeeping loops, every flow's
     journey workflow and the journey toolkit's activities; the routers start journeys with
     ``client``. One httpx client serves every webhook message and is closed at the end.
@@ -207,6 +208,10 @@ async def run_worker(
     listener = InboxListener(dsn)
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS, follow_redirects=False)
     try:
+        if app.source is not None:
+            # Other commands of this deployment load the same app (`loyalty.store.apps`).
+            async with pool.acquire() as conn:
+                await record_app(conn, settings.task_queue, app.source)
         await listener.start()
         router = RouterActivities(pool, listener, EventProcessor(app), settings, client)
         journeys = JourneyActivities(pool, app, http, secrets)

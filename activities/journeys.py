@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.messages import MessageSender
 from loyalty import ledger
 from loyalty.app import LoyaltyApp, Program
-from loyalty.errors import LedgerRefusal, UnknownMember
+from loyalty.errors import LedgerRefusal, UnknownMember, UnknownProgram
 from loyalty.ledger.members import member_view
 from loyalty.messages import Secrets
 from loyalty.models import (
@@ -138,16 +138,21 @@ class JourneyActivities:
 
     @activity.defn(name="journey_get_member")
     async def get_member(self, query: GetMemberInput) -> MemberView:
-        """The member's tier, balances, expiries and latest entries.
+        """The member's tier, balances, expiries and latest entries; the profile if asked.
+
+        The result goes into the journey's history: without ``query.profile`` its
+        ``profile`` is empty, so that no name or e-mail address is kept there.
 
         Raises:
-            ApplicationError: ``UnknownMember``, non-retryable.
+            ApplicationError: ``UnknownMember`` or ``UnknownProgram``, non-retryable.
         """
         try:
             async with self.pool.acquire() as conn:
-                return await member_view(conn, query.program, query.member_id)
-        except UnknownMember as exc:
-            raise ApplicationError(str(exc), type="UnknownMember", non_retryable=True) from exc
+                view = await member_view(conn, query.program, query.member_id)
+        except (UnknownMember, UnknownProgram) as exc:
+            kind = type(exc).__name__
+            raise ApplicationError(str(exc), type=kind, non_retryable=True) from exc
+        return view if query.profile else view.model_copy(update={"profile": {}})
 
     @activity.defn(name="journey_send_message")
     async def send_message(self, message: SendMessageInput) -> MessageReceipt:

@@ -123,7 +123,8 @@ def outcomes(tag: str, ana: str, dana: str, eli: str) -> tuple[Outcome, ...]:
         return lambda s: s.member(program, member).tier == name
 
     def gold_mail(s: Snapshot) -> bool:
-        mails = [r for r in s.received if r.body.get("template") == "gold_welcome"]
+        mails = [r for r in s.received
+                 if r.body.get("template") == "gold_welcome" and not r.duplicate]  # fmt: skip
         return (
             len(mails) == 1
             and mails[0].body.get("member_id") == ana

@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -100,12 +101,28 @@ class Program(BaseModel):
         return self.model_dump(mode="json", exclude={"name", "messages"})
 
 
+@dataclass(frozen=True)
+class AppSource:
+    """Where `load_app` found an app: what a worker records for the other commands.
+
+    Attributes:
+        spec: ``module:attr``, or None for the default app (one program, ``default``).
+        folder: the current folder when it was loaded, from which its module imports.
+    """
+
+    spec: str | None
+    folder: str
+
+
 class LoyaltyApp:
     """Programs, flows and the folder of message templates, checked when the app is created.
 
     ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.messages.templates`),
     usually next to the flows: ``Path(__file__).parent / "templates"``. Without it,
     messages carry no rendered body.
+
+    ``source`` is set by `load_app` (None for an app built in code and passed directly):
+    the worker records it, so that other commands find the app it runs.
     """
 
     def __init__(
@@ -121,31 +138,43 @@ class LoyaltyApp:
                 raise ConfigurationError(f"program {program.name!r} is defined twice")
             self.programs[program.name] = program
         self.flows = list(flows)
+        self.source: AppSource | None = None
 
     def program(self, name: str) -> Program | None:
         """The program of that name, if defined."""
         return self.programs.get(name)
 
 
-def load_app(spec: str | None) -> LoyaltyApp:
+def load_app(spec: str | None, folder: str | None = None) -> LoyaltyApp:
     """Import ``module:attr`` and return the LoyaltyApp it names (default: one program).
+
+    Args:
+        spec: ``module:attr``; None or empty for the default app.
+        folder: a folder to import the module from, besides the current one (the folder
+            a worker recorded, `loyalty.store.apps`).
 
     Raises:
         ConfigurationError: the module, attribute or type is wrong.
     """
+    here = os.getcwd()
     if not spec:
-        return LoyaltyApp()
+        app = LoyaltyApp()
+        app.source = AppSource(spec=None, folder=here)
+        return app
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigurationError(f"app {spec!r}: expected 'module:attribute'")
     # Like uvicorn: a module in the current folder is importable, as a user expects.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    for path in (here, folder):
+        if path is not None and path not in sys.path:
+            sys.path.insert(0, path)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"app {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attr, None)
-    if not isinstance(app, LoyaltyApp):
+    found = getattr(module, attr, None)
+    if not isinstance(found, LoyaltyApp):
         raise ConfigurationError(f"app {spec!r}: {attr!r} is not a LoyaltyApp")
-    return app
+    # The folder the module was found from: a second shell elsewhere imports it from there.
+    found.source = AppSource(spec=spec, folder=folder or here)
+    return found

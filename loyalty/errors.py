@@ -86,6 +86,10 @@ class UnknownMember(LoyaltyError):
     """The member has no profile and no ledger entries in the program."""
 
 
+class UnknownProgram(ConfigurationError):
+    """The database knows no program of that name: invalid input, not a refusal."""
+
+
 class LedgerRefusal(LoyaltyError):
     """A business rule refuses a ledger movement; never retried.
 

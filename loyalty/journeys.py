@@ -207,15 +207,28 @@ async def remove_points(
     )
 
 
-async def get_member(member_id: str, *, program: str | None = None) -> MemberView:
+async def get_member(
+    member_id: str, *, profile: bool = False, program: str | None = None
+) -> MemberView:
     """The member's tier, balances, upcoming expiries and latest entries (not a step).
+
+    The view is the activity's result, so it is recorded in the journey's history, which
+    the Temporal CLI and Web UI show and which a later ``member_deleted`` cannot erase.
+    Its ``profile`` (name, e-mail, phone …) is therefore empty unless the journey asks
+    for it; messages do not need it here, since templates read the profile when the
+    message is rendered.
+
+    Args:
+        member_id: the member.
+        profile: also return the member's profile.
+        program: default: the journey's ``LoyaltyProgram`` search attribute.
 
     Raises:
         ActivityError: its cause an ApplicationError of type ``UnknownMember``.
     """
     return await workflow.execute_activity_method(
         JourneyActivities.get_member,
-        GetMemberInput(program=_program(program), member_id=member_id),
+        GetMemberInput(program=_program(program), member_id=member_id, profile=profile),
         start_to_close_timeout=STEP_TIMEOUT,
         retry_policy=STEP_RETRY_POLICY,
     )

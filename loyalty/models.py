@@ -140,7 +140,12 @@ class Expiry(Model):
 
 
 class Entry(Model):
-    """One ledger leg on a member account, with its transaction's reason and source."""
+    """One ledger leg on a member account, with its transaction's reason and source.
+
+    ``id`` is the leg's: entries come newest first, and ``loyalty member --before ID``
+    (`member_view`'s ``before``) pages back from one. ``action`` names the journey step
+    that wrote a journey's entry (its ``action=``, or ``step-<n>``); None otherwise.
+    """
 
     at: datetime
     currency: str
@@ -148,6 +153,8 @@ class Entry(Model):
     points: int
     reason: str
     source: str
+    id: int | None = None
+    action: str | None = None
 
 
 class TierStatus(Model):
@@ -233,16 +240,25 @@ class MaintenanceStatus(Model):
 
 
 class MemberView(Model):
-    """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns."""
+    """What `loyalty member ID --json` prints and `LoyaltyClient.member()` returns.
+
+    ``entries`` are the latest ledger entries, newest first (20 by default);
+    ``more_entries`` says that older ones exist (page back with ``before``).
+    ``enrolled_at`` is when the program first processed an event of the member;
+    ``erased_at`` when a ``member_deleted`` event last erased the profile.
+    """
 
     member_id: str
     program: str
     tier: str | None
     tiers: list[TierStatus] = []
     profile: dict[str, object] = {}
+    enrolled_at: datetime | None = None
+    erased_at: datetime | None = None
     balances: dict[str, Balance]
     upcoming_expiries: list[Expiry]
     entries: list[Entry]
+    more_entries: bool = False
 
 
 class PointsStep(Model):
@@ -268,10 +284,16 @@ class RemovePointsInput(PointsStep):
 
 
 class GetMemberInput(Model):
-    """A journey reads a member."""
+    """A journey reads a member; the profile only when ``profile`` is set.
+
+    What the activity returns is recorded in the journey's history, readable in the
+    Temporal CLI and Web UI for as long as the history is kept, and a later
+    ``member_deleted`` cannot erase it there.
+    """
 
     program: str
     member_id: str
+    profile: bool = False
 
 
 class SendMessageInput(Model):
@@ -330,6 +352,8 @@ class MessageRecord(Model):
     idempotency_key: str
     workflow_id: str | None
     created_at: datetime
+    # When the member's erasure emptied body, data and event (``member_deleted``).
+    erased_at: datetime | None = None
     attempts: list[MessageAttempt] = []
 
 

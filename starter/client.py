@@ -18,7 +18,7 @@ from loyalty.app import LoyaltyApp
 from loyalty.errors import InvalidEvent
 from loyalty.events import IncomingEvent, Origin, parse_event
 from loyalty.ingest import inbox
-from loyalty.ledger.members import member_view
+from loyalty.ledger.members import ENTRY_LIMIT, member_programs, member_view
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
 from loyalty.settings import Settings
 from loyalty.store.db import (
@@ -27,6 +27,7 @@ from loyalty.store.db import (
     connect,
     create_pool,
     prepare_database,
+    program_config,
     reachable,
 )
 
@@ -201,21 +202,49 @@ class LoyaltyClient:
             for r in results
         ]
 
-    async def member(self, member_id: str, program: str = "default") -> MemberView:
+    async def member(
+        self,
+        member_id: str,
+        program: str = "default",
+        *,
+        limit: int = ENTRY_LIMIT,
+        before: int | None = None,
+    ) -> MemberView:
         """Tier, balances, upcoming expiries and latest entries of a member.
 
+        ``limit`` entries, newest first; ``before`` pages back: only entries older than
+        the entry of that id (the view's ``more_entries`` says whether there are more).
+
         Raises:
+            UnknownProgram: the database knows no such program.
             UnknownMember: the program has never seen this member.
             ServiceUnavailable: PostgreSQL cannot be reached; try again.
         """
         with reachable(self._database.dsn):
             async with self._pool.acquire() as conn:
-                return await member_view(conn, program, member_id)
+                return await member_view(conn, program, member_id, limit=limit, before=before)
+
+    async def member_programs(self, member_id: str) -> list[str]:
+        """The programs that know the member, by name; empty for a member none knows.
+
+        Raises:
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
+        """
+        with reachable(self._database.dsn):
+            async with self._pool.acquire() as conn:
+                return await member_programs(conn, member_id)
 
     async def failed_events(
         self, program: str | None = None, limit: int = 100
     ) -> list[FailedEvent]:
-        """Events moved to the dead-letter state, newest first."""
+        """Events moved to the dead-letter state, newest first.
+
+        Raises:
+            UnknownProgram: ``program`` is given and the database knows no such program.
+            ServiceUnavailable: PostgreSQL cannot be reached; try again.
+        """
         with reachable(self._database.dsn):
             async with self._pool.acquire() as conn:
+                if program is not None:
+                    await program_config(conn, program)
                 return await inbox.failed_events(conn, program, limit)

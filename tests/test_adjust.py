@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -245,7 +246,7 @@ async def test_good_lines_apply_and_bad_lines_are_reported_then_nothing_twice(
     """Mixed file: six lines apply with exact balances; seven rejected; a rerun adds nothing."""
     path = tmp_path / "adjustments.csv"
     path.write_bytes(csv_bytes(*MIXED))
-    run = await adjust(env, path, "--json")
+    run = await adjust(env, path, "--json", "--create-members")
     assert run.code == 1, run.err
     assert "applied 6, already applied 0, rejected 7" in run.err
     rejected = {r["line"]: (r["member_id"], r["code"], str(r["detail"])) for r in run.rejected}
@@ -286,7 +287,7 @@ async def test_good_lines_apply_and_bad_lines_are_reported_then_nothing_twice(
     )  # fmt: skip
     assert await conn.fetchval("SELECT count(*) FROM ledger_transactions") == 6
 
-    again = await adjust(env, path)
+    again = await adjust(env, path, "--create-members")
     assert again.code == 1, again.err
     assert "applied 0, already applied 6, rejected 7" in again.out
     assert "Rejected lines" in again.out
@@ -302,7 +303,7 @@ async def test_taking_more_than_the_balance_is_rejected_and_the_rest_applies(
     path.write_bytes(csv_bytes(HEADER, "a,40,available,start", "b,10,available,start",
                                "a,-50,available,too much", "b,-4,available,ok",
                                "a,-15,earned,none earned"))  # fmt: skip
-    run = await adjust(env, path, "--json")
+    run = await adjust(env, path, "--json", "--create-members")
     assert run.code == 1, run.err
     assert [(r["line"], r["member_id"], r["code"]) for r in run.rejected] == [
         (4, "a", "insufficient_points"), (6, "a", "insufficient_points")
@@ -311,7 +312,7 @@ async def test_taking_more_than_the_balance_is_rejected_and_the_rest_applies(
         ("default", "a", "points", "available"): 40,
         ("default", "b", "points", "available"): 6,
     }
-    again = await adjust(env, path, "--json")
+    again = await adjust(env, path, "--json", "--create-members")
     assert "applied 0, already applied 3, rejected 2" in again.err
 
 
@@ -321,7 +322,7 @@ async def test_an_edited_file_with_ids_applies_only_its_new_lines(
     """Lines with an id keep their key when the file is edited; only the new id applies."""
     path = tmp_path / "ids.csv"
     path.write_bytes(csv_bytes("id," + HEADER, "fix-1,a,10,available,x", "fix-2,a,5,available,y"))
-    run = await adjust(env, path, "--program", "coffee")
+    run = await adjust(env, path, "--program", "coffee", "--create-members")
     assert (run.code, "applied 2, already applied 0, rejected 0" in run.out) == (0, True), run
     path.write_bytes(csv_bytes("id," + HEADER, "fix-1,a,10,available,x",
                                "fix-2,a,500,available,y", "fix-3,a,1,available,z"))  # fmt: skip
@@ -365,12 +366,79 @@ async def test_a_database_error_stops_the_run_and_a_rerun_applies_the_rest(
     )
     path = tmp_path / "stops.csv"
     path.write_bytes(csv_bytes(HEADER, "a,1,available,x", "boom,2,available,y", "c,3,available,z"))
-    run = await adjust(env, path)
+    run = await adjust(env, path, "--create-members")
     assert run.code == 1, run
     assert "applied 1, already applied 0, rejected 0" in run.out
     assert run.err.startswith("error: database error at line 3: RaiseError: boom refused"), run
     assert await balances(conn) == {("default", "a", "points", "available"): 1}
     await conn.execute("DROP TRIGGER refuse_boom ON members")
-    run = await adjust(env, path)
+    run = await adjust(env, path, "--create-members")
     assert (run.code, "applied 2, already applied 1, rejected 0" in run.out) == (0, True), run
     assert len(await balances(conn)) == 3
+
+
+async def test_a_member_the_program_never_saw_is_refused_unless_create_members(
+    env: dict[str, str], conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A typo in a member id does not create a member with points."""
+    await conn.execute("INSERT INTO members (program, member_id) VALUES ('default', 'ana')")
+    path = tmp_path / "typo.csv"
+    path.write_bytes(csv_bytes(HEADER, "ana,10,available,goodwill", "anna,10,available,goodwill"))
+    run = await adjust(env, path, "--json")
+    assert run.code == 1, run.err
+    [(line, code, detail)] = [(r["line"], r["code"], r["detail"]) for r in run.rejected]
+    assert (line, code) == (3, "unknown_member")
+    assert detail == (
+        "member 'anna' is unknown in program 'default'; give --create-members to enrol new members"
+    )
+    assert await balances(conn) == {("default", "ana", "points", "available"): 10}
+    assert await conn.fetchval("SELECT count(*) FROM members WHERE member_id = 'anna'") == 0
+    run = await adjust(env, path, "--create-members")
+    assert (run.code, "applied 1, already applied 1, rejected 0" in run.out) == (0, True), run
+    assert await conn.fetchval("SELECT count(*) FROM members WHERE member_id = 'anna'") == 1
+
+
+async def test_ctrl_c_stops_after_the_line_in_flight_and_says_how_many_applied(
+    env: dict[str, str], conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The test holds the program's ledger lock, so the first line waits; Ctrl-C, then the
+    lock is released: that line completes, the others are not attempted."""
+    path = tmp_path / "long.csv"
+    path.write_bytes(csv_bytes(HEADER, *(f"m{n},1,available,bulk" for n in range(500))))
+    lock = "SELECT pg_advisory_lock(hashtextextended('loyalty-ledger:' || 'default', 0))"
+    await conn.execute(lock)
+    proc = await asyncio.create_subprocess_exec(
+        LOYALTY, "adjust", "--file", str(path), "--app", "adjust_app:app", "--create-members",
+        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            while not await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ):
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        async with asyncio.timeout(60):
+            first = (await proc.stderr.readline()).decode()
+        # Said at once; the line in flight still waits for the lock.
+        assert first == "interrupted: finishing line 2, then stopping\n"
+        await conn.execute(lock.replace("pg_advisory_lock", "pg_advisory_unlock"))
+        async with asyncio.timeout(60):
+            out, rest = await proc.communicate()
+        err = first.encode() + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert "long.csv: applied 1, already applied 0, rejected 0" in out.decode()
+    assert err.decode().splitlines() == [
+        "interrupted: finishing line 2, then stopping",
+        "error: interrupted after line 2: applied 1 of 500 lines; the lines applied stay "
+        "applied, and running the same file again applies the rest",
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM ledger_transactions") == 1
+    run = await adjust(env, path, "--create-members")
+    assert (run.code, "applied 499, already applied 1, rejected 0" in run.out) == (0, True), run

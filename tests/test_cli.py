@@ -111,6 +111,7 @@ async def test_emit_accepts_and_member_json_shows_the_entry(
     run = await loyalty(env, "member", "m1", "--json")
     assert run.code == 0, run.err
     view = json.loads(run.out)
+    # The contract's fields, and the operator's: enrolment, erasure, profile, paging.
     assert set(view) == {
         "member_id",
         "program",
@@ -119,6 +120,10 @@ async def test_emit_accepts_and_member_json_shows_the_entry(
         "balances",
         "upcoming_expiries",
         "entries",
+        "profile",
+        "enrolled_at",
+        "erased_at",
+        "more_entries",
     }
     assert (view["member_id"], view["program"]) == ("m1", "default")
     assert view["balances"]["points"]["available"] == 120

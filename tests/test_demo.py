@@ -87,3 +87,36 @@ def test_missing_outcomes_lists_each_outcome_that_did_not_happen() -> None:
         Outcome("a second login", lambda s: ("coffee", "login-2") in s.outcomes),
     ]
     assert missing_outcomes(outcomes, snapshot) == ["ana is gold", "a second login"]
+
+
+@pytest.mark.parametrize(
+    ("environment", "where"),
+    [
+        ({}, "in this folder"),
+        ({"LOYALTY_HOME": "/srv/demo-home"}, "with LOYALTY_HOME=/srv/demo-home"),
+        ({"LOYALTY_DATABASE_URL": "postgresql://u@db/x"}, "with the same LOYALTY_DATABASE_URL"),
+    ],
+)
+def test_after_the_demo_the_next_commands_name_the_member_and_the_home(
+    environment: dict[str, str], where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.story import story
+    from loyalty.cli.demo import next_commands
+    from loyalty.settings import Settings
+
+    for name in ("LOYALTY_HOME", "LOYALTY_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    lines = next_commands(story(2), Settings())
+    assert lines[0] == (
+        f"Next, in another shell {where} (the commands find the demo's app themselves):"
+    )
+    commands = [line.strip() for line in lines[1:]]
+    assert commands == [
+        "loyalty member ana-2",
+        "loyalty messages --member ana-2 --program coffee",
+        "loyalty flows",
+        "loyalty maintenance status --program coffee",
+        "loyalty report",
+    ]

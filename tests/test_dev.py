@@ -159,6 +159,16 @@ async def test_dev_starts_everything_stops_on_ctrl_c_and_keeps_data(
 
         assert await web_ui_status(int(make_run_env["LOYALTY_DEV_UI_PORT"])) < 500
 
+        # A second shell on the same home, without --app, sees the demo's app.
+        code, out, err = await loyalty(
+            make_run_env, "maintenance", "status", "--program", "coffee", "--json"
+        )
+        assert code == 0, err
+        assert (json.loads(out)["program"], json.loads(out)["scheme"]) == ("coffee", "main")
+        code, out, err = await loyalty(make_run_env, "flows", "--json")
+        assert code == 0, err
+        assert {"new-purchase", "points-above-200"} <= {f["name"] for f in json.loads(out)}
+
         client = await Client.connect(f"localhost:{make_run_env['LOYALTY_DEV_TEMPORAL_PORT']}")
         routers = {
             wf.id: wf.status async for wf in client.list_workflows("WorkflowType = 'EventRouter'")

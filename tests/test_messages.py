@@ -31,9 +31,10 @@ from temporalio.worker import Worker
 from werkzeug import Request, Response
 
 from activities.journeys import JourneyActivities
+from examples.receiver import WebhookReceiver
 from loyalty import events
 from loyalty.app import LoyaltyApp, Program
-from loyalty.errors import ConfigurationError, InvalidFlows
+from loyalty.errors import ConfigurationError, InvalidFlows, UnknownProgram
 from loyalty.flows import check_app
 from loyalty.messages import (
     IDEMPOTENCY_HEADER,
@@ -46,6 +47,7 @@ from loyalty.messages import (
     load_secrets,
     sign,
     verify_signature,
+    webhook_body,
 )
 from loyalty.messages.history import member_messages
 from loyalty.models import AwardPointsInput, MessageReceipt, SendMessageInput
@@ -140,7 +142,7 @@ async def everything_stored(conn: asyncpg.Connection) -> str:
 
 
 def test_signature_round_trip_and_refusals() -> None:
-    body = json.dumps({"member_id": "m1", "sent_at": 1_000_000}).encode()
+    body = json.dumps({"member_id": "m1", "idempotency_key": "k", "sent_at": 1_000_000}).encode()
     header = sign(body, SECRET)
     assert header.startswith("sha256=")
     assert len(header) == 7 + 64
@@ -154,6 +156,58 @@ def test_signature_round_trip_and_refusals() -> None:
     # A replay of a captured request: the signed timestamp is too old.
     with pytest.raises(InvalidSignature, match="seconds old"):
         verify_signature(body, header, SECRET, now=1_000_000 + 301)
+
+
+def signed_request(key: str = "journey:w1:thanks", sent_at: int | None = None) -> bytes:
+    return webhook_body(
+        program="default", member_id="m1", channel="email", template="thanks", body="Hi",
+        data={}, event=None, idempotency_key=key,
+        sent_at=int(datetime.now(UTC).timestamp()) if sent_at is None else sent_at,
+    )  # fmt: skip
+
+
+def test_the_idempotency_key_is_signed_and_a_changed_header_is_refused() -> None:
+    body = signed_request(sent_at=1_000_000)
+    header = sign(body, SECRET)
+    payload = verify_signature(
+        body, header, SECRET, idempotency_key="journey:w1:thanks", now=1_000_010
+    )
+    assert payload["idempotency_key"] == "journey:w1:thanks"
+    # A captured request replayed under another key: the header is not signed, the body is.
+    with pytest.raises(InvalidSignature, match="Idempotency-Key header"):
+        verify_signature(body, header, SECRET, idempotency_key="journey:w1:other", now=1_000_010)
+    unkeyed = json.dumps({"member_id": "m1", "sent_at": 1_000_000}).encode()
+    with pytest.raises(InvalidSignature, match="no idempotency_key"):
+        verify_signature(unkeyed, sign(unkeyed, SECRET), SECRET, now=1_000_010)
+
+
+async def test_the_demo_receiver_acts_once_per_signed_key_whatever_the_header(
+    http: httpx.AsyncClient,
+) -> None:
+    receiver = WebhookReceiver(free_port(), SECRET)
+    receiver.start()
+    try:
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        body = signed_request()
+
+        async def post(key: str) -> int:
+            headers = {SIGNATURE_HEADER: sign(body, SECRET), IDEMPOTENCY_HEADER: key}
+            return (await http.post(url, content=body, headers=headers)).status_code
+
+        assert await post("journey:w1:thanks") == 200
+        # A retry (or a replay within the window) with the same key: answered, not acted on.
+        assert await post("journey:w1:thanks") == 200
+        # A replay with a changed header: refused, not taken for a new message.
+        assert await post("journey:w1:replayed") == 401
+    finally:
+        receiver.stop()
+    got = receiver.received()
+    assert [(r.idempotency_key, r.duplicate, r.error is None) for r in got] == [
+        ("journey:w1:thanks", False, True),
+        ("journey:w1:thanks", True, True),
+        ("journey:w1:replayed", False, False),
+    ]
+    assert [r.body["template"] for r in got if r.error is None and not r.duplicate] == ["thanks"]
 
 
 def test_secrets_come_from_the_environment_and_never_reach_the_config() -> None:
@@ -506,7 +560,9 @@ async def test_loyalty_messages_lists_a_members_messages_with_attempts(
     ]  # fmt: skip
     assert [(a.attempt, a.http_status) for a in records[1].attempts] == [(1, 503), (2, 200)]
     assert records[1].attempts[0].at <= datetime.now(UTC) + timedelta(seconds=1)
-    assert await list_messages(settings, "m1", "other", 10) == []
+    # A program the database does not know is invalid input (exit code 2 in the CLI).
+    with pytest.raises(UnknownProgram, match="unknown program 'other'"):
+        await list_messages(settings, "m1", "other", 10)
 
 
 async def test_loyalty_messages_lists_a_members_messages_with_their_attempts(

@@ -154,8 +154,8 @@ async def test_an_adjustment_that_crosses_fires_once_per_line_key(
     parsed = adjust.parse(data, APP)
     now = T0 + timedelta(days=1)
     for _ in range(2):  # the same file twice: every line applies, and derives, once
-        async for _result in adjust.apply_adjustments(conn, APP, parsed.adjustments, now):
-            pass
+        for line in parsed.adjustments:
+            await adjust.apply_one(conn, APP, line, now)
     assert await crossings(conn) == [
         ("points_above:adjust:fix-1:200", "alice", 200, 250, None),
         ("points_above:adjust:fix-3:200", "alice", 200, 590, None),

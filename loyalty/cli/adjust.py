@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.cli.apps import app_for
+from loyalty.cli.kit import console, errors, problem, run, settings_of
 
 _HELP = """Apply a CSV file of point adjustments, each line at most once.
 
@@ -22,16 +24,23 @@ or earned), negative points take them away.
 Every line is checked first. Invalid lines are rejected lines: they are reported with
 their line number and the column at fault, and the valid lines are still applied, each
 in its own transaction; a line the ledger refuses (insufficient_points, unknown_member)
-is rejected too. Running the same file again applies nothing twice: its lines are
+is rejected too. Points for a member the program has never seen are refused
+(unknown_member), so that a typo does not create a member with points; --create-members
+enrols them. Running the same file again applies nothing twice: its lines are
 reported as already applied. Without an id column, a line's key comes from the hash of
 the whole file, so an edited file is new: give files that are edited and run again an
 id column.
 
+Ctrl-C stops after the line in flight and says how many lines were applied; running
+the same file again applies the rest.
+
 Exit codes: 0 every line applied (or already applied); 1 some lines rejected, the others
 applied (also when a database error stops the run: running the file again applies the
 rest); 2 nothing applied: the file cannot be read or has no valid header, --program or
---app is unknown, or the database cannot be reached.
+--app is unknown, or the database cannot be reached; 130 interrupted by Ctrl-C.
 """
+# The shell's convention for a command stopped by SIGINT (128 + 2).
+INTERRUPTED = 130
 # Paragraphs on one line each: the help is wrapped to the terminal's width.
 HELP = "\n\n".join(" ".join(paragraph.split()) for paragraph in _HELP.split("\n\n"))
 
@@ -48,8 +57,19 @@ def register(cli: typer.Typer) -> None:
             typer.Option(help="Program of lines without a program value (default: default)."),
         ] = None,
         app_spec: Annotated[
-            str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+            str | None,
+            typer.Option(
+                "--app", help="The LoyaltyApp as module:attr (default: the worker's app)."
+            ),
         ] = None,
+        create_members: Annotated[
+            bool,
+            typer.Option(
+                "--create-members",
+                help="Enrol members the program has never seen (by default their lines "
+                "are rejected as unknown_member).",
+            ),
+        ] = False,
         as_json: Annotated[
             bool,
             typer.Option(
@@ -60,17 +80,11 @@ def register(cli: typer.Typer) -> None:
         import asyncpg
 
         from loyalty.errors import AdjustmentFileError
-        from loyalty.ledger.adjust import (
-            LineResult,
-            apply_adjustments,
-            parse,
-            read_file,
-            summarize,
-        )
+        from loyalty.ledger.adjust import LineResult, apply_one, parse, read_file, summarize
         from loyalty.store.db import Database, connect, prepare_database
 
         settings = settings_of(ctx)
-        app = app_or_exit(settings, app_spec)
+        app = app_for(settings, app_spec)
         if program is not None and program not in app.programs:
             problem(f"program: unknown program {program!r}; known: {', '.join(app.programs)}")
             raise typer.Exit(2)
@@ -99,9 +113,24 @@ def register(cli: typer.Typer) -> None:
                         ) as progress:
                             bar = progress.add_task("applying", total=len(parsed.adjustments))
                             now = datetime.now(UTC)
-                            async for result in apply_adjustments(
-                                conn, app, parsed.adjustments, now
-                            ):
+                            for adjustment in parsed.adjustments:
+                                line = asyncio.ensure_future(
+                                    apply_one(conn, app, adjustment, now,
+                                              create_members=create_members)
+                                )  # fmt: skip
+                                try:
+                                    result = await asyncio.shield(line)
+                                except asyncio.CancelledError:
+                                    # Ctrl-C: the line in flight completes (or rolls
+                                    # back) whole, so the count said afterwards is exact.
+                                    errors.print(
+                                        f"interrupted: finishing line {adjustment.line}, "
+                                        "then stopping",
+                                        markup=False, highlight=False,
+                                    )  # fmt: skip
+                                    results.append(await line)
+                                    attempted += 1
+                                    raise
                                 results.append(result)
                                 attempted += 1
                                 progress.advance(bar)
@@ -122,7 +151,23 @@ def register(cli: typer.Typer) -> None:
                 )
             return None
 
-        stopped = run(go())
+        try:
+            stopped = run(go())
+        except KeyboardInterrupt:
+            summary = summarize(results)
+            out.print(
+                f"{file.name}: applied {summary.applied}, already applied "
+                f"{summary.already_applied}, rejected {len(summary.rejected)}",
+                highlight=False,
+            )
+            done = len(results) - len(parsed.invalid)
+            where = f"after line {parsed.adjustments[done - 1].line}" if done else "at the start"
+            problem(
+                f"interrupted {where}: applied {summary.applied} of "
+                f"{len(parsed.adjustments) + len(parsed.invalid)} lines; the lines applied "
+                "stay applied, and running the same file again applies the rest"
+            )
+            raise typer.Exit(INTERRUPTED) from None
         if stopped is not None and stopped[1] == 2:
             problem(stopped[0])
             raise typer.Exit(2)

@@ -184,7 +184,8 @@ def render(story: Story, snap: Snapshot) -> Group:
             inbox.add_row(
                 str(r.body.get("member_id", "?")), str(r.body.get("template", "?")),
                 str(r.body.get("body") or "-").strip(), r.idempotency_key or "-",
-                "refused: " + r.error if r.error else "verified",
+                "refused: " + r.error if r.error else
+                "verified, duplicate: not acted on" if r.duplicate else "verified",
             )  # fmt: skip
         if not snap.received:
             inbox.add_row("-", "nothing yet", "-", "-", "-")
@@ -210,6 +211,29 @@ async def _first_unplayed(pool: asyncpg.Pool, story_for: Callable[[int], Story])
             if not seen:
                 return story
     raise RuntimeError("the demo story was played 999 times in this data folder")
+
+
+def next_commands(story: Story, settings: Settings) -> list[str]:
+    """What to try after the demo, in another shell: the story's first member and program.
+
+    The commands need the same database (the same folder, ``LOYALTY_HOME`` or
+    ``LOYALTY_DATABASE_URL``) and find the demo's app themselves (`loyalty.cli.apps`).
+    """
+    if settings.database_url is not None:
+        where = "with the same LOYALTY_DATABASE_URL"
+    elif settings.home == Settings.model_fields["home"].default:
+        where = "in this folder"
+    else:
+        where = f"with LOYALTY_HOME={settings.home}"
+    program, member = story.members[0]
+    return [
+        f"Next, in another shell {where} (the commands find the demo's app themselves):",
+        f"  loyalty member {member}",
+        f"  loyalty messages --member {member} --program {program}",
+        "  loyalty flows",
+        f"  loyalty maintenance status --program {program}",
+        "  loyalty report",
+    ]
 
 
 async def play(
@@ -262,6 +286,8 @@ async def play(
             console.print(f"Journeys in the Temporal Web UI: {link}", soft_wrap=True)
         if exit_when_done:
             return code
+        for line in next_commands(story, settings):
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
         console.print("The worker keeps running; stop with Ctrl-C.")
         await asyncio.Event().wait()  # the receiver keeps serving until Ctrl-C
         return code

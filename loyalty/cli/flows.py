@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from temporalio.service import RPCError
 
-from loyalty.cli.kit import app_or_exit, console, errors, settings_of
+from loyalty.cli.apps import app_for
+from loyalty.cli.kit import console, errors, settings_of
 from loyalty.errors import ServiceUnavailable
 from loyalty.flows import FlowSpec, check_app
 from loyalty.settings import Settings
@@ -53,6 +55,26 @@ async def journey_counts(settings: Settings, specs: list[FlowSpec]) -> dict[str,
     return {spec.name: found[i * width : (i + 1) * width] for i, spec in enumerate(specs)}
 
 
+def _as_json(
+    specs: list[FlowSpec], programs: list[str], counts: dict[str, list[int]] | None
+) -> str:
+    """The flows as a JSON array; ``journeys`` is null when Temporal did not answer."""
+    listed = [
+        {
+            "name": spec.name,
+            "workflow": spec.cls.__name__,
+            "trigger": str(spec.trigger),
+            "entry": str(spec.entry),
+            "programs": list(spec.programs) if spec.programs is not None else programs,
+            "journeys": dict(zip(STATES, counts[spec.name], strict=True))
+            if counts is not None
+            else None,
+        }
+        for spec in specs
+    ]
+    return json.dumps(listed, indent=2)
+
+
 def register(cli: typer.Typer) -> None:
     """Add `loyalty flows` to the command line."""
 
@@ -60,12 +82,17 @@ def register(cli: typer.Typer) -> None:
     def flows(
         ctx: typer.Context,
         app_spec: Annotated[
-            str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+            str | None,
+            typer.Option(
+                "--app", help="The LoyaltyApp as module:attr (default: the worker's app)."
+            ),
         ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
     ) -> None:
         """List the app's flows: trigger, entry policy, programs and journey counts."""
         settings = settings_of(ctx)
-        specs = check_app(app_or_exit(settings, app_spec))
+        app = app_for(settings, app_spec)
+        specs = check_app(app)
         counts: dict[str, list[int]] | None = None
         if specs:
             address = settings.effective_temporal_address
@@ -81,6 +108,9 @@ def register(cli: typer.Typer) -> None:
                     markup=False,
                     highlight=False,
                 )
+        if as_json:
+            print(_as_json(specs, list(app.programs), counts))
+            return
         table = Table("flow", "trigger", "entry", "programs", *STATES, title="Flows")
         for spec in specs:
             shown = counts[spec.name] if counts is not None else None

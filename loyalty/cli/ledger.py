@@ -3,13 +3,16 @@ reminders that are due, then prune the journey outboxes."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.cli.apps import app_for
+from loyalty.cli.kit import console, problem, run, settings_of
 
 
 def register(cli: typer.Typer) -> None:
@@ -37,8 +40,12 @@ def register(cli: typer.Typer) -> None:
             ),
         ] = None,
         app_spec: Annotated[
-            str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")
+            str | None,
+            typer.Option(
+                "--app", help="The LoyaltyApp as module:attr (default: the worker's app)."
+            ),
         ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Mature every earned lot that is due, then expire what is due, in bulk; write
         the bonus_expiring reminders of the BonusExpiring flows; then delete the journey
@@ -50,50 +57,64 @@ def register(cli: typer.Typer) -> None:
         from loyalty.store.db import Database, connect, prepare_database
 
         settings = settings_of(ctx)
-        app = app_or_exit(settings, app_spec)
+        app = app_for(settings, app_spec)
         if program is not None and program not in app.programs:
             problem(f"program: unknown program {program!r}; known: {', '.join(app.programs)}")
             raise typer.Exit(2)
         cutoff = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
         programs = [app.programs[program]] if program else list(app.programs.values())
 
+        # With --json, stdout carries only the JSON; the spinners go to stderr.
+        out = Console(stderr=True) if as_json else console
+
         async def go() -> None:
             async with Database(settings) as database:
                 await prepare_database(database.dsn, app)
                 conn = await connect(database.dsn)
                 try:
-                    table = Table("program", "step", "currency", "lots", "points",
-                                  title=f"Housekeeping at {cutoff.isoformat()}")  # fmt: skip
+                    steps = []
                     for p in programs:
-                        with console.status(f"housekeeping of program {p.name}"):
+                        with out.status(f"housekeeping of program {p.name}"):
                             results = await run_housekeeping(
                                 conn, p, cutoff,
                                 derive_events=listens(app, "points_matured", p.name),
                                 watch=watch(app, p.name),
                             )  # fmt: skip
-                        for r in results:
-                            table.add_row(p.name, r.step, r.currency, f"{r.lots:,}",
-                                          f"{r.points:,}")  # fmt: skip
-                    reminded: list[str] = []
+                        steps += [(p.name, r) for r in results]
+                    reminded: dict[str, int] = {}
                     for p in programs:
                         if reminder_days(app, p.name):
-                            with console.status(f"bonus_expiring reminders of program {p.name}"):
-                                written = await derive_reminders(conn, app, p, cutoff)
-                            reminded.append(f"{written:,} in program {p.name}")
-                    console.print(table)
-                    if reminded:
-                        console.print(f"bonus_expiring reminders written: {', '.join(reminded)}")
+                            with out.status(f"bonus_expiring reminders of program {p.name}"):
+                                reminded[p.name] = await derive_reminders(conn, app, p, cutoff)
                     # Every program's rows: the outboxes are the deployment's, not a
                     # program's, and they are not ledger data.
-                    with console.status("pruning the journey outboxes"):
+                    with out.status("pruning the journey outboxes"):
                         pruned = await prune(conn, older_than=settings.journey_retention)
-                    console.print(
-                        f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
-                        f"{settings.journey_retention_days} days ago): "
-                        f"{pruned.starts:,} journey starts, {pruned.signals:,} signals",
-                        soft_wrap=True,
-                    )
                 finally:
                     await conn.close()
+            if as_json:
+                print(json.dumps({
+                    "at": cutoff.isoformat(),
+                    "steps": [{"program": name, "step": r.step, "currency": r.currency,
+                               "lots": r.lots, "points": r.points} for name, r in steps],
+                    "reminders": reminded,
+                    "pruned": {"cutoff": pruned.cutoff.isoformat(), "starts": pruned.starts,
+                               "signals": pruned.signals},
+                }, indent=2))  # fmt: skip
+                return
+            table = Table("program", "step", "currency", "lots", "points",
+                          title=f"Housekeeping at {cutoff.isoformat()}")  # fmt: skip
+            for name, r in steps:
+                table.add_row(name, r.step, r.currency, f"{r.lots:,}", f"{r.points:,}")
+            console.print(table)
+            if reminded:
+                written = ", ".join(f"{n:,} in program {p}" for p, n in reminded.items())
+                console.print(f"bonus_expiring reminders written: {written}")
+            console.print(
+                f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
+                f"{settings.journey_retention_days} days ago): "
+                f"{pruned.starts:,} journey starts, {pruned.signals:,} signals",
+                soft_wrap=True,
+            )
 
         run(go())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,9 +12,9 @@ import typer
 from rich.table import Table
 
 from loyalty.app import load_app
-from loyalty.cli import adjust, audit, flows, ledger, maintenance, messages
+from loyalty.cli import adjust, audit, flows, ledger, maintenance, members, messages
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
-from loyalty.errors import InvalidEvent, UnknownMember
+from loyalty.errors import InvalidEvent
 from loyalty.events import IncomingEvent, parse_event, parse_lines
 from loyalty.settings import Settings
 
@@ -208,76 +210,6 @@ def emit(
 
 
 @cli.command()
-def member(
-    ctx: typer.Context,
-    member_id: Annotated[str, typer.Argument(help="The member id.")],
-    program: Annotated[str, typer.Option(help="The program.")] = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Show a member: tier, balances, upcoming expiries, latest ledger entries."""
-    from starter.client import LoyaltyClient
-
-    settings = settings_of(ctx)
-
-    async def go() -> int:
-        async with await LoyaltyClient.connect(settings) as client:
-            try:
-                view = await client.member(member_id, program)
-            except UnknownMember as exc:
-                problem(str(exc))
-                return 1
-        if as_json:
-            print(view.model_dump_json(indent=2, exclude={"profile"}))
-            return 0
-        console.print(
-            f"[bold]{view.member_id}[/] in program [bold]{view.program}[/], "
-            f"tier: {view.tier or '-'}"
-        )
-        if view.tiers:
-            tiers = Table("scheme", "tier", "since", "qualifying", "next tier", "reviewed",
-                          title="Tiers")  # fmt: skip
-            for t in view.tiers:
-                upcoming = f"{t.next_tier} in {t.points_to_next:,}" if t.next_tier else "-"
-                since = t.since.date().isoformat() if t.since else "start"
-                review = t.reviewed_at.date().isoformat() if t.reviewed_at else "-"
-                if t.grace_until:
-                    review += f" (grace until {t.grace_until.date().isoformat()})"
-                tiers.add_row(t.scheme, t.tier, since, f"{t.qualifying:,} {t.currency}",
-                              upcoming, review)  # fmt: skip
-            console.print(tiers)
-        balances = Table(
-            "currency", "available", "earned", "debt", "lifetime earned", title="Balances"
-        )
-        for currency, b in view.balances.items():
-            balances.add_row(
-                currency, f"{b.available:,}", f"{b.earned:,}", f"{b.debt:,}",
-                f"{b.lifetime_earned:,}",
-            )  # fmt: skip
-        console.print(balances)
-        if view.upcoming_expiries:
-            expiries = Table("currency", "points", "expires at", title="Upcoming expiries")
-            for x in view.upcoming_expiries:
-                expiries.add_row(x.currency, str(x.points), x.expires_at.isoformat())
-            console.print(expiries)
-        entries = Table(
-            "at", "currency", "kind", "points", "reason", "source", title="Latest entries"
-        )
-        for e in view.entries:
-            entries.add_row(
-                e.at.isoformat(timespec="seconds"),
-                e.currency,
-                e.kind,
-                f"{e.points:+d}",
-                e.reason,
-                e.source,
-            )
-        console.print(entries)
-        return 0
-
-    raise typer.Exit(run(go()))
-
-
-@cli.command()
 def events(
     ctx: typer.Context,
     failed: Annotated[bool, typer.Option(help="List dead-lettered events.")] = False,
@@ -326,10 +258,27 @@ def events(
     run(go())
 
 
-for commands in (ledger, audit, adjust, flows, maintenance, messages):
+for commands in (members, ledger, audit, adjust, flows, maintenance, messages):
     commands.register(cli)
 
 
 def main() -> None:
-    """Entry point of the `loyalty` console script."""
-    cli()
+    """Entry point of the `loyalty` console script.
+
+    Once the command is done, the process runs its exit handlers, flushes its output and
+    ends without the interpreter's finalization: the Temporal client's native threads may
+    still be releasing Python objects at that moment, which aborts or hangs a finalizing
+    interpreter (temporalio/sdk-python#300), so a command that succeeded would exit -6
+    or never, most often when it prints fast (``loyalty flows --json``).
+    """
+    try:
+        cli()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -10,6 +10,7 @@ Temporal (a worker must be running); `run` follows the run's progress in the dat
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -25,7 +26,8 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.cli.kit import app_or_exit, console, problem, run, settings_of
+from loyalty.cli.apps import app_for
+from loyalty.cli.kit import console, problem, run, settings_of
 from loyalty.errors import ServiceUnavailable
 from loyalty.models import MaintenanceProgress, MaintenanceStatus
 from loyalty.settings import Settings
@@ -37,7 +39,11 @@ ProgramOption = Annotated[str, typer.Option(help="The program.")]
 SchemeOption = Annotated[
     str | None, typer.Option(help="The tier scheme (default: the program's first).")
 ]
-AppOption = Annotated[str | None, typer.Option("--app", help="The LoyaltyApp as module:attr.")]
+AppOption = Annotated[
+    str | None,
+    typer.Option("--app", help="The LoyaltyApp as module:attr (default: the worker's app)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # How often `run` reads the run's progress from the database.
 POLL_SECONDS = 0.5
 # How long `status` and `run` wait for a worker to answer the loop's query or take its
@@ -190,7 +196,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Run the scheme's maintenance now and wait for it, with a progress bar."""
         settings = settings_of(ctx)
-        found, chosen = _scheme_or_exit(app_or_exit(settings, app_spec), program, scheme)
+        found, chosen = _scheme_or_exit(app_for(settings, app_spec), program, scheme)
 
         async def go() -> int:
             from loyalty.store.db import Database, connect
@@ -235,7 +241,7 @@ def register(cli: typer.Typer) -> None:
     def _signal(ctx: typer.Context, program: str, scheme: str | None, app_spec: str | None,
                 name: str) -> None:  # fmt: skip
         settings = settings_of(ctx)
-        found, chosen = _scheme_or_exit(app_or_exit(settings, app_spec), program, scheme)
+        found, chosen = _scheme_or_exit(app_for(settings, app_spec), program, scheme)
 
         async def go() -> int:
             handle = await _loop(settings, found.name, chosen.name)
@@ -269,11 +275,11 @@ def register(cli: typer.Typer) -> None:
     @maintenance.command("status")
     def status(
         ctx: typer.Context, program: ProgramOption, scheme: SchemeOption = None,
-        app_spec: AppOption = None,
+        app_spec: AppOption = None, as_json: JsonOption = False,
     ) -> None:  # fmt: skip
         """The loop's state (paused, next run, run in progress) and the tier distribution."""
         settings = settings_of(ctx)
-        found, chosen = _scheme_or_exit(app_or_exit(settings, app_spec), program, scheme)
+        found, chosen = _scheme_or_exit(app_for(settings, app_spec), program, scheme)
 
         async def go() -> int:
             from loyalty.store.db import Database, connect
@@ -287,7 +293,17 @@ def register(cli: typer.Typer) -> None:
                 if down := _unavailable(settings, found.name, chosen.name, exc):
                     raise down from None
                 return _refused(settings, exc)
+            async with Database(settings) as database:
+                conn = await connect(database.dsn)
+                try:
+                    shares = await distribution(conn, found.name, chosen)
+                finally:
+                    await conn.close()
             label = f"{found.name}/{chosen.name}"
+            if as_json:
+                tiers = [{"tier": tier, "members": members} for tier, members in shares]
+                print(json.dumps({**state.model_dump(mode="json"), "tiers": tiers}, indent=2))
+                return 0
             console.print(f"maintenance of {label}: {'paused' if state.paused else 'active'}, "
                           f"{state.runs} runs")  # fmt: skip
             if state.running is not None:
@@ -296,13 +312,7 @@ def register(cli: typer.Typer) -> None:
                 console.print(f"next run: {state.next_run_at:%Y-%m-%d %H:%M:%S} UTC")
             if state.last is not None:
                 console.print(f"last run: {describe(state.last)}", soft_wrap=True)
-            async with Database(settings) as database:
-                conn = await connect(database.dsn)
-                try:
-                    shares = await distribution(conn, found.name, chosen)
-                    console.print(bar_chart(f"Tiers of {label}", shares))
-                finally:
-                    await conn.close()
+            console.print(bar_chart(f"Tiers of {label}", shares))
             return 0
 
         raise typer.Exit(run(go()))
@@ -312,11 +322,17 @@ def register(cli: typer.Typer) -> None:
         ctx: typer.Context,
         program: ProgramOption,
         limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 10,
+        app_spec: AppOption = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
     ) -> None:
         """The program's latest maintenance runs: counts and duration."""
         from loyalty.tiers import maintenance as core
 
         settings = settings_of(ctx)
+        app = app_for(settings, app_spec)
+        if app.program(program) is None:
+            problem(f"program: unknown program {program!r}; known: {', '.join(app.programs)}")
+            raise typer.Exit(2)
 
         async def go() -> int:
             from loyalty.store.db import Database, connect
@@ -327,6 +343,9 @@ def register(cli: typer.Typer) -> None:
                     runs = await core.history(conn, program, limit)
                 finally:
                     await conn.close()
+            if as_json:
+                print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
+                return 0
             if not runs:
                 console.print(f"no maintenance runs for program {program!r}")
                 return 0

@@ -60,6 +60,8 @@ def register(cli: typer.Typer) -> None:
                       "attempts", title=f"Messages of {member}")  # fmt: skip
         for r in records:
             status = r.status if not r.detail or r.status == "sent" else f"{r.status}: {r.detail}"
+            if r.erased_at is not None:
+                status += f" (erased {r.erased_at.date().isoformat()})"
             table.add_row(
                 str(r.id), r.created_at.isoformat(timespec="seconds"), r.program, r.template,
                 r.channel, r.provider, status, _attempts(r),

@@ -12,6 +12,8 @@ the header being line 1; a quoted value may span lines, its record has its first
 Every line is validated first; an invalid line is rejected (one problem per column at
 fault) and the others are still applied, each in its own transaction, so that a line
 the ledger refuses (``insufficient_points``, ``unknown_member``) undoes nothing else.
+Points for a member the program has never seen are refused as ``unknown_member`` unless
+the run creates members (``--create-members``).
 
 Idempotency, per line: the ledger key of a line is ``adjust:<id>`` when the ``id``
 column gives one, else ``adjust:<first 16 hex digits of the SHA-256 of the whole
@@ -28,7 +30,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -51,6 +53,7 @@ KEY_PREFIX = "adjust:"
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _ENROL = "INSERT INTO members (program, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+_ENROLLED = "SELECT EXISTS (SELECT FROM members WHERE program = $1 AND member_id = $2)"
 
 
 class Adjustment(Model):
@@ -250,26 +253,20 @@ def _text(column: str, value: str, limit: int) -> list[str]:
     return []
 
 
-async def apply_adjustments(
-    conn: Conn, app: LoyaltyApp, adjustments: Iterable[Adjustment], now: datetime
-) -> AsyncIterator[LineResult]:
-    """Apply adjustments one by one, each in its own transaction, yielding each result.
-
-    ``now`` is when every adjustment of the run occurs: points given as ``earned``
-    become available after the program's waiting period from then, and lots expire by
-    the program's expiry policy counted from then. A database error stops the run; the
-    lines applied before it stay applied (running the file again applies the rest).
-    """
-    for adjustment in adjustments:
-        yield await apply_one(conn, app, adjustment, now)
-
-
-async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -> LineResult:
+async def apply_one(
+    conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime, *, create_members: bool = False
+) -> LineResult:
     """Apply one adjustment in its own transaction; a ledger refusal rejects the line.
 
-    Points given to a member the program has not seen enrol the member, in the same
-    transaction, which also derives the ``points_above`` crossings of the line
-    (`loyalty.ledger.watching`, id ``points_above:<line key>:<x>``).
+    ``now`` is when every adjustment of a run occurs: points given as ``earned`` become
+    available after the program's waiting period from then, and lots expire by the
+    program's expiry policy counted from then.
+
+    Points for a member the program has never seen are refused (``unknown_member``): a
+    typo in a member id must not create a member with points. With ``create_members``
+    they enrol the member, in the same transaction, which also derives the
+    ``points_above`` crossings of the line (`loyalty.ledger.watching`, id
+    ``points_above:<line key>:<x>``).
     """
     program = app.programs[a.program]
     try:
@@ -278,7 +275,14 @@ async def apply_one(conn: Conn, app: LoyaltyApp, a: Adjustment, now: datetime) -
             watching(conn, app, a.program, a.member_id, key=a.key, occurred_at=now),
         ):
             if a.points > 0:
-                await conn.execute(_ENROL, a.program, a.member_id)
+                if create_members:
+                    await conn.execute(_ENROL, a.program, a.member_id)
+                elif not await conn.fetchval(_ENROLLED, a.program, a.member_id):
+                    raise LedgerRefusal(
+                        "unknown_member",
+                        f"member {a.member_id!r} is unknown in program {a.program!r}; "
+                        "give --create-members to enrol new members",
+                    )
                 available_at = now + program.earned_waiting_period if a.kind == "earned" else now
                 receipt = await postings.award(
                     conn, program=a.program, member_id=a.member_id, points=a.points,

@@ -1,7 +1,8 @@
 """The member view: tier, balances, upcoming expiries and the latest ledger entries.
 
 Each part is one indexed query: balances come from the cached member account balances,
-entries from the legs index on (account_id, id), expiries from the open-lots index.
+entries from the legs index on (account_id, id), paged back by leg id, expiries from the
+open-lots index.
 """
 
 from __future__ import annotations
@@ -9,20 +10,49 @@ from __future__ import annotations
 from loyalty.errors import UnknownMember
 from loyalty.models import Balance, Entry, Expiry, MemberView
 from loyalty.policies import Inactivity
-from loyalty.store.db import Conn
+from loyalty.store.db import Conn, program_config
 from loyalty.tiers.status import statuses as tier_statuses
 
 ENTRY_LIMIT = 20
 
 
-async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
+async def member_programs(conn: Conn, member_id: str) -> list[str]:
+    """The programs that know the member (a profile or an account), by name."""
+    rows = await conn.fetch(
+        """SELECT program FROM members WHERE member_id = $1
+           UNION
+           SELECT program FROM accounts WHERE member_id = $1
+           ORDER BY program""",
+        member_id,
+    )
+    return [r["program"] for r in rows]
+
+
+async def member_view(
+    conn: Conn,
+    program: str,
+    member_id: str,
+    *,
+    limit: int = ENTRY_LIMIT,
+    before: int | None = None,
+) -> MemberView:
     """Read one member.
 
+    Args:
+        conn: a connection.
+        program: the program.
+        member_id: the member.
+        limit: how many ledger entries, newest first.
+        before: only entries older than the entry of this id (paging back).
+
     Raises:
+        UnknownProgram: the database knows no such program.
         UnknownMember: the program has never seen this member.
     """
+    config = await program_config(conn, program)
     member = await conn.fetchrow(
-        "SELECT tier, profile FROM members WHERE program = $1 AND member_id = $2",
+        """SELECT tier, profile, created_at, erased_at FROM members
+           WHERE program = $1 AND member_id = $2""",
         program,
         member_id,
     )
@@ -85,19 +115,21 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
                 )
             )  # fmt: skip
     upcoming.sort(key=lambda x: (x.expires_at, x.currency))
+    # One more than asked: whether older entries exist, in the same indexed scan.
     entries = await conn.fetch(
-        """SELECT t.occurred_at, a.currency, a.kind, g.amount, t.reason, t.source
+        """SELECT g.id, t.occurred_at, a.currency, a.kind, g.amount, t.reason, t.source,
+                  t.idempotency_key
            FROM ledger_legs AS g
            JOIN accounts AS a ON a.id = g.account_id
            JOIN ledger_transactions AS t ON t.id = g.transaction_id
-           WHERE g.account_id = ANY($1::bigint[])
+           WHERE g.account_id = ANY($1::bigint[]) AND ($3::bigint IS NULL OR g.id < $3)
            ORDER BY g.id DESC
            LIMIT $2""",
         account_ids,
-        ENTRY_LIMIT,
+        limit + 1,
+        before,
     )
-    config = await conn.fetchval("SELECT config FROM programs WHERE name = $1", program)
-    statuses = await tier_statuses(conn, program, config or {}, member_id)
+    statuses = await tier_statuses(conn, program, config, member_id)
     # members.tier holds the first scheme's tier; the status knows it for a member whose
     # row was created before the program had schemes.
     tier = statuses[0].tier if statuses else (member["tier"] if member else None)
@@ -107,17 +139,29 @@ async def member_view(conn: Conn, program: str, member_id: str) -> MemberView:
         tier=tier,
         tiers=statuses,
         profile=member["profile"] if member else {},
+        enrolled_at=member["created_at"] if member else None,
+        erased_at=member["erased_at"] if member else None,
         balances=balances,
         upcoming_expiries=upcoming,
         entries=[
             Entry(
+                id=r["id"],
                 at=r["occurred_at"],
                 currency=r["currency"],
                 kind=r["kind"],
                 points=r["amount"],
                 reason=r["reason"],
                 source=r["source"],
+                action=_action(r["source"], r["idempotency_key"]),
             )
-            for r in entries
+            for r in entries[:limit]
         ],
+        more_entries=len(entries) > limit,
     )
+
+
+def _action(source: str, key: str) -> str | None:
+    """The journey step of a journey's entry: its key is ``<source>:<action>``."""
+    if source.startswith("journey:") and key.startswith(source + ":"):
+        return key[len(source) + 1 :]
+    return None

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from loyalty.models import MessageAttempt, MessageRecord, SendMessageInput
-from loyalty.store.db import Conn
+from loyalty.store.db import Conn, program_config
 
 # Bytes of a receiver's answer kept with a failed attempt.
 EXCERPT_BYTES = 200
@@ -94,10 +94,16 @@ async def record_attempt(
 async def member_messages(
     conn: Conn, member_id: str, program: str | None = None, limit: int = 100
 ) -> list[MessageRecord]:
-    """A member's latest messages, newest first, each with its attempts in order."""
+    """A member's latest messages, newest first, each with its attempts in order.
+
+    Raises:
+        UnknownProgram: ``program`` is given and the database knows no such program.
+    """
+    if program is not None:
+        await program_config(conn, program)
     rows = await conn.fetch(
         """SELECT id, program, member_id, template, channel, provider, status, detail, body,
-                  data, idempotency_key, workflow_id, created_at
+                  data, idempotency_key, workflow_id, created_at, erased_at
            FROM message_log
            WHERE member_id = $1 AND ($2::text IS NULL OR program = $2)
            ORDER BY id DESC

@@ -14,9 +14,10 @@ The webhook POSTs one JSON object (`webhook_body`) with the headers ``Idempotenc
 (the journey step's key: the same for every retry of the step), ``X-Loyalty-Timestamp``
 (unix seconds, also inside the body as ``sent_at``) and ``X-Loyalty-Signature:
 sha256=<hex>``, an HMAC-SHA256 of the raw body with the secret named by ``secret_env``.
-A receiver checks them with `verify_signature`. The secret is read from the environment
-once, when the worker starts (`load_secrets`); it is never stored in the database
-(`Program.config` leaves ``messages`` out), printed or logged.
+The body repeats the key as ``idempotency_key``: only the body is signed, so receivers
+deduplicate on that one. A receiver checks them with `verify_signature`. The secret is
+read from the environment once, when the worker starts (`load_secrets`); it is never
+stored in the database (`Program.config` leaves ``messages`` out), printed or logged.
 """
 
 from __future__ import annotations
@@ -123,28 +124,47 @@ def verify_signature(
     signature: str | None,
     secret: str | bytes,
     *,
+    idempotency_key: str | None = None,
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> dict[str, object]:
-    """What a receiver does with a webhook request; returns the parsed body.
+    """What a receiver does with a webhook request; returns the parsed, signed body.
 
     Recomputes the HMAC over the raw body (before any JSON parsing), compares it in
     constant time, then refuses a body whose signed ``sent_at`` is more than
-    ``tolerance_seconds`` away from ``now``. The receiver then deduplicates on the
-    ``Idempotency-Key`` header (equal to the body's ``idempotency_key``).
+    ``tolerance_seconds`` away from ``now``, or that carries no signed
+    ``idempotency_key``. Given the request's ``Idempotency-Key`` header as
+    ``idempotency_key``, it also refuses a header that differs from the signed key.
+
+    Headers are not signed: a captured request replayed with a changed
+    ``Idempotency-Key`` header keeps its valid signature. So the receiver deduplicates on
+    the **signed** key, ``payload["idempotency_key"]``, and remembers the keys it
+    processed for at least ``tolerance_seconds`` (older requests are refused here as
+    stale): within that window a replay or a retry finds its key seen, after it the
+    replay is refused for its ``sent_at``.
 
     Raises:
-        InvalidSignature: missing or wrong signature, or a stale or missing timestamp.
+        InvalidSignature: missing or wrong signature, a stale or missing timestamp, a
+            missing signed key, or a header that differs from it.
     """
     if not signature or not hmac.compare_digest(sign(body, secret), signature):
         raise InvalidSignature("the signature does not match the body")
     payload = json.loads(body)
-    sent_at = payload.get("sent_at") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        raise InvalidSignature("the body is not a JSON object")
+    sent_at = payload.get("sent_at")
     if not isinstance(sent_at, int):
         raise InvalidSignature("the body has no sent_at timestamp")
     current = time.time() if now is None else now
     if abs(current - sent_at) > tolerance_seconds:
         raise InvalidSignature(f"the request is {int(current - sent_at)} seconds old")
+    signed_key = payload.get("idempotency_key")
+    if not isinstance(signed_key, str) or not signed_key:
+        raise InvalidSignature("the body has no idempotency_key")
+    if idempotency_key is not None and idempotency_key != signed_key:
+        raise InvalidSignature(
+            f"the {IDEMPOTENCY_HEADER} header differs from the signed idempotency_key"
+        )
     result: dict[str, object] = payload
     return result
 

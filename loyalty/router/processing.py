@@ -43,6 +43,7 @@ from loyalty.ingest.inbox import PROCESSED_CHANNEL, claim_batch, record_outcomes
 from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
 from loyalty.router import bulk, earn, totals
+from loyalty.router.erasure import erase_copies
 from loyalty.store.db import Conn
 
 # Errors that say "try the whole batch again", not "this event is bad".
@@ -271,6 +272,11 @@ async def process_batch(
             await record_outcomes(conn, outcomes)
             await record_journeys(conn, processor.app, processed, task_queue=task_queue)
             await record_signals(conn, processed)
+            # After the outboxes: they hold copies of the batch's own profile updates.
+            await erase_copies(conn, program, [
+                (event.member_id, row_id) for row_id, event in processed
+                if isinstance(event, MemberDeleted)
+            ])  # fmt: skip
             done = RouterProgress(batches=1, events=len(rows), **counts)
             await totals.add(conn, program, partitions, partition, done)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)

@@ -19,7 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from loyalty.app import LoyaltyApp
-from loyalty.errors import ConfigurationError, ServiceUnavailable
+from loyalty.errors import ConfigurationError, ServiceUnavailable, UnknownProgram
 from loyalty.settings import Settings
 from loyalty.store.embedded import EmbeddedPostgres
 from loyalty.store.migrate import migrate
@@ -210,3 +210,18 @@ async def prepare_database(dsn: str, app: LoyaltyApp | None = None) -> None:
             )
     finally:
         await conn.close()
+
+
+async def program_config(conn: Conn, program: str) -> dict[str, object]:
+    """The program's stored config (`Program.config`).
+
+    Raises:
+        UnknownProgram: the database knows no such program (exit code 2 in the CLI).
+    """
+    config: dict[str, object] | None = await conn.fetchval(
+        "SELECT config FROM programs WHERE name = $1", program
+    )
+    if config is None:
+        known = await conn.fetchval("SELECT string_agg(name, ', ' ORDER BY name) FROM programs")
+        raise UnknownProgram(f"program: unknown program {program!r}; known: {known}")
+    return config
