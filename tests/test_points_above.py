@@ -155,7 +155,7 @@ async def test_an_adjustment_that_crosses_fires_once_per_line_key(
     now = T0 + timedelta(days=1)
     for _ in range(2):  # the same file twice: every line applies, and derives, once
         for line in parsed.adjustments:
-            await adjust.apply_one(conn, APP, line, now)
+            await adjust.apply_one(conn, APP, line, now, create_members=True)
     assert await crossings(conn) == [
         ("points_above:adjust:fix-1:200", "alice", 200, 250, None),
         ("points_above:adjust:fix-3:200", "alice", 200, 590, None),

@@ -37,10 +37,9 @@ the same file again applies the rest.
 Exit codes: 0 every line applied (or already applied); 1 some lines rejected, the others
 applied (also when a database error stops the run: running the file again applies the
 rest); 2 nothing applied: the file cannot be read or has no valid header, --program or
---app is unknown, or the database cannot be reached; 130 interrupted by Ctrl-C.
+--app is unknown; 3 the database cannot be reached; 130 interrupted by Ctrl-C, 143 by
+SIGTERM.
 """
-# The shell's convention for a command stopped by SIGINT (128 + 2).
-INTERRUPTED = 130
 # Paragraphs on one line each: the help is wrapped to the terminal's width.
 HELP = "\n\n".join(" ".join(paragraph.split()) for paragraph in _HELP.split("\n\n"))
 
@@ -151,9 +150,8 @@ def register(cli: typer.Typer) -> None:
                 )
             return None
 
-        try:
-            stopped = run(go())
-        except KeyboardInterrupt:
+        def said_so_far(how: str) -> None:
+            """Ctrl-C or SIGTERM: what was applied, and how to finish."""
             summary = summarize(results)
             out.print(
                 f"{file.name}: applied {summary.applied}, already applied "
@@ -163,11 +161,12 @@ def register(cli: typer.Typer) -> None:
             done = len(results) - len(parsed.invalid)
             where = f"after line {parsed.adjustments[done - 1].line}" if done else "at the start"
             problem(
-                f"interrupted {where}: applied {summary.applied} of "
+                f"{how} {where}: applied {summary.applied} of "
                 f"{len(parsed.adjustments) + len(parsed.invalid)} lines; the lines applied "
                 "stay applied, and running the same file again applies the rest"
             )
-            raise typer.Exit(INTERRUPTED) from None
+
+        stopped = run(go(), on_stop=said_so_far)
         if stopped is not None and stopped[1] == 2:
             problem(stopped[0])
             raise typer.Exit(2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import typer
@@ -74,22 +74,24 @@ async def _main(coro: Coroutine[Any, Any, T]) -> T:
     return await coro
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T], *, on_stop: Callable[[str], None] | None = None) -> T:
     """Run a command's coroutine; its expected failures exit with one line.
 
     A configuration problem exits with code 2; a service that cannot be reached, before
     or during the command, exits with code 3 (nothing decided: try again). Ctrl-C and
-    SIGTERM stop the command after its clean-up, with codes 130 and 143.
+    SIGTERM stop the command after its clean-up, with codes 130 and 143; ``on_stop``,
+    given ``"interrupted"`` or ``"stopped by SIGTERM"``, then says what the command did
+    so far instead of that one line.
     """
     try:
         return asyncio.run(_main(coro))
     except KeyboardInterrupt:
-        problem("interrupted")
+        _stopped("interrupted", on_stop)
         raise typer.Exit(INTERRUPTED) from None
     except asyncio.CancelledError:
         if not _terminated:
             raise
-        problem("stopped by SIGTERM")
+        _stopped("stopped by SIGTERM", on_stop)
         raise typer.Exit(TERMINATED) from None
     except ConfigurationError as exc:
         report(exc)
@@ -103,6 +105,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             raise
         problem(lost)
         raise typer.Exit(UNAVAILABLE) from None
+
+
+def _stopped(how: str, on_stop: Callable[[str], None] | None) -> None:
+    if on_stop is None:
+        problem(how)
+    else:
+        on_stop(how)
 
 
 def _lost_connection(exc: Exception) -> str | None:
