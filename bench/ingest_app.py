@@ -4,6 +4,11 @@ Program ``default``: 1 point per EUR of a purchase (``PerAmount``), 10 points fo
 ``web_login`` at most once a day (``OnActivity`` with a ``Limit``). One flow,
 ``StoreVisit``, on the activity ``store_visit``, which only the journey phase emits.
 
+``LOADS_APP`` is the app of bench/loads.py: the same rules plus a newsletter bonus once
+per member, in programs ``plain`` (no tiers), ``tiered`` (bronze 0, silver 50, gold 150,
+lifetime) and ``threshold`` (those tiers and a flow on ``PointsAbove(100)``); each has a
+``<name>_ref`` twin that bench/loads.py --check applies one event at a time.
+
 ``ApplyEventWorkflow`` / ``NaiveApplier.apply_event`` are the baseline: one workflow per
 event, one activity that writes the award with ``loyalty.ledger.award``. The login's
 daily cap becomes an idempotency key per member and day (calendar day, where the rule has
@@ -27,7 +32,8 @@ with workflow.unsafe.imports_passed_through():
     from loyalty.app import LoyaltyApp, Program
     from loyalty.flows import flow
     from loyalty.rules import Limit, OnActivity, PerAmount
-    from loyalty.triggers import Activity
+    from loyalty.tiers import Tier, TierScheme
+    from loyalty.triggers import Activity, PointsAbove
 
 LOGIN_POINTS = 10
 JOURNEY_ACTIVITY = "store_visit"
@@ -111,3 +117,35 @@ class ApplyEventWorkflow:
         return await workflow.execute_activity_method(
             NaiveApplier.apply_event, event, start_to_close_timeout=APPLY_TIMEOUT
         )
+
+
+@flow(trigger=PointsAbove(100), program=("threshold", "threshold_ref"))
+@workflow.defn
+class AlmostThere:
+    """A journey when the balance crosses 100; bench/loads.py only records its start."""
+
+    @workflow.run
+    async def run(self, trigger: events.PointsAbove) -> None:
+        workflow.logger.debug("%s crossed %s", trigger.member_id, trigger.threshold)
+
+
+_RULES = (
+    PerAmount(points_per_unit=1),
+    OnActivity("web_login", points=LOGIN_POINTS, limit=Limit(1, per=timedelta(days=1))),
+    OnActivity("newsletter_signup", points=25, max_per_member=1),
+)
+_TIERS = TierScheme(
+    tiers=(
+        Tier(name="bronze", threshold=0),
+        Tier(name="silver", threshold=50),
+        Tier(name="gold", threshold=150),
+    ),
+)
+LOADS_APP = LoyaltyApp(
+    programs=[
+        Program(name=name, earn_rules=_RULES, tier_schemes=(_TIERS,) if tiers else ())
+        for base, tiers in (("plain", False), ("tiered", True), ("threshold", True))
+        for name in (base, f"{base}_ref")
+    ],
+    flows=[AlmostThere],
+)

@@ -1,0 +1,324 @@
+"""The loads of a real loyalty program, on the router's batch alone: where the time goes.
+
+Builds a fresh embedded PostgreSQL, the app of `bench.ingest_app` (programs with and
+without tiers, several earn rules, a ``PointsAbove`` flow) and, per load, --events
+events over --members members. Then applies them as the router does
+(`loyalty.router.processing.process_batch`, batches of --batch), until the inbox of the
+program is empty, derived events included. No Temporal: this is the database work of
+the router, the part that events/s depends on.
+
+Loads (each its own program, so each starts from an empty ledger):
+
+* ``purchases, no tiers``: the baseline of the ratios;
+* ``purchases, tiers``: one tier scheme (bronze 0, silver 300, gold 1000, lifetime);
+* ``deposits, no tiers``: ``points_deposit`` (available and earned);
+* ``mixed, tiers``: deposits, withdrawals (some larger than the balance), purchases with
+  and without points, logins;
+* ``purchases, tiers and PointsAbove``: the tier scheme and a flow on ``PointsAbove(500)``.
+
+For each load it prints events/s (client events over the time to apply them and what
+they derive), the ratio to the first load, and the time spent per part of the batch
+(measured by wrapping the router's functions in this process), with the batches redone
+carefully after a refusal and the members the fast path handed back. Run:
+``.venv/bin/python bench/loads.py`` (about two minutes); ``--check`` compares each
+load's ledger with the same events applied one at a time and verifies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.ingest_app
+
+from bench.ingest_app import LOADS_APP
+from loyalty.events import (
+    Activity,
+    AnyEvent,
+    PointsDeposit,
+    PointsWithdrawal,
+    Purchase,
+)
+from loyalty.ingest import derived
+from loyalty.ingest.inbox import insert_events
+from loyalty.ledger import audit
+from loyalty.router import bulk, processing
+from loyalty.store.db import Conn, connect, prepare_database
+from loyalty.store.embedded import EmbeddedPostgres
+from loyalty.tiers import promotion
+
+console = Console()
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _base(i: int, prefix: str, members: int, program: str) -> dict[str, Any]:
+    return {
+        "event_id": f"{prefix}-{i}",
+        "member_id": f"{prefix}m{i % members}",
+        "program": program,
+        # Spread over the last day, in order: later events happen later.
+        "occurred_at": NOW - timedelta(days=1) + timedelta(seconds=i * 86_000 / 100_000),
+    }
+
+
+def purchases(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
+    """Purchases of 5.50 to 54.50 EUR (5 to 54 points), a login after every other one."""
+    for i in range(n):
+        common = _base(i, prefix, members, program)
+        if i % 2:
+            yield Activity(**common, name="web_login")
+        else:
+            amount = Decimal(5 + i % 50) + Decimal("0.50")
+            yield Purchase(**common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR")
+
+
+def deposits(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
+    """Points given through the API, one in five ``earned``."""
+    for i in range(n):
+        kind = "earned" if i % 5 == 4 else "available"
+        yield PointsDeposit(
+            **_base(i, prefix, members, program), points=10 + i % 90, kind=kind, reason="api"
+        )
+
+
+def mixed(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
+    """Deposits, withdrawals (one in eight too large), purchases paid partly with points
+    and not, logins: a SessionM-style program."""
+    for i in range(n):
+        common = _base(i, prefix, members, program)
+        roll = i % 8
+        if roll in (0, 1):
+            yield PointsDeposit(**common, points=50 + i % 50, kind="available", reason="api")
+        elif roll == 2:
+            points = 400 if i % 3 == 0 else 20
+            yield PointsWithdrawal(**common, points=points, kind="available", reason="reward")
+        elif roll in (3, 4):
+            amount = Decimal(10 + i % 40)
+            yield Purchase(**common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR")
+        elif roll == 5:
+            amount = Decimal(30 + i % 20)
+            yield Purchase(
+                **common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR",
+                points_redeemed=500 if i % 3 else 100,
+            )  # fmt: skip
+        else:
+            yield Activity(**common, name="web_login")
+
+
+@dataclass(frozen=True)
+class Load:
+    name: str
+    program: str
+    make: Callable[[str, int, int, str], Iterator[AnyEvent]]
+
+
+LOADS = (
+    Load("purchases, no tiers", "plain", purchases),
+    Load("purchases, tiers", "tiered", purchases),
+    Load("deposits, no tiers", "plain", deposits),
+    Load("mixed, tiers", "tiered", mixed),
+    Load("purchases, tiers and PointsAbove", "threshold", purchases),
+)
+
+
+@dataclass
+class Timings:
+    """Seconds per wrapped function, and counts, for one load."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def instrument(timings: list[Timings]) -> None:
+    """Wrap the router's parts so each load's time is split between them."""
+
+    def wrap(owner: Any, name: str, label: str, by_type: bool = False) -> None:
+        real = getattr(owner, name)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            key = label
+            if by_type:
+                event = next(a for a in args if hasattr(a, "type"))
+                key = f"{label} {event.type}"
+            start = time.perf_counter()
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                timings[-1].seconds[key] += time.perf_counter() - start
+                timings[-1].counts[key] += 1
+
+        setattr(owner, name, timed)
+
+    wrap(processing, "claim_batch", "claim")
+    wrap(bulk, "apply_bulk", "fast path")
+    wrap(processing.EventProcessor, "apply", "one by one", by_type=True)
+    wrap(promotion, "promote", "  of which promote")
+    wrap(promotion, "record_qualifying", "  of which qualifying points")
+    wrap(derived, "record_caused_by", "  of which derived events")
+    wrap(processing, "record_outcomes", "outcomes")
+    wrap(processing, "record_journeys", "journey outbox")
+    wrap(processing, "record_signals", "signals outbox")
+    redo = processing._RedoCarefully
+
+    original = processing.process_batch
+
+    async def batch(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("careful"):
+            timings[-1].counts["batches redone carefully"] += 1
+        return await original(*args, **kwargs)
+
+    processing.process_batch = batch
+    assert redo is processing._RedoCarefully
+    real_bulk = bulk.apply_bulk
+
+    async def counted(*args: Any, **kwargs: Any) -> bulk.BulkResult:
+        result = await real_bulk(*args, **kwargs)
+        timings[-1].counts["events on the fast path"] += len(result.outcomes)
+        timings[-1].counts["members handed back"] += len(result.fallback)
+        return result
+
+    bulk.apply_bulk = counted
+
+
+async def apply_all(conn: Conn, program: str, batch: int, use_bulk: bool = True) -> int:
+    """Apply every pending event of the program; returns the number of batches."""
+    processor = processing.EventProcessor(LOADS_APP)
+    batches = 0
+    while True:
+        progress = await processing.process_batch(
+            conn, processor, program=program, partitions=1, partition=0, batch_size=batch,
+            max_attempts=3, task_queue="bench", use_bulk=use_bulk,
+        )  # fmt: skip
+        if not progress.events:
+            return batches
+        batches += 1
+
+
+@dataclass
+class Result:
+    load: Load
+    events: int
+    seconds: float
+    batches: int
+    timings: Timings
+
+
+async def run_load(
+    conn: Conn, load: Load, prefix: str, args: argparse.Namespace, timings: Timings
+) -> Result:
+    events = list(load.make(prefix, args.events, args.members, load.program))
+    for start in range(0, len(events), 5_000):
+        await insert_events(conn, events[start : start + 5_000])
+    await conn.execute("ANALYZE")
+    started = time.perf_counter()
+    batches = await apply_all(conn, load.program, args.batch)
+    return Result(load, len(events), time.perf_counter() - started, batches, timings)
+
+
+async def check(conn: Conn, load: Load, prefix: str, args: argparse.Namespace) -> None:
+    """Apply the load's events one at a time in the program's twin and compare."""
+    twin = f"{load.program}_ref"
+    events = list(load.make(prefix, args.events, args.members, twin))
+    await insert_events(conn, events)
+    await apply_all(conn, twin, args.batch, use_bulk=False)
+    for table, sql in {
+        "legs": """SELECT t.idempotency_key, a.member_id, a.kind, g.amount
+                   FROM ledger_legs AS g JOIN ledger_transactions AS t ON t.id = g.transaction_id
+                   JOIN accounts AS a ON a.id = g.account_id WHERE t.program = $1""",
+        "outcomes": "SELECT event_id, status, outcome, detail FROM events WHERE program = $1",
+    }.items():
+        ours = sorted(tuple(r.values()) for r in await conn.fetch(sql, load.program))
+        theirs = sorted(tuple(r.values()) for r in await conn.fetch(sql, twin))
+        assert ours == theirs, f"{load.name}: {table} differ from one by one"
+
+
+def report(results: list[Result]) -> None:
+    base = results[0].events / results[0].seconds
+    table = Table(title="Router batches by load (events/s from inbox to applied)")
+    for column in ("load", "events", "events/s", "vs first", "batches", "redone", "fast path",
+                   "handed back"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "load" else "right")
+    for r in results:
+        rate = r.events / r.seconds
+        table.add_row(
+            r.load.name, f"{r.events:,}", f"{rate:,.0f}", f"{rate / base:.2f}", str(r.batches),
+            str(r.timings.counts["batches redone carefully"]),
+            f"{r.timings.counts['events on the fast path']:,}",
+            f"{r.timings.counts['members handed back']:,}",
+        )  # fmt: skip
+    console.print(table)
+    split = Table(title="Where the time goes (seconds, calls)")
+    split.add_column("part")
+    for r in results:
+        split.add_column(r.load.name, justify="right")
+    parts = sorted({p for r in results for p in r.timings.seconds})
+    for part in parts:
+        split.add_row(
+            part,
+            *(
+                f"{r.timings.seconds[part]:.2f} ({r.timings.counts[part]:,})"
+                if part in r.timings.seconds else "-"
+                for r in results
+            ),
+        )  # fmt: skip
+    split.add_row("total", *(f"{r.seconds:.2f}" for r in results))
+    console.print(split)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="loyalty-loads-") as home:
+        server = EmbeddedPostgres(Path(home) / "postgres")
+        server.start()
+        try:
+            dsn = await server.ensure_database()
+            await prepare_database(dsn, LOADS_APP)
+            conn = await connect(dsn)
+            timings: list[Timings] = []
+            instrument(timings)
+            results = []
+            try:
+                for n, load in enumerate(LOADS):
+                    if args.only and args.only not in load.name:
+                        continue
+                    timings.append(Timings())
+                    console.print(f"[bold]{load.name}[/]: {args.events:,} events …")
+                    result = await run_load(conn, load, f"l{n}", args, timings[-1])
+                    results.append(result)
+                    if args.check:
+                        await check(conn, load, f"l{n}", args)
+                report(results)
+                verified = await audit.verify(conn)
+                console.print("loyalty verify: " + ("clean" if verified.ok else "DIFFERENCES"))
+                if not verified.ok:
+                    raise SystemExit(1)
+            finally:
+                await conn.close()
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--members", type=int, default=2_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--only", default="", help="Only the loads whose name contains this.")
+    parser.add_argument("--check", action="store_true", help="Compare with one by one.")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
