@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationInfo
+
 # Levels of nesting allowed in a free-form object (``attributes``, ``profile``), the
 # object itself being level 1. Far below the recursion limits of json, pydantic and
 # PostgreSQL, and far above what a profile or a set of attributes needs.
@@ -120,13 +122,20 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def storable_text(value: object) -> object:
+def stored(info: ValidationInfo) -> bool:
+    """Whether the validation reads an event back from the inbox
+    (`loyalty.events.stored_event`): it passed every input check when it was accepted,
+    so they are not made again."""
+    return bool(info.context and info.context.get("stored"))
+
+
+def storable_text(value: object, info: ValidationInfo) -> object:
     """A pydantic before-validator: refuse text that PostgreSQL cannot store.
 
     Before, not after, the type check: pydantic refuses a lone surrogate itself, with a
     message that does not say what is wrong.
     """
-    if isinstance(value, str):
+    if isinstance(value, str) and not stored(info):
         problem = text_problem(value)
         if problem:
             raise ValueError(problem)

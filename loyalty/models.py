@@ -31,6 +31,9 @@ class RouterProgress(Model):
     rejected: int = 0
     failed_attempts: int = 0
     dead: int = 0
+    # Claimed events applied on the fast path, and one at a time (`loyalty.router.bulk`).
+    fast_path: int = 0
+    one_by_one: int = 0
 
     def __add__(self, other: RouterProgress) -> RouterProgress:
         return RouterProgress(

@@ -25,8 +25,6 @@ from loyalty.events import (
     PointKind,
     Points,
     Purchase,
-    Referral,
-    ReferralApproved,
 )
 
 RuleName = Annotated[str, Field(min_length=1, max_length=100)]
@@ -155,7 +153,8 @@ class PerAmount(_Rule):
 
     def points_for(self, event: AnyEvent) -> int:
         """Points for a purchase (see the class)."""
-        if not isinstance(event, Purchase):
+        # The type first: cheaper than isinstance on a model, for every event and rule.
+        if event.type != "purchase" or not isinstance(event, Purchase):
             return 0
         if self.money_currency is not None and event.currency != self.money_currency:
             return 0
@@ -192,7 +191,9 @@ class OnActivity(_Rule):
 
     def points_for(self, event: AnyEvent) -> int:
         """``points`` for an activity of the rule's name."""
-        return self.points if isinstance(event, Activity) and event.name == self.activity else 0
+        if event.type != "activity" or not isinstance(event, Activity):
+            return 0
+        return self.points if event.name == self.activity else 0
 
 
 class OnReferral(_Rule):
@@ -207,7 +208,7 @@ class OnReferral(_Rule):
 
     def points_for(self, event: AnyEvent) -> int:
         """``points`` for a referral."""
-        return self.points if isinstance(event, Referral) else 0
+        return self.points if event.type == "referral" else 0
 
 
 class OnReferralApproved(_Rule):
@@ -226,7 +227,7 @@ class OnReferralApproved(_Rule):
 
     def points_for(self, event: AnyEvent) -> int:
         """``points`` for an accepted referral."""
-        return self.points if isinstance(event, ReferralApproved) else 0
+        return self.points if event.type == "referral_approved" else 0
 
 
 EarnRule = Annotated[

@@ -80,7 +80,8 @@ class EventRouter:
         workflow.set_current_details(
             f"**{summary}**\n\n{totals.events} events in {totals.batches} batches: "
             f"{totals.applied} applied, {totals.no_effect} no effect, "
-            f"{totals.rejected} rejected, {totals.dead} dead-lettered"
+            f"{totals.rejected} rejected, {totals.dead} dead-lettered; "
+            f"{totals.fast_path} on the fast path, {totals.one_by_one} one at a time"
         )
 
     @workflow.query

@@ -25,7 +25,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from loyalty.app import LoyaltyApp
-from loyalty.events import BaseEvent, any_event_adapter, origin_of
+from loyalty.events import BaseEvent, origin_of, stored_event
 from loyalty.flows.spec import (
     JOURNEY_ID_REUSE_POLICY,
     FlowSpec,
@@ -198,7 +198,7 @@ async def start_journeys(
         spec = spec_named(app, row["flow"])
         if spec is None:
             return f"flow {row['flow']!r} is not defined by the app"
-        event = any_event_adapter.validate_python(row["payload"])
+        event = stored_event(row["payload"])
         async with gate:
             try:
                 async with asyncio.timeout(START_TIMEOUT.total_seconds()):

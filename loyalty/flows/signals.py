@@ -25,7 +25,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from loyalty.events import BaseEvent, any_event_adapter
+from loyalty.events import BaseEvent, stored_event
 from loyalty.flows.outbox import record_attempts
 from loyalty.models import LoyaltyEventSignal
 from loyalty.store.db import Conn
@@ -119,7 +119,7 @@ async def send_signals(
         async with gate:
             # In inbox order: a journey's wait gets the first matching event.
             for index, row in enumerate(pending):
-                event = any_event_adapter.validate_python(row["payload"])
+                event = stored_event(row["payload"])
                 signal = LoyaltyEventSignal(wait_key=row["wait_key"], event=event)
                 try:
                     async with asyncio.timeout(SIGNAL_TIMEOUT.total_seconds()):

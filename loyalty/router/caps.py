@@ -1,14 +1,15 @@
-"""Earn-rule caps for the bulk path (`loyalty.router.bulk`): a batch's capped awards at once.
+"""Earn-rule caps for the fast path (`loyalty.router.bulk`): a batch's capped awards at once.
 
 The per-event path (`loyalty.router.earn`) checks a capped award in three steps: it locks the
 member's ``earn_rule_usage`` row of the rule (and, with ``max_total``, the rule's
 ``earn_rule_totals`` row), then counts the member's awards of the rule around the event
-(the sliding window of ``limit``), then awards if no cap is reached. `within_caps` does
-the same for every capped award of a batch in two statements: one locks every usage row
-(sorted) and totals row (in the program's rule order, as the per-event path does), the
-next reads, after the locks, the awards that the windows and the "already awarded"
-checks need. Then it decides award after award in event order, counting the batch's own
-awards as it goes, exactly as the per-event path would see them in the database.
+(the sliding window of ``limit``), then awards if no cap is reached. `load_caps` does
+the first two for every capped award a batch may make in two statements: one locks every
+usage row (sorted) and totals row (in the program's rule order, as the per-event path
+does), the next reads, after the locks, the awards that the windows and the "already
+awarded" checks need. The batch's replay then decides award after award in event order
+(`Caps.decide`), counting the batch's own awards as it goes (`Caps.record`), exactly as
+the per-event path would see them in the database.
 
 Worked example: ``OnActivity("web_login", points=10, limit=Limit(1, per=timedelta(days=1)))``
 and three logins of one member on one day in a batch: the first awards, the other two
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from loyalty.app import Program
@@ -34,13 +35,13 @@ WITH usage AS (
     SELECT $1, u.rule, u.member_id FROM unnest($2::text[], $3::text[]) AS u(rule, member_id)
     ORDER BY u.rule, u.member_id
     ON CONFLICT (program, rule, member_id) DO UPDATE SET awards = earn_rule_usage.awards
-    RETURNING rule, member_id, awards
+    RETURNING rule, member_id, awards, xmax = 0 AS created
 ),
 totals AS (
     INSERT INTO earn_rule_totals (program, rule)
     SELECT $1, t.rule FROM unnest($4::text[]) WITH ORDINALITY AS t(rule, n) ORDER BY t.n
     ON CONFLICT (program, rule) DO UPDATE SET awards = earn_rule_totals.awards
-    RETURNING rule, NULL::text AS member_id, awards
+    RETURNING rule, NULL::text AS member_id, awards, false AS created
 )
 SELECT * FROM usage UNION ALL SELECT * FROM totals
 """
@@ -82,16 +83,67 @@ def busiest_window(times: list[datetime], at: datetime, per: timedelta) -> int:
     return max(sum(1 for t in mine if end - per < t <= end) for end in ends)
 
 
-async def within_caps(
-    conn: Conn, program: Program, checks: Sequence[CapCheck]
-) -> list[bool | None]:
-    """Lock, count and decide every capped award of a batch, in the order given.
+@dataclass
+class Caps:
+    """The caps of a batch's capped awards, loaded once and decided award after award.
 
-    Returns per check: True (award it), False (a cap is reached: nothing), None (the
-    event was awarded by the rule before: write nothing, but it counts as awarded).
+    Attributes:
+        usage: awards of each (rule, member) so far, as the usage row counts them.
+        totals: awards of each rule with a ``max_total`` so far.
+        times: when the member's awards of the rule happened, around the batch's events.
+        done: (rule, event_id) awarded already.
+        created: usage rows the lock inserted (absent before the batch).
+        touched: usage rows that an applied event's rule checked: those the per-event
+            path would have created. The others are deleted after the batch.
     """
+
+    usage: dict[tuple[str, str], int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    times: dict[tuple[str, str], list[datetime]] = field(default_factory=lambda: defaultdict(list))
+    done: set[tuple[str, str]] = field(default_factory=set)
+    created: set[tuple[str, str]] = field(default_factory=set)
+    touched: set[tuple[str, str]] = field(default_factory=set)
+
+    def decide(self, c: CapCheck) -> bool | None:
+        """True: award; False: a cap is reached; None: awarded before (counts, writes
+        nothing). The check counts as made (its usage row is the per-event path's)."""
+        rule, key = c.rule, (c.rule.name, c.member_id)
+        self.touched.add(key)
+        if (rule.name, c.event_id) in self.done:
+            return None
+        capped = (
+            (
+                rule.limit is not None
+                and busiest_window(self.times[key], c.occurred_at, rule.limit.per) >= rule.limit.n
+            )
+            or (rule.max_per_member is not None and self.usage[key] >= rule.max_per_member)
+            or (rule.max_total is not None and self.totals[rule.name] >= rule.max_total)
+        )
+        return not capped
+
+    def record(self, c: CapCheck) -> None:
+        """Count an award written: what the per-event path's next count would find."""
+        key = (c.rule.name, c.member_id)
+        self.times[key].append(c.occurred_at)
+        self.done.add((c.rule.name, c.event_id))
+        self.usage[key] += 1
+        if c.rule.max_total is not None:
+            self.totals[c.rule.name] += 1
+
+    def untouched(self) -> list[tuple[str, str]]:
+        """Usage rows the lock created that no applied event checked, sorted."""
+        return sorted(self.created - self.touched)
+
+
+async def load_caps(conn: Conn, program: Program, checks: Sequence[CapCheck]) -> Caps:
+    """Lock and read what every capped award the batch may make needs, in two statements.
+
+    ``checks`` are all the capped awards the batch's events could make (an event refused
+    later makes none): their usage rows are locked (and created), and the rules' totals.
+    """
+    caps = Caps()
     if not checks:
-        return []
+        return caps
     pairs = sorted({(c.rule.name, c.member_id) for c in checks})
     # The per-event path locks the totals rows in the program's rule order: so do we, so
     # that a batch of each kind, in two partitions, never wait for each other in a cycle.
@@ -100,8 +152,13 @@ async def within_caps(
     locked = await conn.fetch(
         _LOCK, program.name, [r for r, _ in pairs], [m for _, m in pairs], totals_rules
     )
-    usage = {(r["rule"], r["member_id"]): r["awards"] for r in locked if r["member_id"]}
-    totals = {r["rule"]: r["awards"] for r in locked if r["member_id"] is None}
+    for r in locked:
+        if r["member_id"] is None:
+            caps.totals[r["rule"]] = r["awards"]
+        else:
+            caps.usage[(r["rule"], r["member_id"])] = r["awards"]
+            if r["created"]:
+                caps.created.add((r["rule"], r["member_id"]))
     spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
     for c in checks:
         if c.rule.limit is None:
@@ -115,31 +172,20 @@ async def within_caps(
         [spans[k][0] for k in keys], [spans[k][1] for k in keys],
         [c.rule.name for c in checks], [c.event_id for c in checks],
     )  # fmt: skip
-    times: dict[tuple[str, str], list[datetime]] = defaultdict(list)
-    done: set[tuple[str, str]] = set()
     for r in seen:
-        times[(r["rule"], r["member_id"])].append(r["occurred_at"])
-        done.add((r["rule"], r["event_id"]))
-    decisions: list[bool | None] = []
-    for c in checks:
-        rule, key = c.rule, (c.rule.name, c.member_id)
-        if (rule.name, c.event_id) in done:
-            decisions.append(None)
-            continue
-        capped = (
-            (
-                rule.limit is not None
-                and busiest_window(times[key], c.occurred_at, rule.limit.per) >= rule.limit.n
-            )
-            or (rule.max_per_member is not None and usage[key] >= rule.max_per_member)
-            or (rule.max_total is not None and totals[rule.name] >= rule.max_total)
-        )
-        decisions.append(not capped)
-        if not capped:
-            # What the per-event path's next count would find in the database.
-            times[key].append(c.occurred_at)
-            done.add((rule.name, c.event_id))
-            usage[key] += 1
-            if rule.max_total is not None:
-                totals[rule.name] += 1
-    return decisions
+        caps.times[(r["rule"], r["member_id"])].append(r["occurred_at"])
+        caps.done.add((r["rule"], r["event_id"]))
+    return caps
+
+
+async def drop_untouched(conn: Conn, program: str, caps: Caps) -> None:
+    """Delete the usage rows the lock created for checks no applied event made."""
+    gone = caps.untouched()
+    if gone:
+        await conn.execute(
+            """DELETE FROM earn_rule_usage AS u
+               USING unnest($2::text[], $3::text[]) AS g(rule, member_id)
+               WHERE u.program = $1 AND u.rule = g.rule AND u.member_id = g.member_id
+                 AND u.awards = 0""",
+            program, [r for r, _ in gone], [m for _, m in gone],
+        )  # fmt: skip

@@ -33,8 +33,8 @@ from loyalty.events import (
     Referral,
     ReferralApproved,
     Return,
-    any_event_adapter,
     origin_of,
+    stored_event,
 )
 from loyalty.flows.outbox import record_journeys
 from loyalty.flows.signals import record_signals
@@ -44,6 +44,7 @@ from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
 from loyalty.router import bulk, earn, totals
 from loyalty.router.erasure import erase_copies
+from loyalty.router.replay import Outcome
 from loyalty.store.db import Conn
 
 # Errors that say "try the whole batch again", not "this event is bad".
@@ -208,20 +209,22 @@ async def process_batch(
             held: set[str] = set()
             # (inbox row id, event) of every processed event: the journeys' triggers.
             processed: list[tuple[int, BaseEvent]] = []
-            # Outcomes of the events applied in bulk, by inbox row id.
-            in_bulk: dict[int, tuple[AnyEvent, str]] = {}
+            # Outcomes of the events applied on the fast path, by inbox row id.
+            in_bulk: dict[int, tuple[AnyEvent, Outcome]] = {}
             if not careful and use_bulk:
                 in_bulk = await _apply_bulk(conn, processor.app, program, rows)
+            counts["fast_path"] = len(in_bulk)
+            counts["one_by_one"] = len(rows) - len(in_bulk)
             for row in rows:
                 outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
                 if row["member_id"] in held:
                     outcome.update(status="pending", attempts=row["attempts"])
                 elif row["id"] in in_bulk:
-                    event, result = in_bulk[row["id"]]
-                    outcome.update(status="processed", outcome=result)
+                    event, fast = in_bulk[row["id"]]
+                    outcome.update(status=fast.status, outcome=fast.outcome, detail=fast.detail)
                 elif not careful:
                     try:
-                        event = any_event_adapter.validate_python(row["payload"])
+                        event = stored_event(row["payload"])
                         result = await processor.apply(conn, event)
                     except TRANSIENT_ERRORS:
                         raise
@@ -231,7 +234,7 @@ async def process_batch(
                 else:
                     try:
                         async with conn.transaction():
-                            event = any_event_adapter.validate_python(row["payload"])
+                            event = stored_event(row["payload"])
                             result = await processor.apply(conn, event)
                     except LedgerRefusal as refusal:
                         outcome.update(status="rejected", outcome=refusal.code, detail=str(refusal))
@@ -291,29 +294,32 @@ async def process_batch(
 
 async def _apply_bulk(
     conn: Conn, app: LoyaltyApp, program: str, rows: list[asyncpg.Record]
-) -> dict[int, tuple[AnyEvent, str]]:
-    """Apply the events of the batch's bulk members (`loyalty.router.bulk`) before the others.
+) -> dict[int, tuple[AnyEvent, Outcome]]:
+    """Apply the events of the batch's fast-path members (`loyalty.router.bulk`) first.
 
-    Returns (event, outcome) by inbox row id for the events applied; the members the bulk
-    path hands back keep all their events for the per-event path. Members are disjoint
-    between the two paths, so applying the bulk part first keeps every member's order.
+    Returns (event, outcome) by inbox row id for the events applied, refused ones
+    included; the other members keep all their events for the per-event path. Members
+    are disjoint between the two paths, so applying the fast part first keeps every
+    member's order.
 
     Raises:
-        _RedoCarefully: the bulk part failed for another reason than a transient error.
+        _RedoCarefully: the fast part failed for another reason than a transient error.
     """
     parsed: dict[int, AnyEvent | None] = {}
     for row in rows:
         try:
-            parsed[row["id"]] = any_event_adapter.validate_python(row["payload"])
+            parsed[row["id"]] = stored_event(row["payload"])
         except ValueError:
             parsed[row["id"]] = None  # the per-event path reports it
     members = bulk.bulk_members(app, program, ((r["member_id"], parsed[r["id"]]) for r in rows))
-    chosen = [(r["id"], parsed[r["id"]]) for r in rows if r["member_id"] in members]
-    events = [event for _, event in chosen if event is not None]
-    if not events:
+    chosen = [
+        (r["id"], event) for r in rows
+        if r["member_id"] in members and (event := parsed[r["id"]]) is not None
+    ]  # fmt: skip
+    if not chosen:
         return {}
     try:
-        done = await bulk.apply_bulk(conn, app, program, events)
+        done = await bulk.apply_bulk(conn, app, program, chosen)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
@@ -321,5 +327,5 @@ async def _apply_bulk(
     return {
         row_id: (event, done.outcomes[(origin_of(event), event.event_id)])
         for row_id, event in chosen
-        if event is not None and event.member_id not in done.fallback
+        if event.member_id not in done.fallback
     }
