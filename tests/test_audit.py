@@ -229,6 +229,12 @@ async def wrong_lifetime(conn: Conn) -> None:
 
 Found = tuple[str, str | None, str | None, str | None, int | None, int | None, str]
 # Corruption -> {check: [(program, member, currency, kind, expected, found, detail)]}.
+async def wrong_qualifying_total(conn: Conn) -> None:
+    await conn.execute(
+        "INSERT INTO qualifying_totals VALUES ('default', 'm1', 'points', 2026, 7)"
+    )
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[Found]]]] = {
     "balance": (wrong_balance, {"balances": [
         ("default", "m1", "points", "available", 60, 67,
@@ -263,6 +269,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[F
          "lot in the member's debt account, not in the available one")]}),
     "debt": (positive_debt, {"debts": [
         ("default", "m2", "points", "debt", 0, 5, "debt account above 0")]}),
+    "qualifying": (wrong_qualifying_total, {"qualifying_totals": [
+        ("default", "m1", "points", None, 0, 7, "qualifying points of 2026")]}),
     "lifetime": (wrong_lifetime, {"lifetime_earned": [
         ("coffee", "m3", "points", None, 20, None, "awards without a member_currencies row"),
         ("default", "m2", "points", None, 290, 291,

@@ -49,6 +49,22 @@ async def record_signals(conn: Conn, processed: Sequence[tuple[int, BaseEvent]])
     """
     if not processed:
         return 0
+    # Journeys rarely wait, and then for a few members: find which (member, type) any
+    # wait is for before serializing a single payload.
+    waiting = {
+        (r["member_id"], r["event_type"])
+        for r in await conn.fetch(
+            """SELECT DISTINCT member_id, event_type FROM journey_waits
+               WHERE program = ANY($1::text[]) AND member_id = ANY($2::text[])""",
+            sorted({e.program for _, e in processed}), sorted({e.member_id for _, e in processed}),
+        )  # fmt: skip
+    }
+    processed = [
+        (row_id, event) for row_id, event in processed
+        if (event.member_id, str(getattr(event, "type", ""))) in waiting
+    ]  # fmt: skip
+    if not processed:
+        return 0
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
     for row_id, event in processed:
         values = (

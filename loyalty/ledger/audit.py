@@ -21,6 +21,8 @@ one read-only snapshot:
   is the points of every award. An award is a transaction of kind ``award_*``; what it
   gave is minus its ``issued`` leg (its other legs, the member's account and any debt
   pay-off, add up to the same). Returns, spends and expiry do not lower it.
+* ``qualifying_totals``: the tier measure's totals per member, currency and year (UTC)
+  equal the sum of their ``qualifying_points`` (the fast path measures with them).
 
 Each check lists at most ``LISTED`` differences but counts them all.
 
@@ -225,6 +227,24 @@ FROM member_currencies AS m
 FULL JOIN awarded AS w
   ON w.program = m.program AND w.member_id = m.member_id AND w.currency = m.currency
 WHERE m.lifetime_earned IS DISTINCT FROM coalesce(w.points, 0)
+ORDER BY 1, 2, 3 LIMIT $1"""),
+    _Check("qualifying_totals", "the tier measure's totals equal its qualifying points", """
+WITH sums AS (
+    SELECT program, member_id, currency,
+           extract(year FROM earned_at AT TIME ZONE 'UTC')::integer AS year,
+           sum(points)::bigint AS points
+    FROM qualifying_points GROUP BY 1, 2, 3, 4
+)
+SELECT coalesce(t.program, s.program) AS program,
+       coalesce(t.member_id, s.member_id) AS member_id,
+       coalesce(t.currency, s.currency) AS currency,
+       coalesce(s.points, 0) AS expected, t.points AS found,
+       format('qualifying points of %s', coalesce(t.year, s.year)) AS detail,
+       count(*) OVER () AS differences
+FROM qualifying_totals AS t
+FULL JOIN sums AS s ON s.program = t.program AND s.member_id = t.member_id
+                   AND s.currency = t.currency AND s.year = t.year
+WHERE coalesce(t.points, 0) <> coalesce(s.points, 0)
 ORDER BY 1, 2, 3 LIMIT $1"""),
 )  # fmt: skip
 
