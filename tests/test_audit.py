@@ -228,11 +228,13 @@ async def wrong_lifetime(conn: Conn) -> None:
 
 
 Found = tuple[str, str | None, str | None, str | None, int | None, int | None, str]
-# Corruption -> {check: [(program, member, currency, kind, expected, found, detail)]}.
+
+
 async def wrong_qualifying_total(conn: Conn) -> None:
-    await conn.execute(
-        "INSERT INTO qualifying_totals VALUES ('default', 'm1', 'points', 2026, 7)"
-    )
+    await conn.execute("INSERT INTO qualifying_totals VALUES ('default', 'm1', 'points', 2026, 7)")
+
+
+# Corruption -> {check: [(program, member, currency, kind, expected, found, detail)]}.
 
 
 CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[Found]]]] = {

@@ -56,8 +56,9 @@ async def record_signals(conn: Conn, processed: Sequence[tuple[int, BaseEvent]])
         for r in await conn.fetch(
             """SELECT DISTINCT member_id, event_type FROM journey_waits
                WHERE program = ANY($1::text[]) AND member_id = ANY($2::text[])""",
-            sorted({e.program for _, e in processed}), sorted({e.member_id for _, e in processed}),
-        )  # fmt: skip
+            sorted({e.program for _, e in processed}),
+            sorted({e.member_id for _, e in processed}),
+        )
     }
     processed = [
         (row_id, event) for row_id, event in processed
