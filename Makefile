@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/emit.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/loads.py
 	$(BIN)/python bench/maintenance.py
 
 clean:

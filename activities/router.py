@@ -1,15 +1,17 @@
 """The event router's activity: claim and apply inbox batches, woken by LISTEN/NOTIFY.
 
-After each batch commits, the session starts the journeys recorded for its partition
-(`loyalty.flows.outbox.start_journeys`) and sends the signals recorded for waiting journeys
-(`loyalty.flows.signals.send_signals`), leftovers of an earlier crash included.
+Beside the batches, on a connection of its own, the session starts the journeys recorded
+for its partition (`loyalty.flows.outbox.start_journeys`) and sends the signals recorded
+for waiting journeys (`loyalty.flows.signals.send_signals`), leftovers of an earlier crash
+included: a batch's journeys start while the next batch is applied, so a program whose
+flows start many journeys is not applied at the pace of Temporal's workflow starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 
 import asyncpg
 from temporalio import activity
@@ -17,7 +19,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from loyalty.errors import ServiceUnavailable
-from loyalty.flows.outbox import start_journeys
+from loyalty.flows.outbox import START_LIMIT, start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
 from loyalty.models import RouterProgress, RouteSession
@@ -155,53 +157,43 @@ class RouterActivities:
         deadline = loop.time() + settings.router_session_seconds
         progress = RouterProgress()
         await self.listener.start()
-        while loop.time() < deadline:
-            seen = self.listener.generation(session.program)
-            async with self.pool.acquire() as conn:
-                batch = await process_batch(
-                    conn,
-                    self.processor,
-                    program=session.program,
-                    partitions=session.partitions,
-                    partition=session.partition,
-                    batch_size=settings.router_batch_size,
-                    max_attempts=settings.event_max_attempts,
-                    task_queue=settings.task_queue,
-                )
-                # After commit; also picks up journeys a crashed session left unstarted.
-                await start_journeys(
-                    conn,
-                    self.client,
-                    self.processor.app,
-                    program=session.program,
-                    partitions=session.partitions,
-                    partition=session.partition,
-                    task_queue=settings.task_queue,
-                    on_progress=partial(activity.heartbeat, progress.model_dump()),
-                )
-                await send_signals(
-                    conn,
-                    self.client,
-                    program=session.program,
-                    partitions=session.partitions,
-                    partition=session.partition,
-                    on_progress=partial(activity.heartbeat, progress.model_dump()),
-                )
-                retry_at = (
-                    None
-                    if batch.events
-                    else await next_retry_at(
-                        conn, session.program, session.partitions, session.partition
+        outbox = _Outbox(self, session, lambda: activity.heartbeat(progress.model_dump()))
+        try:
+            while loop.time() < deadline:
+                outbox.check()
+                seen = self.listener.generation(session.program)
+                async with self.pool.acquire() as conn:
+                    batch = await process_batch(
+                        conn,
+                        self.processor,
+                        program=session.program,
+                        partitions=session.partitions,
+                        partition=session.partition,
+                        batch_size=settings.router_batch_size,
+                        max_attempts=settings.event_max_attempts,
+                        task_queue=settings.task_queue,
                     )
-                )
-            progress = progress + batch
-            activity.heartbeat(progress.model_dump())
-            if batch.events:
-                continue
-            idle = min(settings.router_idle_poll_seconds, deadline - loop.time())
-            if retry_at is not None:
-                idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))
-            await self._idle(session.program, seen, idle, progress)
+                    retry_at = (
+                        None
+                        if batch.events
+                        else await next_retry_at(
+                            conn, session.program, session.partitions, session.partition
+                        )
+                    )
+                # After commit; also picks up journeys a crashed session left unstarted.
+                outbox.kick()
+                progress = progress + batch
+                activity.heartbeat(progress.model_dump())
+                if batch.events:
+                    continue
+                idle = min(settings.router_idle_poll_seconds, deadline - loop.time())
+                if retry_at is not None:
+                    idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))
+                await self._idle(session.program, seen, idle, progress)
+        except BaseException:
+            outbox.cancel()
+            raise
+        await outbox.close()
 
     async def _idle(
         self, program: str, seen: int, seconds: float, progress: RouterProgress
@@ -216,6 +208,88 @@ class RouterActivities:
                 return
             # The same details as after a batch: the Web UI shows the last heartbeat's.
             activity.heartbeat(progress.model_dump())
+
+
+class _Outbox:
+    """Starts a session's recorded journeys and sends its signals, beside its batches.
+
+    One task per session, on its own connection: after each kick (a batch committed, or
+    an idle wait ended) it makes one round of `start_journeys` and `send_signals`, and
+    another at once while a round found a full page to start. Nothing is lost when the
+    session ends between rounds: the rows wait in the outboxes for the next session. A
+    database error in a round ends the session with it, so Temporal retries the session.
+    """
+
+    def __init__(
+        self, routing: RouterActivities, session: RouteSession, heartbeat: Callable[[], None]
+    ) -> None:
+        self._routing, self._session, self._heartbeat = routing, session, heartbeat
+        self._kicked = asyncio.Event()
+        self._closing = False
+        self._idle = False
+        self._task = asyncio.create_task(self._run(), name=f"outbox {session.program}")
+        # Retrieved here, so a failure the session already raised is not logged again.
+        self._task.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    def check(self) -> None:
+        """Raise what ended the task early (a database error), in the session."""
+        if self._task.done():
+            self._task.result()
+
+    async def close(self) -> None:
+        """Finish the round under way, or make one more if a kick is waiting; then stop."""
+        self._closing = True
+        if self._idle and not self._kicked.is_set():
+            self._task.cancel()  # waiting for a kick that will not come: nothing is due
+            return
+        if not self._task.done():
+            await self._task
+        self._task.result()
+
+    def cancel(self) -> None:
+        """Stop at once (the session failed or was cancelled); the rows stay recorded."""
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._kicked.is_set():
+                if self._closing:
+                    return
+                self._idle = True
+                await self._kicked.wait()
+                self._idle = False
+            self._kicked.clear()
+            full = await self._round() >= START_LIMIT
+            if self._closing:
+                return
+            if full:
+                self._kicked.set()
+
+    async def _round(self) -> int:
+        routing, session = self._routing, self._session
+        async with routing.pool.acquire() as conn:
+            started = await start_journeys(
+                conn,
+                routing.client,
+                routing.processor.app,
+                program=session.program,
+                partitions=session.partitions,
+                partition=session.partition,
+                task_queue=routing.settings.task_queue,
+                on_progress=self._heartbeat,
+            )
+            await send_signals(
+                conn,
+                routing.client,
+                program=session.program,
+                partitions=session.partitions,
+                partition=session.partition,
+                on_progress=self._heartbeat,
+            )
+        return started
 
 
 def _why_stopped(details: activity.ActivityCancellationDetails) -> str:

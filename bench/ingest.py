@@ -1,8 +1,15 @@
 """Benchmark: events/s from `LoyaltyClient.emit_many` to applied, with earn rules.
 
-On one fresh `loyalty dev` (app `bench.ingest_app:app`: PerAmount on purchases,
-OnActivity web_login once a day, one flow on the activity ``store_visit``):
+On one fresh `loyalty dev` (app `bench.ingest_app:app`: program ``default`` with PerAmount
+on purchases, OnActivity web_login once a day, one flow on the activity ``store_visit``;
+and the programs of the loads of issue 13):
 
+0. Loads (first, on the fresh database; `bench.ingest_loads`): the five loads of issue 13
+   (purchases and logins without tiers, the baseline; the same with tiers; deposits;
+   a mixed load with tiers; purchases with tiers and a ``PointsAbove`` flow), each
+   --load-events events over --load-members members in its own program, from
+   `emit_many` to applied; events/s, the ratio to the first, and the goals of issue 13.
+   ``--loads-only`` runs only this phase, ``--no-loads`` every other.
 1. Throughput: --events purchase and web_login events (half each) over --members members,
    one `emit_many` call, until every event is processed. Baseline in the same run: a
    sample of --baseline-events other events, each started as its own Temporal workflow
@@ -14,7 +21,8 @@ OnActivity web_login once a day, one flow on the activity ``store_visit``):
 3. Journeys: --journey-events events of which 10% are ``store_visit`` activities, each
    starting a journey; journeys started/s from journey_starts.started_at.
 
-Every phase uses its own members, and the ledger is checked at the end. Run: `make bench`.
+Every phase uses its own members, and the ledger is checked at the end (after each load
+for the loads). Run: `make bench`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +51,7 @@ from bench.ingest_app import (
     NaiveApplier,
     NaiveEvent,
 )
+from bench.ingest_loads import LoadRun, report_loads, run_loads
 from loyalty.events import Activity, IncomingEvent, Purchase
 from loyalty.store.db import Conn, Database, connect, create_pool
 from loyalty.temporal import connect_temporal
@@ -297,8 +306,14 @@ def met(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]not met[/]"
 
 
-async def run(dev: DevServer, args: argparse.Namespace) -> Figures:
-    fig = Figures()
+@dataclass
+class Loads:
+    runs: list[LoadRun] = field(default_factory=list)
+    loadavg: tuple[float, float] = (0.0, 0.0)
+
+
+async def run(dev: DevServer, args: argparse.Namespace) -> tuple[Figures, Loads]:
+    fig, loads = Figures(), Loads()
     limit = args.timeout
     main = make_events("thr", args.events, args.members)
     sample = make_events("naive", args.baseline_events, max(1, args.baseline_events // 10))
@@ -309,6 +324,12 @@ async def run(dev: DevServer, args: argparse.Namespace) -> Figures:
     ):
         conn = await connect(database.dsn)
         try:
+            if not args.no_loads:
+                loads.runs, loads.loadavg = await run_loads(
+                    client, conn, args.load_events, args.load_members, limit
+                )
+            if args.loads_only:
+                return fig, loads
             fig.subject_s = await throughput(client, conn, main, limit)
             console.print(
                 f"subject: {len(main):,} events in {fig.subject_s:.2f} s, "
@@ -329,7 +350,7 @@ async def run(dev: DevServer, args: argparse.Namespace) -> Figures:
             await verify(conn, {"thr": main, "naive": sample, "lat": lat, "jour": jour})
         finally:
             await conn.close()
-    return fig
+    return fig, loads
 
 
 def report(fig: Figures, args: argparse.Namespace) -> None:
@@ -384,6 +405,11 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=25, help="latency: events per emit")
     parser.add_argument("--seconds", type=float, default=20.0, help="latency: duration")
     parser.add_argument("--journey-events", type=int, default=20_000, help="journey phase")
+    parser.add_argument("--load-events", type=int, default=10_000, help="events per load")
+    parser.add_argument("--load-members", type=int, default=3_000, help="members per load")
+    phases = parser.add_mutually_exclusive_group()
+    phases.add_argument("--loads-only", action="store_true", help="only the loads of issue 13")
+    phases.add_argument("--no-loads", action="store_true", help="every phase but the loads")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per wait")
     args = parser.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])  # `loyalty dev` imports the app from here
@@ -391,13 +417,16 @@ def main() -> None:
     dev = DevServer("loyalty dev (app bench.ingest_app:app)", batch_size=None)
     try:
         dev.wait_ready()
-        fig = asyncio.run(run(dev, args))
+        fig, loads = asyncio.run(run(dev, args))
     except BaseException:
         console.print("\n".join(dev.lines[-40:]), markup=False)
         raise
     finally:
         dev.stop()
-    report(fig, args)
+    if loads.runs:
+        report_loads(loads.runs, loads.loadavg)
+    if not args.loads_only:
+        report(fig, args)
 
 
 if __name__ == "__main__":

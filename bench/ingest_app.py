@@ -1,19 +1,21 @@
-"""The app of bench/ingest.py, and the naive per-event workflow it is compared with.
+"""The apps of bench/ingest.py and bench/loads.py, and the naive per-event workflow.
 
 Program ``default``: 1 point per EUR of a purchase (``PerAmount``), 10 points for a
 ``web_login`` at most once a day (``OnActivity`` with a ``Limit``). One flow,
-``StoreVisit``, on the activity ``store_visit``, which only the journey phase emits.
+``StoreVisit``, on the activity ``store_visit`` in that program, which only the journey
+phase of bench/ingest.py emits.
 
-``LOADS_APP`` is the app of bench/loads.py: the same rules plus a newsletter bonus once
-per member, in programs ``plain`` (no tiers), ``tiered`` (bronze 0, silver 50, gold 150,
-lifetime) and ``threshold`` (those tiers and a flow on ``PointsAbove(100)``); each has a
-``<name>_ref`` twin that bench/loads.py --check applies one event at a time.
+``LOADS_APP`` holds the programs of the loads of issue 13 (`bench.workloads`): the same
+rules plus a newsletter bonus once per member, in programs ``plain`` and ``deposits`` (no
+tiers), ``tiered`` and ``mixed`` (bronze 0, silver 50, gold 150, lifetime) and
+``threshold`` (those tiers and the flow ``AlmostThere`` on ``PointsAbove(100)``), one per
+load; each has a ``<name>_ref`` twin that bench/loads.py --check applies one event at a
+time. ``app``, which bench/ingest.py runs in its `loyalty dev`, has all of them.
 
 ``ApplyEventWorkflow`` / ``NaiveApplier.apply_event`` are the baseline: one workflow per
 event, one activity that writes the award with ``loyalty.ledger.award``. The login's
 daily cap becomes an idempotency key per member and day (calendar day, where the rule has
-a sliding window: the same outcome for this benchmark's events, which share one day).
-"""
+a sliding window: the same outcome for this benchmark's events, which share one day)."""
 
 from __future__ import annotations
 
@@ -37,10 +39,11 @@ with workflow.unsafe.imports_passed_through():
 
 LOGIN_POINTS = 10
 JOURNEY_ACTIVITY = "store_visit"
+THRESHOLD = 100  # of AlmostThere
 APPLY_TIMEOUT = timedelta(seconds=60)
 
 
-@flow(trigger=Activity(JOURNEY_ACTIVITY))
+@flow(trigger=Activity(JOURNEY_ACTIVITY), program="default")
 @workflow.defn
 class StoreVisit:
     """A journey per store visit; it does nothing, the benchmark counts its starts."""
@@ -48,20 +51,6 @@ class StoreVisit:
     @workflow.run
     async def run(self, trigger: events.Activity) -> None:
         workflow.logger.debug("store visit of %s", trigger.member_id)
-
-
-app = LoyaltyApp(
-    programs=[
-        Program(
-            name="default",
-            earn_rules=(
-                PerAmount(points_per_unit=1),
-                OnActivity("web_login", points=LOGIN_POINTS, limit=Limit(1, per=timedelta(days=1))),
-            ),
-        )
-    ],
-    flows=[StoreVisit],
-)
 
 
 class NaiveEvent(BaseModel):
@@ -119,7 +108,7 @@ class ApplyEventWorkflow:
         )
 
 
-@flow(trigger=PointsAbove(100), program=("threshold", "threshold_ref"))
+@flow(trigger=PointsAbove(THRESHOLD), program=("threshold", "threshold_ref"))
 @workflow.defn
 class AlmostThere:
     """A journey when the balance crosses 100; bench/loads.py only records its start."""
@@ -141,11 +130,22 @@ _TIERS = TierScheme(
         Tier(name="gold", threshold=150),
     ),
 )
+# The loads' programs (`bench.workloads.LOADS`): with the tier scheme or without.
+LOAD_PROGRAMS = {
+    "plain": False, "tiered": True, "deposits": False, "mixed": True, "threshold": True,
+}  # fmt: skip
 LOADS_APP = LoyaltyApp(
     programs=[
         Program(name=name, earn_rules=_RULES, tier_schemes=(_TIERS,) if tiers else ())
-        for base, tiers in (("plain", False), ("tiered", True), ("threshold", True))
+        for base, tiers in LOAD_PROGRAMS.items()
         for name in (base, f"{base}_ref")
     ],
     flows=[AlmostThere],
+)
+app = LoyaltyApp(
+    programs=[
+        Program(name="default", earn_rules=_RULES[:2]),  # per EUR and web_login
+        *LOADS_APP.programs.values(),
+    ],
+    flows=[StoreVisit, *LOADS_APP.flows],
 )

@@ -1,20 +1,21 @@
 """The loads of a real loyalty program, on the router's batch alone: where the time goes.
 
-Builds a fresh embedded PostgreSQL, the app of `bench.ingest_app` (programs with and
-without tiers, several earn rules, a ``PointsAbove`` flow) and, per load, --events
-events over --members members. Then applies them as the router does
-(`loyalty.router.processing.process_batch`, batches of --batch), until the inbox of the
-program is empty, derived events included. No Temporal: this is the database work of
-the router, the part that events/s depends on.
+Builds a fresh embedded PostgreSQL, the app `bench.ingest_app.LOADS_APP` (programs with
+and without tiers, several earn rules, a ``PointsAbove`` flow) and, per load of
+`bench.workloads`, --events events over --members members. Then applies them as the
+router does (`loyalty.router.processing.process_batch`, batches of --batch), until the
+inbox of the program is empty, derived events included. No Temporal: this is the
+database work of the router, the part that events/s depends on. bench/ingest.py
+measures the same loads end to end.
 
-Loads (each its own program, so each starts from an empty ledger):
+Loads (each its own program, so each starts from an empty ledger; see `bench.workloads`):
 
 * ``purchases, no tiers``: the baseline of the ratios;
-* ``purchases, tiers``: one tier scheme (bronze 0, silver 300, gold 1000, lifetime);
+* ``purchases, tiers``: one tier scheme (bronze 0, silver 50, gold 150, lifetime);
 * ``deposits, no tiers``: ``points_deposit`` (available and earned);
 * ``mixed, tiers``: deposits, withdrawals (some larger than the balance), purchases with
   and without points, logins;
-* ``purchases, tiers and PointsAbove``: the tier scheme and a flow on ``PointsAbove(500)``.
+* ``purchases, tiers and PointsAbove``: the tier scheme and a flow on ``PointsAbove(100)``.
 
 For each load it prints events/s (client events over the time to apply them and what
 they derive), the ratio to the first load, and the time spent per part of the batch
@@ -32,10 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +43,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.ingest_app
 
 from bench.ingest_app import LOADS_APP
-from loyalty.events import (
-    Activity,
-    AnyEvent,
-    PointsDeposit,
-    PointsWithdrawal,
-    Purchase,
-)
+from bench.workloads import LOADS, Load
 from loyalty.ingest import derived
 from loyalty.ingest.inbox import insert_events
 from loyalty.ledger import audit
@@ -61,77 +53,6 @@ from loyalty.store.embedded import EmbeddedPostgres
 from loyalty.tiers import promotion
 
 console = Console()
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def _base(i: int, prefix: str, members: int, program: str) -> dict[str, Any]:
-    return {
-        "event_id": f"{prefix}-{i}",
-        "member_id": f"{prefix}m{i % members}",
-        "program": program,
-        # Spread over the last day, in order: later events happen later.
-        "occurred_at": NOW - timedelta(days=1) + timedelta(seconds=i * 86_000 / 100_000),
-    }
-
-
-def purchases(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
-    """Purchases of 5.50 to 54.50 EUR (5 to 54 points), a login after every other one."""
-    for i in range(n):
-        common = _base(i, prefix, members, program)
-        if i % 2:
-            yield Activity(**common, name="web_login")
-        else:
-            amount = Decimal(5 + i % 50) + Decimal("0.50")
-            yield Purchase(**common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR")
-
-
-def deposits(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
-    """Points given through the API, one in five ``earned``."""
-    for i in range(n):
-        kind = "earned" if i % 5 == 4 else "available"
-        yield PointsDeposit(
-            **_base(i, prefix, members, program), points=10 + i % 90, kind=kind, reason="api"
-        )
-
-
-def mixed(prefix: str, n: int, members: int, program: str) -> Iterator[AnyEvent]:
-    """Deposits, withdrawals (one in eight too large), purchases paid partly with points
-    and not, logins: a SessionM-style program."""
-    for i in range(n):
-        common = _base(i, prefix, members, program)
-        roll = i % 8
-        if roll in (0, 1):
-            yield PointsDeposit(**common, points=50 + i % 50, kind="available", reason="api")
-        elif roll == 2:
-            points = 400 if i % 3 == 0 else 20
-            yield PointsWithdrawal(**common, points=points, kind="available", reason="reward")
-        elif roll in (3, 4):
-            amount = Decimal(10 + i % 40)
-            yield Purchase(**common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR")
-        elif roll == 5:
-            amount = Decimal(30 + i % 20)
-            yield Purchase(
-                **common, order_id=f"o-{prefix}-{i}", amount=amount, currency="EUR",
-                points_redeemed=500 if i % 3 else 100,
-            )  # fmt: skip
-        else:
-            yield Activity(**common, name="web_login")
-
-
-@dataclass(frozen=True)
-class Load:
-    name: str
-    program: str
-    make: Callable[[str, int, int, str], Iterator[AnyEvent]]
-
-
-LOADS = (
-    Load("purchases, no tiers", "plain", purchases),
-    Load("purchases, tiers", "tiered", purchases),
-    Load("deposits, no tiers", "plain", deposits),
-    Load("mixed, tiers", "tiered", mixed),
-    Load("purchases, tiers and PointsAbove", "threshold", purchases),
-)
 
 
 @dataclass
@@ -240,17 +161,7 @@ async def check(conn: Conn, load: Load, prefix: str, args: argparse.Namespace) -
                    JOIN accounts AS a ON a.id = g.account_id WHERE t.program = $1""",
         "outcomes": "SELECT event_id, status, outcome, detail FROM events WHERE program = $1",
     }.items():
-        ours = sorted((tuple(r.values()) for r in await conn.fetch(sql, load.program)), key=str)
-        # Refusals name their program: the twin's name is not a difference.
-        theirs = sorted(
-            (
-                tuple(
-                    v.replace(twin, load.program) if isinstance(v, str) else v for v in r.values()
-                )
-                for r in await conn.fetch(sql, twin)
-            ),
-            key=str,
-        )
+        ours, theirs = [await _rows(conn, sql, program) for program in (load.program, twin)]
         if ours != theirs:
             only_ours = [r for r in ours if r not in set(theirs)][:5]
             only_theirs = [r for r in theirs if r not in set(ours)][:5]
@@ -258,6 +169,19 @@ async def check(conn: Conn, load: Load, prefix: str, args: argparse.Namespace) -
                 f"{load.name}: {table} differ from one by one: fast path only {only_ours}; "
                 f"one by one only {only_theirs}"
             )
+
+
+async def _rows(conn: Conn, sql: str, program: str) -> list[tuple[Any, ...]]:
+    """The rows, sorted, with the program's name taken out of texts (a refusal's detail
+    names it). Sorted by repr: program accounts have no member_id, and None does not sort."""
+    return sorted(
+        (
+            tuple(v.replace(f"program {program}", "program P") if isinstance(v, str) else v
+                  for v in r.values())
+            for r in await conn.fetch(sql, program)
+        ),
+        key=repr,
+    )  # fmt: skip
 
 
 def report(results: list[Result]) -> None:
