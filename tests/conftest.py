@@ -198,21 +198,23 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     """Start the engine's worker in this event loop; stopped at the end of the test.
 
-    Call it with setting overrides (``LOYALTY_ROUTER_PARTITIONS=4``) and/or ``app=``.
+    Call it with setting overrides (``LOYALTY_ROUTER_PARTITIONS=4``) and/or ``app=``, and
+    ``temporal=`` for a client of the dev server other than the environment's own.
     """
     from worker import run_worker
 
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
     routers: list[str] = []
 
-    async def start(app: LoyaltyApp = TEST_APP, **overrides: object) -> Settings:
+    async def start(
+        app: LoyaltyApp = TEST_APP, temporal: Client | None = None, **overrides: object
+    ) -> Settings:
         merged = Settings(**{**settings_env, **overrides})  # type: ignore[arg-type]
         stop, ready = asyncio.Event(), asyncio.Event()
         assert merged.database_url is not None
+        dsn = merged.database_url.get_secret_value()
         task = asyncio.create_task(
-            run_worker(
-                merged, app, dev_env.client, merged.database_url.get_secret_value(), stop, ready
-            )
+            run_worker(merged, app, temporal or dev_env.client, dsn, stop, ready)
         )
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowHandle,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.journeys import JourneyActivities
 from loyalty.events import Activity
+from loyalty.flows import outbox
 from loyalty.models import (
     AwardPointsInput,
     GetMemberInput,
@@ -155,6 +163,52 @@ async def test_a_journey_recorded_but_not_started_is_started_by_the_next_round(
         "SELECT attempts, last_error FROM journey_starts WHERE workflow_id = $1", workflow_id
     )
     assert (row["attempts"], row["last_error"]) == (1, None)
+
+
+class HeldStarts(Interceptor):
+    """Holds every journey's start until ``release`` is set (a slow or busy Temporal)."""
+
+    def __init__(self) -> None:
+        self.release, self.attempted = asyncio.Event(), asyncio.Event()
+        self.attempts: Counter[str] = Counter()
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        held = self
+
+        class Outbound(OutboundInterceptor):
+            async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+                if input.id.startswith("journey/"):
+                    held.attempts[input.id] += 1
+                    held.attempted.set()
+                    await held.release.wait()
+                return await super().start_workflow(input)
+
+        return Outbound(next)
+
+
+async def test_batches_go_on_while_journeys_start(
+    client: LoyaltyClient,
+    start_worker: StartWorker,
+    conn: asyncpg.Connection,
+    dev_env: WorkflowEnvironment,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Starting journeys waits on Temporal; the router applies the next batches meanwhile.
+    monkeypatch.setattr(outbox, "START_TIMEOUT", timedelta(minutes=10))
+    held = HeldStarts()
+    temporal = Client(**{**dev_env.client.config(), "interceptors": [held]})
+    await start_worker(app=app, temporal=temporal)
+    await client.wait([await client.emit(login("e1"))], timeout=30)
+    await asyncio.wait_for(held.attempted.wait(), timeout=30)
+    # The first batch's two journeys are still starting: a later login is applied anyway.
+    outcomes = await client.wait([await client.emit(login("e2", member="m2"))], timeout=30)
+    assert [o.describe() for o in outcomes] == ["no_effect"]
+    # By the same router session: none gave up on a start and retried it.
+    assert sorted(held.attempts.values()) == [1, 1]
+    held.release.set()
+    ids = await started(conn, 4)
+    await finish(dev_env.client, ids)
+    assert (await client.member("m2")).balances["points"].available == 125
 
 
 async def test_a_start_already_done_counts_as_started(
