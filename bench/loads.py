@@ -107,7 +107,7 @@ def instrument(timings: list[Timings]) -> None:
 
     async def counted(*args: Any, **kwargs: Any) -> bulk.BulkResult:
         result = await real_bulk(*args, **kwargs)
-        timings[-1].counts["events on the fast path"] += len(result.outcomes)
+        timings[-1].counts["events on the fast path"] += len(result.outcomes) + len(result.derived)
         timings[-1].counts["members handed back"] += len(result.fallback)
         return result
 

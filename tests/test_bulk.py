@@ -112,6 +112,8 @@ class Spy:
         async def spy(*args: Any) -> bulk.BulkResult:
             result = await real(*args)
             self.applied += [event_id for _, event_id in result.outcomes]
+            # The derived events, applied in the batch that derives them.
+            self.applied += [event.event_id for _, event, _ in result.derived]
             self.fallback |= result.fallback
             self.awards += result.awards
             return result

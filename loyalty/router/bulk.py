@@ -69,9 +69,12 @@ class BulkResult:
         awards: the earn rules' awards written, in event and rule order.
         fallback: members handed back to the one-by-one path (none today: kept for the
             callers that report it).
+        derived: (inbox row id, event, outcome) of the derived events inserted already
+            applied, in order (`loyalty.router.writes.write`).
     """
 
     outcomes: dict[tuple[Origin, str], Outcome] = field(default_factory=dict)
+    derived: list[tuple[int, AnyEvent, Outcome]] = field(default_factory=list)
     awards: list[Award] = field(default_factory=list)
     fallback: set[str] = field(default_factory=set)
 
@@ -119,7 +122,7 @@ async def apply_bulk(
     replay = Replay(app=app, state=state)
     for row_id, event in events:
         result.outcomes[(origin_of(event), event.event_id)] = replay.apply(row_id, event)
-    await write(conn, replay)
+    result.derived = await write(conn, replay)
     result.awards = [
         Award(program=program, member_id=a.member_id, currency=a.currency, points=a.points,
               occurred_at=a.occurred_at, event_id=a.event_id, rule=a.rule,

@@ -211,9 +211,11 @@ async def process_batch(
             processed: list[tuple[int, BaseEvent]] = []
             # Outcomes of the events applied on the fast path, by inbox row id.
             in_bulk: dict[int, tuple[AnyEvent, Outcome]] = {}
+            # Derived events the fast path inserted already applied: (row id, event, outcome).
+            derived_done: list[tuple[int, AnyEvent, Outcome]] = []
             if not careful and use_bulk:
-                in_bulk = await _apply_bulk(conn, processor.app, program, rows)
-            counts["fast_path"] = len(in_bulk)
+                in_bulk, derived_done = await _apply_bulk(conn, processor.app, program, rows)
+            counts["fast_path"] = len(in_bulk) + len(derived_done)
             counts["one_by_one"] = len(rows) - len(in_bulk)
             for row in rows:
                 outcome: dict[str, Any] = {"id": row["id"], "attempts": row["attempts"] + 1}
@@ -262,6 +264,9 @@ async def process_batch(
                     counts["dead"] += 1
                 elif "last_error" in outcome:
                     counts["failed_attempts"] += 1
+            for row_id, event, fast in derived_done:
+                processed.append((row_id, event))
+                counts[fast.outcome] += 1
             # A member is enrolled by the first event the engine processes for them; a refused
             # one (a withdrawal for an unknown member) enrols nobody.
             members = {row["member_id"] for row, o in zip(rows, outcomes, strict=True)
@@ -280,7 +285,7 @@ async def process_batch(
                 (event.member_id, row_id) for row_id, event in processed
                 if isinstance(event, MemberDeleted)
             ])  # fmt: skip
-            done = RouterProgress(batches=1, events=len(rows), **counts)
+            done = RouterProgress(batches=1, events=len(rows) + len(derived_done), **counts)
             await totals.add(conn, program, partitions, partition, done)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
         return done
@@ -294,11 +299,12 @@ async def process_batch(
 
 async def _apply_bulk(
     conn: Conn, app: LoyaltyApp, program: str, rows: list[asyncpg.Record]
-) -> dict[int, tuple[AnyEvent, Outcome]]:
+) -> tuple[dict[int, tuple[AnyEvent, Outcome]], list[tuple[int, AnyEvent, Outcome]]]:
     """Apply the events of the batch's fast-path members (`loyalty.router.bulk`) first.
 
     Returns (event, outcome) by inbox row id for the events applied, refused ones
-    included; the other members keep all their events for the per-event path. Members
+    included, and the derived events applied with them (`BulkResult.derived`); the other
+    members keep all their events for the per-event path. Members
     are disjoint between the two paths, so applying the fast part first keeps every
     member's order.
 
@@ -317,15 +323,16 @@ async def _apply_bulk(
         if r["member_id"] in members and (event := parsed[r["id"]]) is not None
     ]  # fmt: skip
     if not chosen:
-        return {}
+        return {}, []
     try:
         done = await bulk.apply_bulk(conn, app, program, chosen)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
         raise _RedoCarefully from exc
-    return {
+    applied = {
         row_id: (event, done.outcomes[(origin_of(event), event.event_id)])
         for row_id, event in chosen
         if event.member_id not in done.fallback
     }
+    return applied, done.derived

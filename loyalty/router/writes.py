@@ -11,13 +11,12 @@ rows are those the one-by-one path writes (`tests/test_bulk.py` compares every t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from loyalty.events import AnyEvent, occurred_at_sent, origin_of
 from loyalty.router.caps import drop_untouched
 from loyalty.router.memory import AccountKey, Ledger
-from loyalty.router.replay import Replay
+from loyalty.router.replay import Outcome, Replay
 from loyalty.store.db import Conn
 
 # Finds the wanted accounts and creates the missing ones. An account that a concurrent
@@ -202,16 +201,20 @@ FROM unnest($2::text[], $3::jsonb[], $4::boolean[], $5::text[], $6::text[])
 WHERE m.program = $1 AND m.member_id = v.member_id
 """
 
+# Inserted already processed, with their outcome: see `write`.
 _DERIVED = """
 INSERT INTO events (program, origin, event_id, type, member_id, payload, occurred_at,
-                    occurred_at_sent, caused_by)
+                    occurred_at_sent, caused_by, status, outcome, attempts, processed_at)
 SELECT d.program, d.origin, d.event_id, d.type, d.member_id, d.payload, d.occurred_at,
-       d.sent, d.caused_by
+       d.sent, d.caused_by, d.status, d.outcome, 1, now()
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-            $7::timestamptz[], $8::boolean[], $9::bigint[]) WITH ORDINALITY
-     AS d(program, origin, event_id, type, member_id, payload, occurred_at, sent, caused_by, n)
+            $7::timestamptz[], $8::boolean[], $9::bigint[], $10::text[], $11::text[])
+     WITH ORDINALITY
+     AS d(program, origin, event_id, type, member_id, payload, occurred_at, sent, caused_by,
+          status, outcome, n)
 ORDER BY d.n
 ON CONFLICT (program, origin, event_id) DO NOTHING
+RETURNING id, event_id
 """
 
 
@@ -266,8 +269,15 @@ async def _postings(conn: Conn, ledger: Ledger) -> dict[str, int]:
     return ids
 
 
-async def write(conn: Conn, replay: Replay) -> None:
-    """Write everything the replay changed (see the module docstring)."""
+async def write(conn: Conn, replay: Replay) -> list[tuple[int, AnyEvent, Outcome]]:
+    """Write everything the replay changed (see the module docstring).
+
+    The derived events are applied here too, in the batch that derives them (they only
+    trigger flows: `Replay.apply` gives each its outcome) and inserted as processed;
+    returns (inbox row id, event, outcome) of those inserted, in order, for the caller's
+    journeys and signals. One that exists already (the same promotion, derived again) is
+    not inserted and not returned.
+    """
     state, ledger = replay.state, replay.state.ledger
     name = state.program.name
     await _accounts(conn, ledger)
@@ -312,7 +322,7 @@ async def write(conn: Conn, replay: Replay) -> None:
             [replay.promoted[k][2] for k in keys],
         )  # fmt: skip
     await _members(conn, replay)
-    await _derived(conn, replay.derived)
+    return await _derived(conn, replay)
 
 
 async def _orders(conn: Conn, replay: Replay, ids: dict[str, int]) -> None:
@@ -375,16 +385,22 @@ async def _members(conn: Conn, replay: Replay) -> None:
         )  # fmt: skip
 
 
-async def _derived(conn: Conn, made: Sequence[tuple[AnyEvent, int]]) -> None:
+async def _derived(conn: Conn, replay: Replay) -> list[tuple[int, AnyEvent, Outcome]]:
     """Derived events, each caused by its inbox row, in the order they were derived."""
+    made = replay.derived
     if not made:
-        return
-    columns: list[list[Any]] = [[] for _ in range(9)]
+        return []
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    outcomes: dict[str, tuple[AnyEvent, Outcome]] = {}
     for event, caused_by in made:
+        outcome = replay.apply(caused_by, event)
+        outcomes[event.event_id] = (event, outcome)
         values = (
             event.program, origin_of(event), event.event_id, event.type, event.member_id,
             event.model_dump(mode="json"), event.occurred_at, occurred_at_sent(event), caused_by,
+            outcome.status, outcome.outcome,
         )  # fmt: skip
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    await conn.execute(_DERIVED, *columns)
+    rows = await conn.fetch(_DERIVED, *columns)
+    return [(r["id"], *outcomes[r["event_id"]]) for r in rows]
