@@ -251,7 +251,7 @@ def _met(ok: bool) -> str:
 
 
 def _count(value: int | None) -> str:
-    return "n/a" if value is None else f"{value:,}"
+    return "n/a" if value is None else f"{int(value):,}"
 
 
 def report_loads(runs: list[LoadRun], loadavg: tuple[float, float]) -> None:

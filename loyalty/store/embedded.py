@@ -317,6 +317,13 @@ class TemporalDevServer:
             "start-dev",
             "--db-filename",
             str(self.home / "temporal.db"),
+            # A write-ahead log, synced at checkpoints: what survives a crash of the
+            # process is the same, and every workflow start and task no longer waits
+            # for its own fsync (the server then took a core for about 40 journeys/s).
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
             "--port",
             str(self.port),
             "--ui-port",
