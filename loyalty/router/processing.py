@@ -44,7 +44,7 @@ from loyalty.ledger.returns import claw_back, record_order
 from loyalty.models import RouterProgress
 from loyalty.router import bulk, earn, totals
 from loyalty.router.erasure import erase_copies
-from loyalty.router.replay import Outcome
+from loyalty.router.replay import Outcome, check_account
 from loyalty.store.db import Conn
 
 # Errors that say "try the whole batch again", not "this event is bad".
@@ -85,14 +85,7 @@ class EventProcessor:
             raise LedgerRefusal(
                 "unknown_program", f"program {event.program!r} is not defined by the app"
             )
-        if isinstance(event, PointsDeposit | PointsWithdrawal) and (
-            event.account not in program.currencies
-        ):
-            raise LedgerRefusal(
-                "unknown_currency",
-                f"program {program.name!r} has no currency {event.account!r}; "
-                f"it has {', '.join(program.currencies)}",
-            )
+        check_account(program, event)
         key = f"event:{event.event_id}"
         if isinstance(event, PointsDeposit):
             available_at = event.occurred_at

@@ -26,7 +26,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from loyalty.app import LoyaltyApp
+from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import LedgerRefusal
 from loyalty.events import (
     DERIVED_TYPES,
@@ -46,7 +46,7 @@ from loyalty.ingest import derived
 from loyalty.policies import clawback_target
 from loyalty.router.caps import CapCheck
 from loyalty.router.state import MemberRow, Order, State
-from loyalty.tiers.promotion import measured_currencies
+from loyalty.tiers.promotion import Qualifying, measured_currencies
 
 _MONEY = Decimal("0.0001")
 
@@ -75,16 +75,20 @@ class RuleAward:
     order_id: str | None
 
 
-@dataclass(frozen=True)
-class Qualifying:
-    """A ``qualifying_points`` row (`loyalty.tiers.promotion.Qualifying`)."""
+def check_account(program: Program, event: AnyEvent) -> None:
+    """Refuse a deposit or withdrawal in a currency the program does not have.
 
-    member_id: str
-    currency: str
-    earned_at: datetime
-    points: int
-    order_id: str | None
-    source: str
+    Raises:
+        LedgerRefusal: ``unknown_currency``, naming the program's currencies.
+    """
+    if isinstance(event, PointsDeposit | PointsWithdrawal) and (
+        event.account not in program.currencies
+    ):
+        raise LedgerRefusal(
+            "unknown_currency",
+            f"program {program.name!r} has no currency {event.account!r}; "
+            f"it has {', '.join(program.currencies)}",
+        )
 
 
 @dataclass
@@ -146,14 +150,7 @@ class Replay:
     def _apply(self, row_id: int, event: AnyEvent) -> str:
         program, ledger = self.state.program, self.state.ledger
         member, at, key = event.member_id, event.occurred_at, f"event:{event.event_id}"
-        if isinstance(event, PointsDeposit | PointsWithdrawal) and (
-            event.account not in program.currencies
-        ):
-            raise LedgerRefusal(
-                "unknown_currency",
-                f"program {program.name!r} has no currency {event.account!r}; "
-                f"it has {', '.join(program.currencies)}",
-            )
+        check_account(program, event)
         if isinstance(event, PointsDeposit):
             available_at = at + program.earned_waiting_period if event.kind == "earned" else at
             ledger.award(
@@ -237,7 +234,7 @@ class Replay:
                         issued = self._issued.get((order_id, p.currency), 0)
                         self._issued[(order_id, p.currency)] = issued + p.points
                     if rule.qualifying and p.currency in self._measured:
-                        self._qualify(Qualifying(member, p.currency, at, p.points, order_id, key))
+                        self._qualify(Qualifying(member, p.currency, at, p.points, key, order_id))
             awarded += 1
             if rule.qualifying and p.currency in self._measured:
                 qualifying.add(p.currency)
@@ -349,5 +346,5 @@ class Replay:
             return
         self._qualify(
             Qualifying(min(m for m, _, _ in rows), currency, min(t for _, t, _ in rows), -points,
-                       event.order_id, f"event:{event.event_id}:{currency}")
+                       f"event:{event.event_id}:{currency}", event.order_id)
         )  # fmt: skip
