@@ -333,9 +333,12 @@ incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 
-def stored_event(payload: dict[str, Any]) -> AnyEvent:
-    """An event read back from the inbox: typed, without the input checks it passed
-    when it was accepted (`loyalty.inputs.stored`), which cost more than the parse."""
+def stored_event(payload: dict[str, Any] | str) -> AnyEvent:
+    """An event read back from the inbox (decoded, or as its JSON text): typed, without
+    the input checks it passed when it was accepted (`loyalty.inputs.stored`), which
+    cost more than the parse."""
+    if isinstance(payload, str):
+        return any_event_adapter.validate_json(payload, context={"stored": True})
     return any_event_adapter.validate_python(payload, context={"stored": True})
 
 
