@@ -326,7 +326,7 @@ async def run(dev: DevServer, args: argparse.Namespace) -> tuple[Figures, Loads]
         try:
             if not args.no_loads:
                 loads.runs, loads.loadavg = await run_loads(
-                    client, conn, args.load_events, args.load_members, limit
+                    client, conn, args.load_events, args.load_members, limit, args.load_warmup
                 )
             if args.loads_only:
                 return fig, loads
@@ -407,6 +407,9 @@ def main() -> None:
     parser.add_argument("--journey-events", type=int, default=20_000, help="journey phase")
     parser.add_argument("--load-events", type=int, default=10_000, help="events per load")
     parser.add_argument("--load-members", type=int, default=3_000, help="members per load")
+    parser.add_argument(
+        "--load-warmup", type=int, default=2_000, help="events applied before the loads, untimed"
+    )
     phases = parser.add_mutually_exclusive_group()
     phases.add_argument("--loads-only", action="store_true", help="only the loads of issue 13")
     phases.add_argument("--no-loads", action="store_true", help="every phase but the loads")

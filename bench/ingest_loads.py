@@ -1,12 +1,14 @@
 """The loads phase of bench/ingest.py: issue 13's table, end to end on one `loyalty dev`.
 
-For each load of `bench.workloads` in turn (rows 1 to 5, each in its own program of
-`bench.ingest_app.LOADS_APP`, so each starts from an empty ledger): --load-events events
-over --load-members members, emitted by one `LoyaltyClient.emit_many` call (chunks of
-5,000), then `LoyaltyClient.wait` for all of them, then until the program's inbox holds
-nothing pending (the ``new_stage`` and ``points_above`` events they derive). The rate is
-the client events over that time. Not timed, afterwards: until every journey the load
-triggered (``AlmostThere``) has started, then the checks.
+After a warm-up that is not timed (--load-warmup purchases and logins in program
+``default``, members of their own), for each load of `bench.workloads` in turn (rows 1
+to 5, each in its own program of `bench.ingest_app.LOADS_APP`, so each starts from an
+empty ledger): --load-events events over --load-members members, emitted by one
+`LoyaltyClient.emit_many` call (chunks of 5,000), then `LoyaltyClient.wait` for all of
+them, then until the program's inbox holds nothing pending (the ``new_stage`` and
+``points_above`` events they derive). The rate is the client events over that time. Not
+timed, afterwards: until every journey the load triggered (``AlmostThere``) has started,
+then the checks.
 
 Checks after each load (any failure exits with an error): every client event has the
 outcome `bench.workloads.expect` gives it (applied, no effect, or refused as
@@ -38,7 +40,7 @@ from rich.table import Table
 
 from bench.emit import console
 from bench.ingest_app import LOADS_APP, THRESHOLD
-from bench.workloads import LOADS, Expected, Load, expect
+from bench.workloads import LOADS, Expected, Load, expect, purchases
 from loyalty.events import AnyEvent
 from loyalty.ledger import audit
 from loyalty.store.db import Conn
@@ -52,6 +54,8 @@ FALLBACK_COLUMNS = ("one_by_one", "fast_path")
 # Backends report their counters to pg_stat_database within a second of going idle.
 STATS_DELAY_SECONDS = 2.0
 LISTED = 5
+# The warm-up's program: ``default`` of `bench.ingest_app.app`, with members of its own.
+WARM_UP_PROGRAM = "default"
 
 
 @dataclass
@@ -234,10 +238,26 @@ async def run_load(
     return run
 
 
+async def warm_up(client: LoyaltyClient, conn: Conn, n: int, limit: float) -> None:
+    """Apply ``n`` purchases and logins in program ``default`` first, not timed: the first
+    load would otherwise also pay for a cold stack (caches, the worker's first batches),
+    which moved every ratio by up to 0.2 between runs."""
+    if not n:
+        return
+    events: list[AnyEvent] = list(purchases("warm", n, max(1, n // 4), WARM_UP_PROGRAM))
+    with console.status(f"warming up: {n:,} events in program {WARM_UP_PROGRAM}"):
+        results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
+        await client.wait(results, timeout=limit)
+        await _wait_settled(conn, WARM_UP_PROGRAM, limit)
+    console.print(f"warm-up: {n:,} events applied in program {WARM_UP_PROGRAM} (not timed)")
+
+
 async def run_loads(
-    client: LoyaltyClient, conn: Conn, n: int, members: int, limit: float
+    client: LoyaltyClient, conn: Conn, n: int, members: int, limit: float, warm: int = 0
 ) -> tuple[list[LoadRun], tuple[float, float]]:
-    """Every load in turn; returns the runs and the 1-minute load average before/after."""
+    """Every load in turn, after the warm-up; returns the runs and the 1-minute load
+    average before/after."""
+    await warm_up(client, conn, warm, limit)
     before = os.getloadavg()[0]
     runs = [
         await run_load(client, conn, row, load, n, members, limit)
