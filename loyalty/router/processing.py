@@ -261,15 +261,17 @@ async def process_batch(
                 processed.append((row_id, event))
                 counts[fast.outcome] += 1
             # A member is enrolled by the first event the engine processes for them; a refused
-            # one (a withdrawal for an unknown member) enrols nobody.
+            # one (a withdrawal for an unknown member) enrols nobody. The fast path enrolled
+            # its own members (`loyalty.router.writes`).
             members = {row["member_id"] for row, o in zip(rows, outcomes, strict=True)
-                       if o["status"] == "processed"}  # fmt: skip
-            await conn.execute(
-                """INSERT INTO members (program, member_id)
-                   SELECT $1, m FROM unnest($2::text[]) AS m
-                   ON CONFLICT DO NOTHING""",
-                program, sorted(members),
-            )  # fmt: skip
+                       if o["status"] == "processed" and row["id"] not in in_bulk}  # fmt: skip
+            if members:
+                await conn.execute(
+                    """INSERT INTO members (program, member_id)
+                       SELECT $1, m FROM unnest($2::text[]) AS m
+                       ON CONFLICT DO NOTHING""",
+                    program, sorted(members),
+                )  # fmt: skip
             await record_outcomes(conn, outcomes)
             await record_journeys(conn, processor.app, processed, task_queue=task_queue)
             await record_signals(conn, processed)

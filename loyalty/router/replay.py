@@ -102,6 +102,8 @@ class Replay:
         clawbacks: ``order_clawbacks`` rows (their posting index or None).
         order_returns: (key, order_id, amount) of each return applied.
         derived: derived events and the inbox row of their cause, in order.
+        enrolled: the members of the events processed (not refused): the program
+            enrols them (``members``) if it has not yet.
     """
 
     app: LoyaltyApp
@@ -112,6 +114,7 @@ class Replay:
     clawbacks: list[dict[str, Any]] = field(default_factory=list)
     order_returns: list[tuple[str, str, Decimal]] = field(default_factory=list)
     derived: list[tuple[AnyEvent, int]] = field(default_factory=list)
+    enrolled: set[str] = field(default_factory=set)
     # (order, currency): points the batch's awards issued; (points, from_expired) taken.
     _issued: dict[tuple[str, str], int] = field(default_factory=dict)
     _taken: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -126,6 +129,7 @@ class Replay:
     def apply(self, row_id: int, event: AnyEvent) -> Outcome:
         """Apply one event (inbox row ``row_id``) after those before it."""
         if event.type in DERIVED_TYPES:
+            self.enrolled.add(event.member_id)
             return Outcome("processed", "no_effect")
         watched = None if isinstance(event, MemberUpdated | MemberDeleted) else self._watch
         watched_balance = (
@@ -138,6 +142,7 @@ class Replay:
             result = self._apply(row_id, event)
         except LedgerRefusal as refusal:
             return Outcome("rejected", refusal.code, str(refusal))
+        self.enrolled.add(event.member_id)
         after = ledger.balance(watched_balance) if watched_balance is not None else 0
         thresholds = watched.thresholds if watched is not None else ()
         made = [

@@ -17,6 +17,7 @@ from loyalty.events import AnyEvent, occurred_at_sent, origin_of
 from loyalty.router.caps import drop_untouched
 from loyalty.router.memory import AccountKey, Ledger
 from loyalty.router.replay import Outcome, Replay
+from loyalty.router.state import MemberRow
 from loyalty.store.db import Conn
 
 # Finds the wanted accounts and creates the missing ones. An account that a concurrent
@@ -187,6 +188,8 @@ INSERT INTO members (program, member_id, profile, tier, erased_at)
 SELECT $1, m.member_id, m.profile, m.tier, CASE WHEN m.erased = 'now' THEN now() END
 FROM unnest($2::text[], $3::jsonb[], $4::text[], $5::text[]) AS m(member_id, profile, tier, erased)
 ORDER BY m.member_id
+ON CONFLICT (program, member_id) DO NOTHING
+RETURNING member_id
 """
 
 _MEMBERS = """
@@ -364,17 +367,29 @@ async def _orders(conn: Conn, replay: Replay, ids: dict[str, int]) -> None:
 
 
 async def _members(conn: Conn, replay: Replay) -> None:
+    """Enrol the members the batch processed an event of, and write the rows it changed."""
     state, name = replay.state, replay.state.program.name
     changed = sorted(
         (m, row) for m, row in state.members.items() if row.changed or row.tier_changed
     )
-    new = [(m, row) for m, row in changed if not row.exists]
+    rows = {m: row for m, row in state.members.items() if not row.exists and (
+        row.changed or row.tier_changed or m in replay.enrolled
+    )}  # fmt: skip
+    for m in replay.enrolled - state.members.keys():
+        rows[m] = MemberRow(exists=False)
+    new = sorted(rows.items())
     if new:
-        await conn.execute(
+        inserted = await conn.fetch(
             _NEW_MEMBERS, name, [m for m, _ in new], [row.profile for _, row in new],
             [row.tier if row.tier_changed else None for _, row in new],
             [row.erased for _, row in new],
         )  # fmt: skip
+        # Enrolled meanwhile by another writer (an adjustment): fine for a member the
+        # batch only enrols, not for one whose row it meant to write.
+        if {m for m, row in new if row.changed or row.tier_changed} - {
+            r["member_id"] for r in inserted
+        }:
+            raise BatchRaced("a member was enrolled meanwhile by another writer")
     old = [(m, row) for m, row in changed if row.exists]
     if old:
         await conn.execute(
