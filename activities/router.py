@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.service import RPCError
 
 from loyalty.errors import ServiceUnavailable
 from loyalty.flows.outbox import START_LIMIT, start_journeys
@@ -137,7 +138,8 @@ class RouterActivities:
                 raise
             # Temporal gave up on this attempt (its result would be dropped) and a retry
             # takes over: one line saying so, instead of the cancellation's traceback.
-            reason = _why_stopped(details)
+            closed = details.not_found and await _run_closed(self.client)
+            reason = _why_stopped(details, closed)
             activity.logger.warning(
                 "router session of program %s, partition %d of %d (attempt %d) stopped: %s",
                 session.program, session.partition + 1, session.partitions,
@@ -292,8 +294,26 @@ class _Outbox:
         return started
 
 
-def _why_stopped(details: activity.ActivityCancellationDetails) -> str:
+async def _run_closed(client: Client) -> bool:
+    """Whether the workflow run of the current activity has closed (terminated, reset…)."""
+    info = activity.info()
+    if info.workflow_id is None:
+        return False
+    try:
+        handle = client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        description = await handle.describe()
+    except RPCError:
+        return False
+    return description.status != WorkflowExecutionStatus.RUNNING
+
+
+def _why_stopped(details: activity.ActivityCancellationDetails, run_closed: bool) -> str:
     """Why Temporal cancelled a router attempt, in words an operator can act on."""
+    if details.not_found and run_closed:
+        return (
+            "its workflow run was closed (terminated, reset or timed out); what this attempt "
+            "committed still counts"
+        )
     if details.timed_out or details.not_found:
         timeout = activity.info().heartbeat_timeout
         limit = f"the {timeout.total_seconds():g} s heartbeat timeout" if timeout else "its timeout"
