@@ -40,8 +40,8 @@ class InvalidFlows(ConfigurationError):
         self.problems = problems
 
 
-class InvalidEvent(LoyaltyError):
-    """One or more events failed validation; nothing was written.
+class InvalidInput(LoyaltyError):
+    """A request is invalid; nothing was written.
 
     Attributes:
         problems: one human-readable line per problem, each naming the field.
@@ -50,6 +50,10 @@ class InvalidEvent(LoyaltyError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class InvalidEvent(InvalidInput):
+    """One or more events failed validation; nothing was written."""
 
 
 class Conflict(NamedTuple):

@@ -80,6 +80,18 @@ class Settings(BaseSettings):
         7, ge=1, le=36_500, validation_alias="LOYALTY_JOURNEY_RETENTION"
     )
 
+    # The HTTP API (`loyalty api`, also started by `loyalty dev`).
+    api_host: str = Field("127.0.0.1", min_length=1, validation_alias="LOYALTY_API_HOST")
+    api_port: int = Field(8000, ge=0, le=65_535, validation_alias="LOYALTY_API_PORT")
+    # Requests per second each API key may make to one API process (a token bucket that
+    # holds one second's worth); more are answered 429 with Retry-After.
+    api_rate_limit: float = Field(200.0, gt=0, validation_alias="LOYALTY_API_RATE_LIMIT")
+    # How long an API process trusts a key it checked before it reads the key again: a
+    # revoked key is refused by every process within this time.
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, le=300, validation_alias="LOYALTY_API_KEY_CACHE_SECONDS"
+    )
+
     dev_temporal_port: int = Field(7233, validation_alias="LOYALTY_DEV_TEMPORAL_PORT")
     dev_ui_port: int = Field(8233, validation_alias="LOYALTY_DEV_UI_PORT")
 

@@ -1,0 +1,647 @@
+"""The ASGI application of `loyalty api`: FastAPI, served by uvicorn (`loyalty.api.serve`).
+
+FastAPI publishes OpenAPI 3.1 built from the same pydantic models that validate events
+(`loyalty.events`), so `/openapi.json` and `loyalty schema events` cannot drift apart.
+Event bodies are read with `loyalty.inputs.load_json`, not FastAPI's own body parsing, so
+that amounts keep their exact digits and every problem names its field as the CLI does.
+
+One asyncpg pool per process, one LISTEN connection for `?wait=`, and a Temporal client
+made on first need (`/readyz`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from temporalio.client import Client
+
+from loyalty.api.keys import ApiKey, check_key
+from loyalty.api.limits import RateLimiter
+from loyalty.api.problems import (
+    MEDIA_TYPE,
+    FieldProblem,
+    Problem,
+    ProblemError,
+    field_problems,
+    problem_response,
+)
+from loyalty.app import LoyaltyApp
+from loyalty.errors import (
+    EventConflict,
+    InvalidEvent,
+    ServiceUnavailable,
+    UnknownMember,
+    UnknownProgram,
+)
+from loyalty.events import IncomingEvent, incoming_adapter, parse_event
+from loyalty.flows import check_app
+from loyalty.ingest import inbox
+from loyalty.inputs import load_json
+from loyalty.ledger.members import member_view
+from loyalty.models import EventOutcome, MemberView
+from loyalty.settings import Settings
+from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
+from loyalty.temporal import connect_temporal
+
+log = logging.getLogger("loyalty.api")
+
+MAX_BODY = 1024 * 1024
+MAX_EVENTS = 1_000
+MAX_WAIT = 60.0
+# A `?wait=` re-reads the outcome at least this often, in case a notification is lost.
+WAIT_RECHECK_SECONDS = 1.0
+# How long /readyz waits for each service.
+READY_TIMEOUT = 2.0
+_PG_DOWN: tuple[type[BaseException], ...] = (TimeoutError, ServiceUnavailable, *UNREACHABLE)
+NO_ANSWER = f"no answer within {READY_TIMEOUT:g} s"
+WAIT_HELP = "Seconds to wait for an outcome other than pending (at most 60)."
+BEFORE_HELP = "Only entries older than this entry id (the previous page's next_before)."
+# Seconds a client is told to wait when PostgreSQL is unavailable.
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
+class EventResult(BaseModel):
+    """What became of one posted event."""
+
+    event_id: str
+    program: str
+    status: Literal["accepted", "duplicate"]
+
+
+class EventResults(BaseModel):
+    """The answer to `POST /v1/events`, one result per event in the order sent."""
+
+    results: list[EventResult]
+
+
+class Outcome(BaseModel):
+    """An event's outcome: ``pending``, ``applied``, ``no_effect``, ``rejected`` (with
+    ``reason`` and ``detail``) or ``failed`` (with ``detail``)."""
+
+    program: str
+    event_id: str
+    status: Literal["pending", "applied", "no_effect", "rejected", "failed"]
+    reason: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def of(cls, outcome: EventOutcome) -> Outcome:
+        status: Any
+        reason = detail = None
+        if outcome.status == "processed":
+            status = outcome.outcome or "applied"
+        elif outcome.status == "rejected":
+            status, reason, detail = "rejected", outcome.outcome, outcome.detail
+        elif outcome.status == "dead":
+            status, detail = "failed", outcome.detail
+        else:
+            status = "pending"
+        return cls(
+            program=outcome.program,
+            event_id=outcome.event_id,
+            status=status,
+            reason=reason,
+            detail=detail,
+        )
+
+
+class EntriesPage(BaseModel):
+    """A page of a member's ledger entries, newest first; ``next_before`` pages back."""
+
+    member_id: str
+    program: str
+    entries: list[dict[str, Any]]
+    more: bool
+    next_before: int | None
+
+
+class ProgramInfo(BaseModel):
+    """A program a key can use."""
+
+    name: str
+    created_at: datetime
+
+
+class FlowInfo(BaseModel):
+    """A flow of the app, for a program."""
+
+    name: str
+    workflow: str
+    trigger: str
+    entry: str
+    programs: list[str]
+
+
+class Health(BaseModel):
+    """``ok``, or what is down."""
+
+    status: Literal["ok"]
+    checks: dict[str, str] = {}
+
+
+class _Processed:
+    """One LISTEN connection per process: wakes every `?wait=` when a batch commits."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._event = asyncio.Event()
+
+    async def start(self) -> None:
+        with contextlib.suppress(ServiceUnavailable, *UNREACHABLE):
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await connect(self._dsn)
+                await self._conn.add_listener(inbox.PROCESSED_CHANNEL, self._notified)
+
+    def _notified(self, *_: object) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the next notification, at most ``seconds``."""
+        await self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                await self._conn.close()
+
+
+class ApiState:
+    """What the handlers share: settings, pool, keys cache, limiter, Temporal client."""
+
+    def __init__(self, settings: Settings, dsn: str, app: LoyaltyApp | None) -> None:
+        self.settings, self.dsn, self.app = settings, dsn, app
+        self.pool: asyncpg.Pool | None = None
+        self.limiter = RateLimiter(settings.api_rate_limit)
+        self.processed = _Processed(dsn)
+        self._keys: dict[bytes, tuple[ApiKey, float]] = {}
+        self._temporal: Client | None = None
+        self._temporal_lock = asyncio.Lock()
+
+    def db(self) -> asyncpg.Pool:
+        assert self.pool is not None, "the API's lifespan has not started"
+        return self.pool
+
+    async def key(self, text: str) -> ApiKey | None:
+        """The live key ``text`` is, trusted for ``api_key_cache_seconds`` once checked."""
+        digest = hashlib.sha256(text.encode()).digest()
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        with reachable(self.dsn):
+            async with self.db().acquire() as conn:
+                key = await check_key(conn, text)
+        if key is None:
+            self._keys.pop(digest, None)
+        elif self.settings.api_key_cache_seconds > 0:
+            self._keys[digest] = (key, now + self.settings.api_key_cache_seconds)
+        return key
+
+    async def temporal(self) -> Client:
+        async with self._temporal_lock:
+            if self._temporal is None:
+                self._temporal = await connect_temporal(self.settings)
+            return self._temporal
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `loyalty api-keys create`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+def _authorizer(scope: str | None) -> Callable[[Request, Credentials], Awaitable[ApiKey]]:
+    """A dependency: the request's key, refused without ``scope`` (None: any scope)."""
+
+    async def authorize(request: Request, credentials: Credentials) -> ApiKey:
+        state = _state(request)
+        client = request.client.host if request.client else "-"
+        if credentials is None:
+            log.warning(
+                "API request refused: no API key (%s %s from %s)",
+                request.method,
+                request.url.path,
+                client,
+            )
+            raise ProblemError(
+                401,
+                "give an API key: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = await state.key(credentials.credentials)
+        if key is None:
+            shown = (
+                credentials.credentials[:16]
+                if credentials.credentials.startswith("lfk_")
+                else "a malformed key"
+            )
+            # The key's id (its first 16 characters) only: never its secret.
+            log.warning(
+                "API request refused: unknown, wrong or revoked key %s (%s %s from %s)",
+                shown,
+                request.method,
+                request.url.path,
+                client,
+            )
+            raise ProblemError(
+                401,
+                "the API key is unknown, wrong or revoked",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        wait = state.limiter.take(key.id)
+        if wait is not None:
+            raise ProblemError(
+                429,
+                f"key {key.id} is limited to {state.settings.api_rate_limit:g} requests/s",
+                headers={"Retry-After": str(wait)},
+            )
+        if scope is not None and not key.allows(scope):
+            raise ProblemError(403, f"key {key.id} lacks the scope {scope}")
+        return key
+
+    return authorize
+
+
+Writer = Annotated[ApiKey, Depends(_authorizer("events:write"))]
+Reader = Annotated[ApiKey, Depends(_authorizer("members:read"))]
+AnyKey = Annotated[ApiKey, Depends(_authorizer(None))]
+
+
+def _own_program(key: ApiKey, program: str) -> None:
+    if program != key.program:
+        raise ProblemError(403, f"key {key.id} belongs to program {key.program!r}, not {program!r}")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 past `MAX_BODY` (before reading it when declared)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ProblemError(413, f"the body is {int(declared):,} bytes; at most {MAX_BODY:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ProblemError(413, f"the body is over {MAX_BODY:,} bytes")
+    return bytes(body)
+
+
+def _invalid(lines: list[str], detail: str | None = None) -> ProblemError:
+    return ProblemError(422, detail or "; ".join(lines), errors=field_problems(lines))
+
+
+def _events_of(data: Any) -> tuple[list[Any], bool]:
+    """The events of a body, and whether it was a batch (``{"events": [...]}``)."""
+    if isinstance(data, dict) and "events" in data and "type" not in data:
+        extra = sorted(k for k in data if k != "events")
+        if extra:
+            raise _invalid([f"{k}: unknown field" for k in extra])
+        events = data["events"]
+        if not isinstance(events, list):
+            raise _invalid(["events: must be an array of events"])
+        if not events:
+            raise _invalid(["events: give at least one event"])
+        if len(events) > MAX_EVENTS:
+            raise _invalid([f"events: {len(events):,} events; at most {MAX_EVENTS:,} a request"])
+        return events, True
+    if not isinstance(data, dict):
+        raise _invalid(['body: must be an event object or {"events": [...]}'])
+    return [data], False
+
+
+def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> FastAPI:
+    """The ASGI application; ``app`` (the LoyaltyApp) gives `/v1/flows` its flows."""
+    state = ApiState(settings, dsn, app)
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        state.pool = await create_pool(dsn, size=settings.database_pool_size)
+        await state.processed.start()
+        try:
+            yield
+        finally:
+            await state.processed.close()
+            with contextlib.suppress(*UNREACHABLE):
+                await state.pool.close()
+
+    api = FastAPI(
+        title="loyalty-flows",
+        summary="Events in; outcomes, members, programs and flows out.",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        responses={
+            401: {"model": Problem, "description": "No key, or an unknown, wrong or revoked key"},
+            403: {"model": Problem, "description": "The key lacks the scope or the program"},
+            429: {"model": Problem, "description": "Over the key's rate limit (Retry-After)"},
+            503: {"model": Problem, "description": "PostgreSQL is unavailable; try again"},
+        },
+    )
+    api.state.api = state
+
+    @api.exception_handler(ProblemError)
+    async def on_problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc)
+
+    @api.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        lines = [
+            f"{'.'.join(str(p) for p in error['loc'][1:]) or error['loc'][0]}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        return problem_response(_invalid(lines))
+
+    @api.exception_handler(ServiceUnavailable)
+    async def on_down(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        log.warning("API request %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            ProblemError(503, str(exc), headers={"Retry-After": RETRY_AFTER_UNAVAILABLE})
+        )
+
+    @api.post(
+        "/v1/events",
+        status_code=202,
+        response_model=EventResults,
+        tags=["events"],
+        responses={
+            413: {"model": Problem, "description": "Body over 1 MiB"},
+            422: {"model": Problem, "description": "Invalid events, or a reused event_id"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Event"},
+                                {"$ref": "#/components/schemas/EventBatch"},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_events(request: Request, key: Writer) -> EventResults:
+        """Accept one event, or up to 1,000 as ``{"events": [...]}``, all or nothing.
+
+        An event without ``program`` is in the key's program. The same ``event_id`` with
+        the same content is a ``duplicate``; with other content, a 422 naming it.
+        """
+        body = await _read_body(request)
+        try:
+            data = load_json(body)
+        except (ValueError, RecursionError) as exc:
+            raise _invalid([f"body: invalid JSON: {exc}"]) from None
+        raw, batch = _events_of(data)
+        problems: list[str] = []
+        events: list[IncomingEvent] = []
+        for index, item in enumerate(raw):
+            prefix = f"events[{index}]." if batch else ""
+            if not isinstance(item, dict):
+                problems.append(f"{prefix.rstrip('.') or 'body'}: must be an event object")
+                continue
+            if "program" not in item:
+                item = {**item, "program": key.program}
+            try:
+                events.append(
+                    parse_event(item, prefix=prefix, max_clock_skew=settings.max_clock_skew)
+                )
+            except InvalidEvent as invalid:
+                problems.extend(invalid.problems)
+        if problems:
+            raise _invalid(problems)
+        others = [
+            f"{f'events[{i}]' if batch else 'event'} ({e.event_id}) is in program {e.program!r}"
+            for i, e in enumerate(events)
+            if e.program != key.program
+        ]
+        if others:
+            raise ProblemError(
+                403, f"key {key.id} belongs to program {key.program!r}: " + "; ".join(others)
+            )
+        try:
+            with reachable(dsn):
+                async with state.db().acquire() as conn:
+                    results = await inbox.insert_events(conn, events)
+        except EventConflict as conflict:
+            where = {e.event_id: i for i, e in reversed(list(enumerate(events)))}
+            lines = [
+                f"{f'events[{where[c.event_id]}].' if batch else ''}event_id: "
+                f"{c.event_id} was sent before with other content ({', '.join(c.fields)})"
+                for c in conflict.conflicts
+            ]
+            reused = ", ".join(c.event_id for c in conflict.conflicts)
+            raise _invalid(lines, f"event ids reused with other content: {reused}") from None
+        except InvalidEvent as invalid:
+            raise _invalid(invalid.problems) from None
+        return EventResults(
+            results=[
+                EventResult(
+                    event_id=r.event_id,
+                    program=r.program,
+                    status="accepted" if r.accepted else "duplicate",
+                )
+                for r in results
+            ]
+        )
+
+    @api.get(
+        "/v1/events/{program}/{event_id}",
+        response_model=Outcome,
+        tags=["events"],
+        responses={404: {"model": Problem, "description": "No such event"}},
+    )
+    async def get_event(
+        key: Writer,
+        program: Annotated[str, Path(min_length=1, max_length=64)],
+        event_id: Annotated[str, Path(min_length=1, max_length=128)],
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description=WAIT_HELP)] = 0,
+    ) -> Outcome:
+        """The outcome of an event; with ``?wait=``, answers as soon as it is decided."""
+        _own_program(key, program)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while True:
+            with reachable(dsn):
+                async with state.db().acquire() as conn:
+                    found = await inbox.fetch_outcomes(conn, [(program, event_id)])
+            outcome = found.get((program, event_id))
+            if outcome is None:
+                raise ProblemError(404, f"no event {event_id!r} in program {program!r}")
+            left = until - loop.time()
+            if outcome.status != "pending" or left <= 0:
+                return Outcome.of(outcome)
+            await state.processed.wait(min(left, WAIT_RECHECK_SECONDS))
+
+    @api.get(
+        "/v1/members/{member_id}",
+        response_model=MemberView,
+        tags=["members"],
+        responses={404: {"model": Problem, "description": "Unknown member"}},
+    )
+    async def get_member(
+        key: Reader,
+        member_id: Annotated[str, Path(min_length=1, max_length=128)],
+        program: Annotated[str | None, Query(description="Default: the key's")] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> MemberView:
+        """Tier status per scheme, balances, upcoming expiries and latest entries: the
+        JSON of `loyalty member ID --json`."""
+        return await _member(key, member_id, program or key.program, limit, None)
+
+    @api.get(
+        "/v1/members/{member_id}/entries",
+        response_model=EntriesPage,
+        tags=["members"],
+        responses={404: {"model": Problem, "description": "Unknown member"}},
+    )
+    async def get_entries(
+        key: Reader,
+        member_id: Annotated[str, Path(min_length=1, max_length=128)],
+        program: Annotated[str | None, Query(description="Default: the key's")] = None,
+        before: Annotated[int | None, Query(ge=1, description=BEFORE_HELP)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> EntriesPage:
+        """A member's ledger entries, newest first, a page at a time."""
+        view = await _member(key, member_id, program or key.program, limit, before)
+        entries = [e.model_dump(mode="json") for e in view.entries]
+        return EntriesPage(
+            member_id=member_id,
+            program=view.program,
+            entries=entries,
+            more=view.more_entries,
+            next_before=view.entries[-1].id if view.more_entries and view.entries else None,
+        )
+
+    async def _member(
+        key: ApiKey, member_id: str, program: str, limit: int, before: int | None
+    ) -> MemberView:
+        _own_program(key, program)
+        try:
+            with reachable(dsn):
+                async with state.db().acquire() as conn:
+                    return await member_view(conn, program, member_id, limit=limit, before=before)
+        except (UnknownMember, UnknownProgram) as exc:
+            raise ProblemError(404, str(exc)) from None
+
+    @api.get("/v1/programs", response_model=list[ProgramInfo], tags=["programs"])
+    async def get_programs(key: AnyKey) -> list[ProgramInfo]:
+        """The programs the key can use (its own)."""
+        with reachable(dsn):
+            async with state.db().acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT name, created_at FROM programs WHERE name = $1", key.program
+                )
+        return [ProgramInfo(name=r["name"], created_at=r["created_at"]) for r in rows]
+
+    @api.get("/v1/flows", response_model=list[FlowInfo], tags=["programs"])
+    async def get_flows(key: AnyKey) -> list[FlowInfo]:
+        """The app's flows that events of the key's program trigger."""
+        if state.app is None:
+            return []
+        listed = []
+        for spec in check_app(state.app):
+            programs = (
+                list(spec.programs) if spec.programs is not None else list(state.app.programs)
+            )
+            if key.program in programs:
+                listed.append(
+                    FlowInfo(
+                        name=spec.name,
+                        workflow=spec.cls.__name__,
+                        trigger=str(spec.trigger),
+                        entry=str(spec.entry),
+                        programs=programs,
+                    )
+                )
+        return listed
+
+    @api.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """The process answers."""
+        return Health(status="ok")
+
+    @api.get(
+        "/readyz",
+        response_model=Health,
+        tags=["operations"],
+        responses={503: {"model": Problem, "description": "What is down"}},
+    )
+    async def readyz() -> Health:
+        """PostgreSQL and Temporal are reachable; 503 naming what is down."""
+        down: list[str] = []
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                with reachable(dsn):
+                    async with state.db().acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+        except _PG_DOWN as exc:
+            down.append(f"PostgreSQL: {exc or NO_ANSWER}")
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                client = await state.temporal()
+                await client.service_client.check_health(timeout=timedelta(seconds=READY_TIMEOUT))
+        except Exception as exc:  # any failure to answer is "down" here
+            where = settings.effective_temporal_address
+            down.append(f"Temporal ({where}): {exc or NO_ANSWER}")
+        if down:
+            checks = [FieldProblem(field=d.split(" ", 1)[0].rstrip(":"), message=d) for d in down]
+            raise ProblemError(503, "; ".join(down), errors=checks)
+        return Health(status="ok", checks={"postgresql": "ok", "temporal": "ok"})
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title, version=api.version, summary=api.summary, routes=api.routes
+            )
+            event = incoming_adapter.json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(event.pop("$defs", {}))
+            components["Event"] = event
+            components["EventBatch"] = {
+                "type": "object",
+                "title": "EventBatch",
+                "additionalProperties": False,
+                "required": ["events"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_EVENTS,
+                        "items": {"$ref": "#/components/schemas/Event"},
+                    }
+                },
+            }
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    return api
+
+
+__all__ = ["MEDIA_TYPE", "create_api"]
