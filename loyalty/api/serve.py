@@ -37,9 +37,10 @@ async def serve_api(
     dsn: str,
     app: LoyaltyApp | None,
     stop: asyncio.Event,
-    started: asyncio.Event | None = None,
+    started: asyncio.Future[str] | None = None,
 ) -> None:
-    """Serve until ``stop`` is set; ``started`` is set once it accepts connections.
+    """Serve until ``stop`` is set; ``started`` gets the API's URL once it listens (with
+    the port the system chose when ``LOYALTY_API_PORT`` is 0).
 
     Raises:
         ConfigurationError: the address is taken or cannot be bound.
@@ -65,8 +66,12 @@ async def serve_api(
         # uvicorn offers no event for "listening"; its flag is polled.
         while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        if started is not None:
-            started.set()
+        port = settings.api_port
+        for listening in server.servers:
+            for sock in listening.sockets:
+                port = sock.getsockname()[1]
+        if started is not None and not started.done():
+            started.set_result(api_url(settings, port))
 
     tasks = [asyncio.create_task(stopper()), asyncio.create_task(watch_start())]
     try:

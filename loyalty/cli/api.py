@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import typer
@@ -24,23 +24,23 @@ keys_cli = typer.Typer(
 
 
 async def _serve(settings: Settings, app: LoyaltyApp) -> int:
-    from loyalty.api.serve import api_url, serve_api
+    from loyalty.api.serve import serve_api
     from loyalty.store.db import Database, prepare_database
 
     async with Database(settings) as database:
         await prepare_database(database.dsn, app)
         stop = asyncio.Event()
-        started = asyncio.Event()
         loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         serving = asyncio.create_task(serve_api(settings, database.dsn, app, stop, started))
-        waiter = asyncio.create_task(started.wait())
-        await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if started.is_set():
-            url = api_url(settings)
-            console.print(f"HTTP API on {url} (docs: {url}/docs); stop with Ctrl-C")
+        waiting: set[asyncio.Future[Any]] = {serving, started}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            url = started.result()
+            console.print(f"HTTP API on {url} (docs: {url}/docs); stop with Ctrl-C",
+                          soft_wrap=True)  # fmt: skip
         await serving
     console.print("stopped the HTTP API")
     return 0

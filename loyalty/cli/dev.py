@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -135,6 +136,7 @@ async def _serve(
     stop = asyncio.Event()
     ready = asyncio.Event()
     died = asyncio.create_task(_watch(servers, stop))
+    tasks: list[asyncio.Task[None]] = []
     try:
         with _stop_on_signals(stop):
             work = run_worker(settings, app, client, dsn, stop, ready)
@@ -145,17 +147,47 @@ async def _serve(
             if task.done():
                 task.result()
                 return 1
-            _print_ready(settings, app, console, started, address, ui_url)
+            api_url = await _start_api(settings, app, dsn, stop, tasks)
+            _print_ready(settings, app, console, started, address, ui_url, api_url)
             code = 0
             if story is not None:
                 code = await _play(story(client, dsn, ui_url), task, stop, console)
             await task
     finally:
+        stop.set()
         died.cancel()
+        for api in tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await api
     if died.done() and not died.cancelled():
         return 1
     console.print("stopped the worker")
     return code
+
+
+async def _start_api(
+    settings: Settings,
+    app: LoyaltyApp,
+    dsn: str,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+) -> str | None:
+    """Serve the HTTP API beside the worker; its URL, or None (said in one line) when it
+    cannot listen: the worker runs on without it."""
+    from loyalty.api.serve import serve_api
+
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(serve_api(settings, dsn, app, stop, started))
+    tasks.append(serving)
+    waiting: set[asyncio.Future[Any]] = {serving, started}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        return started.result()
+    try:
+        serving.result()
+    except Exception as exc:
+        problem(f"{exc}; running without it")
+    return None
 
 
 def _print_ready(
@@ -165,6 +197,7 @@ def _print_ready(
     started: float,
     address: str,
     ui_url: str | None,
+    api_url: str | None = None,
 ) -> None:
     elapsed = time.monotonic() - started
     lines = [
@@ -178,6 +211,8 @@ def _print_ready(
         lines.append(f"Routers: {ui_url}/namespaces/{namespace}/workflows?query={query}")
         loops = "WorkflowType%3D%22TierMaintenance%22%20OR%20WorkflowType%3D%22Housekeeping%22"
         lines.append(f"Loops: {ui_url}/namespaces/{namespace}/workflows?query={loops}")
+    if api_url:
+        lines.append(f"HTTP API: [link={api_url}]{api_url}[/link]   docs: {api_url}/docs")
     lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
     lines.append("Stop with Ctrl-C.")
     console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
