@@ -49,6 +49,7 @@ async def test_demo_exit_plays_the_story_and_every_outcome_happens(demo_home: Pa
         LOYALTY_HOME=str(demo_home),
         LOYALTY_DEV_TEMPORAL_PORT=str(free_port()),
         LOYALTY_DEV_UI_PORT=str(free_port()),
+        LOYALTY_API_PORT=str(free_port()),
         LOYALTY_DEMO_WEBHOOK_PORT=str(free_port()),
         COLUMNS="200",
     )

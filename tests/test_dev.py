@@ -66,6 +66,7 @@ def make_run_env(home: Path) -> dict[str, str]:
         LOYALTY_HOME=str(home),
         LOYALTY_DEV_TEMPORAL_PORT=str(free_port()),
         LOYALTY_DEV_UI_PORT=str(free_port()),
+        LOYALTY_API_PORT=str(free_port()),
     )
     return env
 
@@ -153,9 +154,22 @@ async def test_dev_starts_everything_stops_on_ctrl_c_and_keeps_data(
 ) -> None:
     """`loyalty dev --demo` serves events, the Web UI and the routers; Ctrl-C stops every
     process it started; a second start on the same home still has the member's points."""
-    async with running_dev(make_run_env, home):
+    async with running_dev(make_run_env, home) as output:
         code, out, err = await loyalty(make_run_env, "emit", "--wait", json.dumps(DEPOSIT))
         assert (code, out.splitlines()) == (0, ["e1 applied"]), err
+
+        # The HTTP API runs beside the worker, at the address the Ready panel shows.
+        api = f"http://127.0.0.1:{make_run_env['LOYALTY_API_PORT']}"
+        assert any(f"HTTP API: {api}" in line and f"{api}/docs" in line for line in output)
+        code, out, err = await loyalty(make_run_env, "api-keys", "create", "--program",
+                                       "default", "--scope", "members:read")  # fmt: skip
+        assert code == 0, err
+        async with httpx.AsyncClient(base_url=api) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            member = await http.get(
+                "/v1/members/m1", headers={"Authorization": f"Bearer {out.splitlines()[-1]}"}
+            )
+            assert member.json()["balances"]["points"]["available"] == 120
 
         assert await web_ui_status(int(make_run_env["LOYALTY_DEV_UI_PORT"])) < 500
 

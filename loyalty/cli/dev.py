@@ -129,6 +129,8 @@ async def _serve(
     ui_url: str | None,
     story: StoryHook | None = None,
     servers: Servers = (None, None),
+    *,
+    with_api: bool = True,
 ) -> int:
     from worker import run_worker
 
@@ -147,7 +149,7 @@ async def _serve(
             if task.done():
                 task.result()
                 return 1
-            api_url = await _start_api(settings, app, dsn, stop, tasks)
+            api_url = await _start_api(settings, app, dsn, stop, tasks) if with_api else None
             _print_ready(settings, app, console, started, address, ui_url, api_url)
             code = 0
             if story is not None:
@@ -300,4 +302,5 @@ async def run_worker_only(settings: Settings, app: LoyaltyApp, console: Console)
             console,
             time.monotonic(),
             None,
+            with_api=False,
         )
