@@ -23,6 +23,7 @@ from temporalio.common import (
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.emit import EmitActivities
 from activities.housekeeping import HousekeepingActivities
 from activities.journeys import JourneyActivities
 from activities.maintenance import MaintenanceActivities
@@ -36,6 +37,7 @@ from loyalty.settings import Settings
 from loyalty.store.apps import record_app
 from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
+from workflows.emit import EmitEvents
 from workflows.housekeeping import Housekeeping, housekeeping_summary, housekeeping_workflow_id
 from workflows.maintenance import TierMaintenance, maintenance_summary, maintenance_workflow_id
 from workflows.router import EventRouter, router_summary, router_workflow_id
@@ -196,8 +198,9 @@ async def run_worker(
     provider whose secret variable is not set (`ConfigurationError`) before anything else,
     then migrates the database, registers programs and search attributes, records the
     app it was loaded from (`loyalty.store.apps`), starts the routers.
-    The worker runs the routers, the tier maintenance and housekeeping loops, every flow's
-    journey workflow and the journey toolkit's activities; the routers start journeys with
+    The worker runs the routers, the tier maintenance and housekeeping loops, `EmitEvents`
+    (the inbox for other services' Temporal clients), every flow's journey workflow and
+    the journey toolkit's activities; the routers start journeys with
     ``client``. One httpx client serves every webhook message and is closed at the end.
     """
     specs = check_app(app)
@@ -217,11 +220,18 @@ async def run_worker(
         journeys = JourneyActivities(pool, app, http, secrets)
         maintenance = MaintenanceActivities(pool, app, settings)
         housekeeping = HousekeepingActivities(pool, app, settings)
+        emit = EmitActivities(pool, settings)
         worker = build_worker(
             client,
             settings,
-            [router.route_events, *journeys.all(), *maintenance.all(), *housekeeping.all()],
-            [EventRouter, TierMaintenance, Housekeeping, *(spec.cls for spec in specs)],
+            [
+                router.route_events,
+                *journeys.all(),
+                *maintenance.all(),
+                *housekeeping.all(),
+                *emit.all(),
+            ],
+            [EventRouter, TierMaintenance, Housekeeping, EmitEvents, *(spec.cls for spec in specs)],
         )
         async with worker:
             await start_routers(client, settings, app)

@@ -24,6 +24,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -61,15 +62,44 @@ Points = Annotated[StrictInt, Field(gt=0, le=MAX_POINTS)]
 # At most 4 decimal places and 18 digits in all (a bound, not max_digits=18, so that
 # 169.99999999999999999 is refused for its decimal places, as a user reads it).
 MAX_MONEY = Decimal("99999999999999.9999")
+# Money's JSON Schema in standard keywords (pydantic writes the constraints of a type
+# with a before-validator as keys that no JSON Schema validator reads: ``ge``,
+# ``decimal_places``). The models' validation stays the reference.
+_MONEY_TEXT = {
+    "type": "string",
+    "pattern": r"^[0-9]{1,14}(\.[0-9]{1,4})?$",
+}
+_MONEY_DESCRIPTION = (
+    "An exact decimal with at most 4 decimal places: a JSON number, read from its digits "
+    "(never through a float), or a string."
+)
 Money = Annotated[
     Decimal,
     BeforeValidator(exact_money),
     Field(ge=0, le=MAX_MONEY, decimal_places=4, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": float(MAX_MONEY)},
+                _MONEY_TEXT,
+            ],
+            "description": _MONEY_DESCRIPTION,
+        }
+    ),
 ]
 PositiveMoney = Annotated[
     Decimal,
     BeforeValidator(exact_money),
     Field(gt=0, le=MAX_MONEY, decimal_places=4, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": float(MAX_MONEY)},
+                _MONEY_TEXT,
+            ],
+            "description": _MONEY_DESCRIPTION + " Greater than 0.",
+        }
+    ),
 ]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 PointKind = Literal["available", "earned"]
@@ -331,6 +361,27 @@ def origin_of(event: BaseEvent) -> Origin:
 
 incoming_adapter: TypeAdapter[IncomingEvent] = TypeAdapter(IncomingEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def events_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12, as pydantic writes it) of one incoming event.
+
+    A ``oneOf`` of the emittable types with ``type`` as the discriminator, each type's
+    schema under ``$defs``, for `loyalty schema events` and the HTTP API. Money is a
+    number or a string of digits (exact either way); the schema states the types and
+    limits it can express, while `parse_event` also checks what it cannot (the size of
+    ``attributes``, ``occurred_at`` not too far ahead, text PostgreSQL can store).
+    """
+    schema = incoming_adapter.json_schema(mode="validation")
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "title": "IncomingEvent",
+        "description": "An event another service sends to loyalty-flows.",
+        **schema,
+    }
 
 
 def stored_event(payload: dict[str, Any] | str) -> AnyEvent:

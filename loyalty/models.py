@@ -83,6 +83,21 @@ class EmitResult(Model):
     origin: Origin = "client"
 
 
+class EmittedEvent(Model):
+    """One event of an `EmitEvents` call: ``accepted`` into the inbox, or a ``duplicate``
+    of an event already there with the same content."""
+
+    event_id: str
+    program: str
+    status: Literal["accepted", "duplicate"]
+
+
+class EmitEventsResult(Model):
+    """The result of the `EmitEvents` workflow: one entry per event, in the call's order."""
+
+    results: list[EmittedEvent]
+
+
 Status = Literal["pending", "processed", "rejected", "dead"]
 
 

@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 
 from loyalty.app import load_app
-from loyalty.cli import adjust, api, audit, flows, ledger, maintenance, members, messages
+from loyalty.cli import (
+    adjust,
+    api,
+    audit,
+    flows,
+    ledger,
+    maintenance,
+    members,
+    messages,
+    schema,
+)
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent
 from loyalty.events import IncomingEvent, parse_event, parse_lines
@@ -258,7 +268,7 @@ def events(
     run(go())
 
 
-for commands in (members, ledger, audit, adjust, flows, maintenance, messages, api):
+for commands in (members, ledger, audit, adjust, flows, maintenance, messages, schema, api):
     commands.register(cli)
 
 

@@ -177,7 +177,7 @@ async def check_programs(conn: Conn, programs: set[str]) -> None:
     Raises:
         InvalidEvent: one line per unknown program.
     """
-    known = {r["name"] for r in await conn.fetch("SELECT name FROM programs")}
+    known = await known_programs(conn)
     unknown = sorted(programs - known)
     if unknown:
         raise InvalidEvent(
@@ -186,6 +186,11 @@ async def check_programs(conn: Conn, programs: set[str]) -> None:
                 for name in unknown
             ]
         )
+
+
+async def known_programs(conn: Conn) -> set[str]:
+    """The names of the programs the database knows."""
+    return {r["name"] for r in await conn.fetch("SELECT name FROM programs")}
 
 
 async def claim_batch(
