@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,9 +49,10 @@ from loyalty.errors import (
     UnknownMember,
     UnknownProgram,
 )
-from loyalty.events import IncomingEvent, incoming_adapter, parse_event
+from loyalty.events import events_json_schema, parse_event
 from loyalty.flows import check_app
 from loyalty.ingest import inbox
+from loyalty.ingest.batch import conflict_problems, parse_batch
 from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
 from loyalty.models import EventOutcome, MemberView
@@ -311,23 +313,26 @@ def _invalid(lines: list[str], detail: str | None = None) -> ProblemError:
     return ProblemError(422, detail or "; ".join(lines), errors=field_problems(lines))
 
 
-def _events_of(data: Any) -> tuple[list[Any], bool]:
-    """The events of a body, and whether it was a batch (``{"events": [...]}``)."""
+def _events_of(data: Any, key: ApiKey, max_clock_skew: timedelta) -> tuple[list[Any], bool]:
+    """The validated events of a body, one event or ``{"events": [...]}``, and whether it
+    was a batch; an event that names no program is in the key's.
+
+    Raises:
+        InvalidEvent: one line per problem, naming its place (``events[3].points``).
+    """
+
+    def in_program(item: Any) -> Any:
+        return {**item, "program": key.program} if isinstance(item, dict) and (
+            "program" not in item) else item  # fmt: skip
+
     if isinstance(data, dict) and "events" in data and "type" not in data:
-        extra = sorted(k for k in data if k != "events")
-        if extra:
-            raise _invalid([f"{k}: unknown field" for k in extra])
         events = data["events"]
-        if not isinstance(events, list):
-            raise _invalid(["events: must be an array of events"])
-        if not events:
-            raise _invalid(["events: give at least one event"])
-        if len(events) > MAX_EVENTS:
-            raise _invalid([f"events: {len(events):,} events; at most {MAX_EVENTS:,} a request"])
-        return events, True
+        if isinstance(events, list):
+            data = {**data, "events": [in_program(e) for e in events]}
+        return parse_batch(data, max_clock_skew=max_clock_skew, limit=MAX_EVENTS), True
     if not isinstance(data, dict):
-        raise _invalid(['body: must be an event object or {"events": [...]}'])
-    return [data], False
+        raise InvalidEvent(['body: must be an event object or {"events": [...]}'])
+    return [parse_event(in_program(data), max_clock_skew=max_clock_skew)], False
 
 
 def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> FastAPI:
@@ -417,24 +422,10 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             data = load_json(body)
         except (ValueError, RecursionError) as exc:
             raise _invalid([f"body: invalid JSON: {exc}"]) from None
-        raw, batch = _events_of(data)
-        problems: list[str] = []
-        events: list[IncomingEvent] = []
-        for index, item in enumerate(raw):
-            prefix = f"events[{index}]." if batch else ""
-            if not isinstance(item, dict):
-                problems.append(f"{prefix.rstrip('.') or 'body'}: must be an event object")
-                continue
-            if "program" not in item:
-                item = {**item, "program": key.program}
-            try:
-                events.append(
-                    parse_event(item, prefix=prefix, max_clock_skew=settings.max_clock_skew)
-                )
-            except InvalidEvent as invalid:
-                problems.extend(invalid.problems)
-        if problems:
-            raise _invalid(problems)
+        try:
+            events, batch = _events_of(data, key, settings.max_clock_skew)
+        except InvalidEvent as invalid:
+            raise _invalid(invalid.problems) from None
         others = [
             f"{f'events[{i}]' if batch else 'event'} ({e.event_id}) is in program {e.program!r}"
             for i, e in enumerate(events)
@@ -449,12 +440,9 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
                 async with state.db().acquire() as conn:
                     results = await inbox.insert_events(conn, events)
         except EventConflict as conflict:
-            where = {e.event_id: i for i, e in reversed(list(enumerate(events)))}
-            lines = [
-                f"{f'events[{where[c.event_id]}].' if batch else ''}event_id: "
-                f"{c.event_id} was sent before with other content ({', '.join(c.fields)})"
-                for c in conflict.conflicts
-            ]
+            lines = conflict_problems(events, conflict)
+            if not batch:
+                lines = [line.removeprefix("events[0].") for line in lines]
             reused = ", ".join(c.event_id for c in conflict.conflicts)
             raise _invalid(lines, f"event ids reused with other content: {reused}") from None
         except InvalidEvent as invalid:
@@ -619,7 +607,12 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             schema = get_openapi(
                 title=api.title, version=api.version, summary=api.summary, routes=api.routes
             )
-            event = incoming_adapter.json_schema(ref_template="#/components/schemas/{model}")
+            # The schema of `loyalty schema events`, its definitions moved to the
+            # components where OpenAPI looks them up.
+            event = json.loads(
+                json.dumps(events_json_schema()).replace('"#/$defs/', '"#/components/schemas/')
+            )
+            event.pop("$schema", None)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(event.pop("$defs", {}))
             components["Event"] = event
