@@ -55,7 +55,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "loyalty.tiers.status",
         ),
     ),
-    ("Temporal", ("activities", "workflows", "loyalty.journeys", "starter", "examples")),
+    (
+        "Temporal",
+        ("activities", "workflows", "loyalty.journeys", "starter", "examples", "loyalty.api"),
+    ),
     ("top", ("loyalty.cli", "worker")),
 )
 # What a definition must not import: it declares, it does no I/O.
