@@ -21,7 +21,7 @@ from loyalty.errors import EventConflict, InvalidEvent, ServiceUnavailable
 from loyalty.events import IncomingEvent
 from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, program_problems, read_batch
-from loyalty.models import EmitEventsResult, EmittedEvent
+from loyalty.models import EmitEventsResult
 from loyalty.settings import Settings
 from loyalty.store.db import UNREACHABLE
 
@@ -94,16 +94,7 @@ class EmitActivities:
                 type="DatabaseUnavailable",
                 category=ApplicationErrorCategory.BENIGN,
             ) from None
-        return EmitEventsResult(
-            results=[
-                EmittedEvent(
-                    event_id=r.event_id,
-                    program=r.program,
-                    status="accepted" if r.accepted else "duplicate",
-                )
-                for r in results
-            ]
-        )
+        return EmitEventsResult.of(results)
 
     def _read(self, payload: RawValue) -> list[IncomingEvent]:
         """The batch's events, read from the payload's JSON text.

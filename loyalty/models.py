@@ -84,8 +84,8 @@ class EmitResult(Model):
 
 
 class EmittedEvent(Model):
-    """One event of an `EmitEvents` call: ``accepted`` into the inbox, or a ``duplicate``
-    of an event already there with the same content."""
+    """One event of an `EmitEvents` call or a `POST /v1/events`: ``accepted`` into the
+    inbox, or a ``duplicate`` of an event already there with the same content."""
 
     event_id: str
     program: str
@@ -93,9 +93,24 @@ class EmittedEvent(Model):
 
 
 class EmitEventsResult(Model):
-    """The result of the `EmitEvents` workflow: one entry per event, in the call's order."""
+    """The result of the `EmitEvents` workflow and the body of `POST /v1/events`'s 202:
+    one entry per event, in the call's order."""
 
     results: list[EmittedEvent]
+
+    @classmethod
+    def of(cls, emitted: list[EmitResult]) -> EmitEventsResult:
+        """The result of the inbox's answer to an insert."""
+        return cls(
+            results=[
+                EmittedEvent(
+                    event_id=r.event_id,
+                    program=r.program,
+                    status="accepted" if r.accepted else "duplicate",
+                )
+                for r in emitted
+            ]
+        )
 
 
 Status = Literal["pending", "processed", "rejected", "dead"]

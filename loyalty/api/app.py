@@ -55,7 +55,7 @@ from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, parse_batch
 from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
-from loyalty.models import EventOutcome, MemberView
+from loyalty.models import EmitEventsResult, EventOutcome, MemberView
 from loyalty.settings import Settings
 from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
 from loyalty.temporal import connect_temporal
@@ -75,20 +75,6 @@ WAIT_HELP = "Seconds to wait for an outcome other than pending (at most 60)."
 BEFORE_HELP = "Only entries older than this entry id (the previous page's next_before)."
 # Seconds a client is told to wait when PostgreSQL is unavailable.
 RETRY_AFTER_UNAVAILABLE = "5"
-
-
-class EventResult(BaseModel):
-    """What became of one posted event."""
-
-    event_id: str
-    program: str
-    status: Literal["accepted", "duplicate"]
-
-
-class EventResults(BaseModel):
-    """The answer to `POST /v1/events`, one result per event in the order sent."""
-
-    results: list[EventResult]
 
 
 class Outcome(BaseModel):
@@ -389,7 +375,7 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
     @api.post(
         "/v1/events",
         status_code=202,
-        response_model=EventResults,
+        response_model=EmitEventsResult,
         tags=["events"],
         responses={
             413: {"model": Problem, "description": "Body over 1 MiB"},
@@ -411,7 +397,7 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             }
         },
     )
-    async def post_events(request: Request, key: Writer) -> EventResults:
+    async def post_events(request: Request, key: Writer) -> EmitEventsResult:
         """Accept one event, or up to 1,000 as ``{"events": [...]}``, all or nothing.
 
         An event without ``program`` is in the key's program. The same ``event_id`` with
@@ -447,16 +433,7 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             raise _invalid(lines, f"event ids reused with other content: {reused}") from None
         except InvalidEvent as invalid:
             raise _invalid(invalid.problems) from None
-        return EventResults(
-            results=[
-                EventResult(
-                    event_id=r.event_id,
-                    program=r.program,
-                    status="accepted" if r.accepted else "duplicate",
-                )
-                for r in results
-            ]
-        )
+        return EmitEventsResult.of(results)
 
     @api.get(
         "/v1/events/{program}/{event_id}",
