@@ -18,11 +18,18 @@ in eight too large, purchases paid partly with points and not, logins).
    the load derives, ``new_stage``, included), polled every 0.05 s.
 2. Latency: single-event POSTs offered open loop at --rate requests/s for --seconds
    (each request its own task, started on a fixed schedule whatever the answers), over
-   one key. Response time from the moment the request was due (what a client on that
-   schedule waits) and from the moment it was sent; requests answered other than 202
-   are counted, then sent again (not timed) so that the checks below see every event.
+   one key, one event per member (members of the earlier phases, so that the order of
+   one member's events cannot depend on the server's speed). Response time from the
+   moment the request was due (what a client on that schedule waits) and from the
+   moment it was sent; requests answered other than 202 are counted, then sent again
+   (not timed) so that the checks below see every event.
 3. Memory of the API process (psutil): RSS once it answers, after the throughput and
    after the latency phase; peak from /proc/PID/status (VmHWM).
+
+For each phase, the CPU time each part of the stack used (psutil, processes alive at
+both ends of the phase): PostgreSQL, the Temporal dev server, `loyalty dev` (worker and
+router), `loyalty api`, this benchmark (the clients) and every other process of the
+machine, which shares its cores with them.
 
 After each phase, checks (a failure exits with an error): every event was answered
 ``accepted`` exactly once, the inbox holds each exactly once and none pending or dead,
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -43,9 +51,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -73,6 +82,8 @@ EMIT_CHUNK = 5_000
 RATE_LIMIT = 1_000_000
 ORDER = ("api", "emit_many", "emit_many", "api")
 POLL_SECONDS = 0.05
+# Between the occurred_at of two events of the latency phase.
+TICK = timedelta(milliseconds=1)
 
 
 def met(ok: bool) -> str:
@@ -152,6 +163,36 @@ class ApiProcess:
         return "stopped cleanly (exit 0)"
 
 
+def cpu_by_role(dev: DevServer, api: ApiProcess) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process, by pid, with its part of the stack."""
+    role = {
+        os.getpid(): "benchmark (clients)",
+        dev.process.pid: "loyalty dev (worker, router)",
+        api.process.pid: "loyalty api",
+    }
+    processes = list(psutil.process_iter(["cmdline"]))
+    for p in processes:
+        command = " ".join(p.info["cmdline"] or ())
+        server = "postgres" if "postgres" in command else "temporal"
+        if dev.home in command and server in command:
+            with contextlib.suppress(psutil.Error):
+                role.update((c.pid, server) for c in [p, *p.children(recursive=True)])
+    seconds: dict[int, tuple[str, float]] = {}
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            seconds[p.pid] = (role.get(p.pid, "other processes"), times.user + times.system)
+    return seconds
+
+
+def cpu_text(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> str:
+    """CPU seconds used between two readings, by part; processes gone by then not counted."""
+    used: Counter[str] = Counter()
+    for pid, (name, seconds) in after.items():
+        used[name] += seconds - before.get(pid, (name, 0.0))[1]
+    return ", ".join(f"{k} {v:.1f} s" for k, v in used.most_common())
+
+
 @dataclass
 class Run:
     side: str
@@ -172,8 +213,6 @@ class Latency:
     call_ms: list[float] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
     resent: int = 0
-    api_cpu: float = 0.0
-    client_cpu: float = 0.0
     connections: int = 0
 
 
@@ -182,6 +221,7 @@ class Figures:
     runs: list[Run] = field(default_factory=list)
     latency: Latency = field(default_factory=Latency)
     memory: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, str] = field(default_factory=dict)
     api_stop: str = ""
     events: dict[str, AnyEvent] = field(default_factory=dict)
 
@@ -319,12 +359,31 @@ class RawPoster:
         self.idle.clear()
 
 
+def latency_events(n: int, earlier: dict[str, AnyEvent]) -> list[AnyEvent]:
+    """The mixed load for members the earlier phases made, one event each, after theirs.
+
+    Requests sent concurrently can reach the inbox in any order, and a response time of
+    seconds (an overloaded server) makes two of one member's requests overlap. One event
+    per member keeps each member's order, which the checks replay, whatever the server
+    does. The events happen after every earlier one (a tier is measured at the event's
+    time, so a late event would not promote) and within a day of them (as the rules of
+    `bench.workloads` assume); fresh members once the earlier ones run out.
+    """
+    members = list(dict.fromkeys(e.member_id for e in earlier.values()))
+    members += [f"latm{k}" for k in range(max(0, n - len(members)))]
+    after = max(e.occurred_at for e in earlier.values()) + timedelta(seconds=1)
+    return [
+        e.model_copy(update={"member_id": members[i], "occurred_at": after + i * TICK})
+        for i, e in enumerate(mixed("lat", n, n, PROGRAM))
+    ]
+
+
 async def latency(
     api: ApiProcess, key: str, conn: Conn, args: argparse.Namespace, fig: Figures
 ) -> Latency:
     """Single-event POSTs on a fixed schedule; answers timed, refusals counted and resent."""
     n = int(args.rate * args.seconds)
-    events = list(mixed("lat", n, args.latency_members, PROGRAM))
+    events = latency_events(n, fig.events)
     bodies = [e.model_dump_json().encode() for e in events]
     out = Latency(sent=n)
     failed: list[int] = []
@@ -348,7 +407,6 @@ async def latency(
             failed.append(k)
 
     with console.status(f"latency: {n:,} single-event POSTs at {args.rate:,.0f}/s offered"):
-        cpu, own = api.cpu_seconds(), time.process_time()
         tasks: list[asyncio.Task[None]] = []
         start = loop.time() + 0.1
         for k in range(n):
@@ -357,7 +415,6 @@ async def latency(
             tasks.append(asyncio.create_task(one(k, due)))
         out.offered = n / (loop.time() - start)
         await asyncio.gather(*tasks)
-        out.api_cpu, out.client_cpu = api.cpu_seconds() - cpu, time.process_time() - own
         out.connections = poster.opened
         for k in sorted(failed):  # not timed: so that the checks see every event
             code, answer = await poster.post(bodies[k])
@@ -412,6 +469,7 @@ async def run(dev: DevServer, api: ApiProcess, args: argparse.Namespace) -> Figu
                     )
                 await check_all(conn, fig.events, "warm-up (not timed)")
             counts = {"api": 0, "emit_many": 0}
+            cpu = cpu_by_role(dev, api)
             for side in ORDER:
                 counts[side] += 1
                 prefix = f"{'a' if side == 'api' else 'e'}{counts[side]}"
@@ -421,8 +479,16 @@ async def run(dev: DevServer, api: ApiProcess, args: argparse.Namespace) -> Figu
                     )
                 )
             fig.memory["after throughput"] = api.rss()
+            fig.cpu["throughput (4 runs)"] = cpu_text(cpu, cpu := cpu_by_role(dev, api))
             await check_all(conn, fig.events, "throughput")
-            fig.latency = await latency(api, keys[-1], conn, args, fig)
+            cpu = cpu_by_role(dev, api)
+            fig.latency = lat = await latency(api, keys[-1], conn, args, fig)
+            fig.cpu["latency"] = cpu_text(cpu, cpu_by_role(dev, api))
+            console.print(
+                f"latency: {lat.sent:,} POSTs at {lat.offered:,.0f}/s offered; from due: p50 "
+                f"{percentile(lat.due_ms, 0.5):.1f} ms, p99 {percentile(lat.due_ms, 0.99):.1f} "
+                f"ms, max {max(lat.due_ms):.1f} ms; {sum(lat.refused.values()):,} not 202"
+            )
             fig.memory["after latency"] = api.rss()
             await check_all(conn, fig.events, "latency")
             fig.memory["peak (VmHWM)"] = api.peak_rss()
@@ -495,7 +561,7 @@ def report(fig: Figures, args: argparse.Namespace, loadavg: tuple[float, float])
     shown = ", ".join(f"{k}: {v:,}" for k, v in sorted(lat.refused.items())) or "none"
     table.add_row(
         "latency: answers other than 202",
-        f"{refused:,} ({shown}); resent {lat.resent:,}",
+        f"{refused:,} ({shown}); resent {lat.resent:,}; {lat.connections:,} connections",
         "0",
         met(refused == 0),
     )
@@ -505,18 +571,13 @@ def report(fig: Figures, args: argparse.Namespace, loadavg: tuple[float, float])
         "(reported)",
         "",
     )
-    table.add_row(
-        "CPU during the latency phase",
-        f"API process {lat.api_cpu:.1f} s, benchmark's client {lat.client_cpu:.1f} s; "
-        f"{lat.connections:,} connections opened",
-        "",
-        "",
-    )
+    for phase, text in fig.cpu.items():
+        table.add_row(f"CPU during {phase}", text, "", "")
     console.print(table)
     console.print(
         f"{args.events:,} events per throughput run over {args.members:,} members; "
-        f"{args.clients} clients, batches of {args.batch}; latency over "
-        f"{args.latency_members:,} members. loyalty api: {fig.api_stop}. "
+        f"{args.clients} clients, batches of {args.batch}; latency: one event per member, "
+        f"members of the earlier phases. loyalty api: {fig.api_stop}. "
         f"Load average (1 min) before: {loadavg[0]:.2f}, after: {loadavg[1]:.2f}.",
         soft_wrap=True,
     )
@@ -532,7 +593,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1_000, help="untimed events per side")
     parser.add_argument("--rate", type=float, default=500.0, help="latency: POSTs/s offered")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency: duration")
-    parser.add_argument("--latency-members", type=int, default=1_000, help="latency: members")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per wait")
     args = parser.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])  # both processes import the app from here
