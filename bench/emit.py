@@ -65,6 +65,7 @@ class DevServer:
             LOYALTY_HOME=self.home,
             LOYALTY_DEV_TEMPORAL_PORT=str(free_port()),
             LOYALTY_DEV_UI_PORT=str(free_port()),
+            LOYALTY_API_PORT=str(free_port()),  # `loyalty dev` serves the HTTP API there
             COLUMNS="200",  # keeps the Ready line of `loyalty dev` on one line
         )
         if batch_size is not None:
