@@ -327,7 +327,7 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        state.pool = await create_pool(dsn, size=settings.database_pool_size)
+        state.pool = await create_pool(dsn, size=settings.database_pool_size, stateless=True)
         await state.processed.start()
         try:
             yield

@@ -94,6 +94,15 @@ async def insert_events(
     try:
         if "client" not in origins:
             return await _insert(conn, events, origins, caused_by)
+        if len(events) == 1:
+            # One event: its insert is all or nothing by itself, and a repeat wrote
+            # nothing, so the comparison needs no transaction around it (one round trip
+            # for a new event instead of three).
+            results = await _insert(conn, events, origins, caused_by)
+            conflicts = await _conflicts(conn, events, results)
+            if conflicts:
+                raise EventConflict(conflicts)
+            return results
         async with conn.transaction():
             results = await _insert(conn, events, origins, caused_by)
             conflicts = await _conflicts(conn, events, results)

@@ -141,8 +141,20 @@ class _OneLineWhenUnreachable(logging.Filter):
 _POOL_LOG_FILTER = _OneLineWhenUnreachable()
 
 
-async def create_pool(dsn: str, size: int = 10) -> asyncpg.Pool:
+async def _end_transaction(conn: asyncpg.Connection) -> None:
+    """The reset of a pool whose users take no session state (no advisory locks, LISTEN,
+    SET, cursors): only a transaction left open by a cancelled request is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(dsn: str, size: int = 10, *, stateless: bool = False) -> asyncpg.Pool:
     """The pool a process uses for all its queries; create once, close at shutdown.
+
+    A connection back in the pool is reset (asyncpg unlocks advisory locks, closes
+    cursors, unlistens and resets settings: one more round trip each time). A
+    ``stateless`` pool, whose users take none of that state (the HTTP API's), only rolls
+    back a transaction left open.
 
     Raises:
         ServiceUnavailable: the server cannot be reached.
@@ -151,8 +163,9 @@ async def create_pool(dsn: str, size: int = 10) -> asyncpg.Pool:
     logging.getLogger("asyncpg.pool").addFilter(_POOL_LOG_FILTER)
     with _connecting(dsn):
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=size, init=_init_connection, timeout=CONNECT_TIMEOUT
-        )
+            dsn, min_size=1, max_size=size, init=_init_connection, timeout=CONNECT_TIMEOUT,
+            reset=_end_transaction if stateless else None,
+        )  # fmt: skip
     assert pool is not None
     return pool
 
