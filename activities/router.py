@@ -160,8 +160,13 @@ class RouterActivities:
         progress = RouterProgress()
         await self.listener.start()
         outbox = _Outbox(self, session, lambda: activity.heartbeat(progress.model_dump()))
+        gather = False
         try:
             while loop.time() < deadline:
+                if gather and settings.router_linger_seconds > 0:
+                    # A trickle of events is applied a few at a time: each batch costs
+                    # its dozen statements however few events it holds.
+                    await asyncio.sleep(settings.router_linger_seconds)
                 outbox.check()
                 seen = self.listener.generation(session.program)
                 async with self.pool.acquire() as conn:
@@ -187,7 +192,9 @@ class RouterActivities:
                 progress = progress + batch
                 activity.heartbeat(progress.model_dump())
                 if batch.events:
+                    gather = batch.events < settings.router_batch_size
                     continue
+                gather = True
                 idle = min(settings.router_idle_poll_seconds, deadline - loop.time())
                 if retry_at is not None:
                     idle = min(idle, max(0.0, (retry_at - datetime.now(UTC)).total_seconds()))

@@ -183,3 +183,19 @@ async def test_events_for_two_programs_go_to_their_own_routers(
     assert [o.describe() for o in outcomes] == ["applied", "applied"]
     assert (await client.member("m1")).balances["points"].available == 5
     assert (await client.member("m1", "coffee")).balances["points"].available == 7
+
+
+async def test_events_sent_one_by_one_are_applied_together_after_the_linger(
+    client: LoyaltyClient, start_worker: StartWorker, conn: asyncpg.Connection
+) -> None:
+    """A trickle of single emits is claimed once the linger is over, in one batch, not
+    one transaction per event."""
+    await start_worker(LOYALTY_ROUTER_LINGER_SECONDS=1)
+    warm = await client.emit(deposit("w0", "m0", 1))
+    await client.wait([warm], timeout=30)
+    before = await conn.fetchval("SELECT sum(batches) FROM router_totals")
+    await asyncio.sleep(1.5)  # the router is idle again, past its linger
+    sent = [await client.emit(deposit(f"e{i}", f"m{i}", 10)) for i in range(5)]
+    outcomes = await client.wait(sent, timeout=30)
+    assert [o.describe() for o in outcomes] == ["applied"] * 5
+    assert await conn.fetchval("SELECT sum(batches) FROM router_totals") == before + 1
