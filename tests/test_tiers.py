@@ -276,3 +276,21 @@ def test_bad_schemes_are_refused_with_a_clear_message(scheme: Any, problem: str)
     with pytest.raises(ValidationError) as raised:
         scheme()
     assert problem in str(raised.value)
+
+
+@pytest.mark.parametrize("window", ["lifetime", timedelta(days=365), "calendar_year"])
+async def test_events_applied_out_of_their_time_order_still_promote(
+    conn: asyncpg.Connection, database_url: str, window: Window
+) -> None:
+    """Concurrent senders reach the inbox in any order: the later purchase is applied
+    first, and neither event's own time sees both; the member's latest points do."""
+    proc = await setup(database_url, coffee(TierScheme(tiers=TIERS, window=window)))
+    await apply(conn, proc, purchase("p2", 20, at=T0 + DAY))
+    await apply(conn, proc, purchase("p1", 20, at=T0))
+    assert await tier(conn) == "silver"
+    assert await stages(conn) == [
+        {"event_id": "new_stage:main:silver:p1", "cause": "p1", "move": ("bronze", "silver"),
+         "scheme": "main", "why": ("up", "earn")}
+    ]  # fmt: skip
+    status = (await member_view(conn, "coffee", "ann")).tiers[0]
+    assert (status.tier, status.qualifying, status.since) == ("silver", 40, T0 + DAY)

@@ -262,23 +262,33 @@ class Replay:
             currency = scheme.currency_in(program)
             if currency not in currencies:
                 continue
-            measure = state.measures[(member, currency)].at(scheme, at)
-            met = [rank for rank, tier in enumerate(scheme.tiers) if tier.threshold <= measure]
+            measures = state.measures[(member, currency)]
+            # At the event's time, and at the member's latest qualifying points when the
+            # event came after them (applied out of its time order): the higher tier wins.
+            latest = measures.latest()
+            met, when = -1, at
+            for instant in [at] + ([latest] if latest is not None and latest > at else []):
+                measure = measures.at(scheme, instant)
+                reached = max(
+                    (r for r, t in enumerate(scheme.tiers) if t.threshold <= measure), default=-1
+                )
+                if reached > met:
+                    met, when = reached, instant
             current = state.tiers.get((scheme.name, member))
             rank = current[1] if current is not None else 0
-            if not met or met[-1] <= rank:
+            if met <= rank:
                 continue
             names = scheme.tier_names()
-            to_tier = names[met[-1]]
-            state.tiers[(scheme.name, member)] = (to_tier, met[-1])
-            self.promoted[(scheme.name, member)] = (to_tier, met[-1], at)
+            to_tier = names[met]
+            state.tiers[(scheme.name, member)] = (to_tier, met)
+            self.promoted[(scheme.name, member)] = (to_tier, met, when)
             if index == 0:
                 row = state.members.setdefault(member, MemberRow(exists=False))
                 row.tier, row.tier_changed = to_tier, True
             made.append(
                 NewStage(
                     event_id=derived.derived_id("new_stage", scheme.name, to_tier, event.event_id),
-                    member_id=member, program=program.name, occurred_at=at,
+                    member_id=member, program=program.name, occurred_at=when,
                     from_tier=current[0] if current is not None else names[0], to_tier=to_tier,
                     direction="up", cause="earn", scheme=scheme.name,
                 )

@@ -100,6 +100,11 @@ class Measure:
     tail: list[tuple[datetime, int]] = field(default_factory=list)
     added: list[tuple[datetime, int]] = field(default_factory=list)
 
+    def latest(self) -> datetime | None:
+        """When the member's latest qualifying points (of the database or the batch so
+        far) were earned; every row later than the batch's events is in ``tail``."""
+        return max((t for t, _ in self.tail + self.added), default=None)
+
     def at(self, scheme: TierScheme, at: datetime) -> int:
         """The scheme's measure at ``at``: `loyalty.tiers.promotion.MEASURE`."""
         start = window_start(scheme, at)

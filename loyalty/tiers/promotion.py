@@ -68,19 +68,41 @@ _PROMOTE = f"""
 WITH m AS (
     SELECT * FROM unnest($2::text[], $3::timestamptz[], $4::text[]) AS m(member_id, at, cause)
 ),
-measured AS (
-    SELECT m.*, {
-    measure_sql(
-        program="$1", member="m.member_id", currency="$5", at="m.at", kind="$6", length="$7"
-    )
-} AS measure
+later AS (
+    SELECT m.*, greatest(m.at, (
+        SELECT max(q.earned_at) FROM qualifying_points AS q
+        WHERE q.program = $1 AND q.member_id = m.member_id AND q.currency = $5)) AS latest
     FROM m
 ),
-target AS (
-    SELECT d.*, (SELECT max(t.rank) - 1
-                 FROM unnest($10::bigint[]) WITH ORDINALITY AS t(threshold, rank)
-                 WHERE t.threshold <= d.measure)::integer AS rank
+measured AS (
+    SELECT l.*, {
+    measure_sql(
+        program="$1", member="l.member_id", currency="$5", at="l.at", kind="$6", length="$7"
+    )
+} AS measure_then, {
+    measure_sql(
+        program="$1", member="l.member_id", currency="$5", at="l.latest", kind="$6", length="$7"
+    )
+} AS measure_latest
+    FROM later AS l
+),
+ranked AS (
+    SELECT d.*,
+           (SELECT max(t.rank) - 1 FROM unnest($10::bigint[]) WITH ORDINALITY AS t(threshold, rank)
+            WHERE t.threshold <= d.measure_then)::integer AS rank_then,
+           (SELECT max(t.rank) - 1 FROM unnest($10::bigint[]) WITH ORDINALITY AS t(threshold, rank)
+            WHERE t.threshold <= d.measure_latest)::integer AS rank_latest
     FROM measured AS d
+),
+-- The tier the event's own time supports, or a higher one that the member's latest
+-- qualifying points support (events applied out of their time order), then from then.
+target AS (
+    SELECT r.member_id, r.cause,
+           CASE WHEN r.rank_then >= r.rank_latest THEN r.at ELSE r.latest END AS at,
+           CASE WHEN r.rank_then >= r.rank_latest THEN r.measure_then
+                ELSE r.measure_latest END AS measure,
+           greatest(r.rank_then, r.rank_latest) AS rank
+    FROM ranked AS r
 ),
 cur AS (
     SELECT mt.member_id, mt.tier, mt.rank FROM member_tiers AS mt
