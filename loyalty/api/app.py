@@ -26,7 +26,7 @@ import asyncpg
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from temporalio.client import Client
@@ -397,7 +397,7 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             }
         },
     )
-    async def post_events(request: Request, key: Writer) -> EmitEventsResult:
+    async def post_events(request: Request, key: Writer) -> Response:
         """Accept one event, or up to 1,000 as ``{"events": [...]}``, all or nothing.
 
         An event without ``program`` is in the key's program. The same ``event_id`` with
@@ -433,7 +433,12 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
             raise _invalid(lines, f"event ids reused with other content: {reused}") from None
         except InvalidEvent as invalid:
             raise _invalid(invalid.problems) from None
-        return EmitEventsResult.of(results)
+        # Serialized once, here: returning the model would have FastAPI validate it again.
+        return Response(
+            EmitEventsResult.of(results).model_dump_json(),
+            status_code=202,
+            media_type="application/json",
+        )
 
     @api.get(
         "/v1/events/{program}/{event_id}",
