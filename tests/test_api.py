@@ -566,3 +566,31 @@ async def test_curl_sends_the_login_and_reads_the_member(
     code, body = await curl(f"{api.url}/v1/members/zoe")
     assert code == 200
     assert json.loads(body)["balances"]["points"]["available"] == 75
+
+
+async def test_concurrent_single_events_are_answered_each_alone(
+    start_api: StartApi, conn: asyncpg.Connection
+) -> None:
+    """Single POSTs that arrive together are written together, but a conflict refuses
+    only its own request."""
+    api = await start_api()
+    key = await make_key(conn, "events:write")
+    async with api.client(key) as http:
+        assert (await http.post("/v1/events", json=deposit("x"))).status_code == 202
+        bodies = (
+            [deposit(f"new{i}", member=f"m{i}") for i in range(10)]
+            + [deposit("x")] * 3
+            + [deposit("x", points=7)] * 2
+        )
+        answers = await asyncio.gather(*(http.post("/v1/events", json=b) for b in bodies))
+    codes = [a.status_code for a in answers]
+    assert codes == [202] * 13 + [422] * 2
+    assert [a.json()["results"][0]["status"] for a in answers[:13]] == (
+        ["accepted"] * 10 + ["duplicate"] * 3
+    )
+    for refused in answers[13:]:
+        assert [e["field"] for e in problem_of(refused, 422)["errors"]] == ["points"]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 11
+    assert await conn.fetchval("SELECT payload->>'points' FROM events WHERE event_id = 'x'") == (
+        "120"
+    )

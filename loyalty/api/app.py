@@ -49,15 +49,15 @@ from loyalty.errors import (
     UnknownMember,
     UnknownProgram,
 )
-from loyalty.events import events_json_schema, parse_event
+from loyalty.events import IncomingEvent, events_json_schema, parse_event
 from loyalty.flows import check_app
 from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, parse_batch
 from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
-from loyalty.models import EmitEventsResult, EventOutcome, MemberView
+from loyalty.models import EmitEventsResult, EmitResult, EventOutcome, MemberView
 from loyalty.settings import Settings
-from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
+from loyalty.store.db import UNREACHABLE, Conn, connect, create_pool, reachable
 from loyalty.temporal import connect_temporal
 
 log = logging.getLogger("loyalty.api")
@@ -172,6 +172,74 @@ class _Processed:
                 await self._conn.close()
 
 
+class _Singles:
+    """Single-event POSTs of concurrent callers, inserted together (group commit).
+
+    One statement at a time takes every event waiting when the previous one is done, so
+    under load PostgreSQL parses, writes and commits once per group instead of once per
+    request, and with no load an event waits for nothing. Each event is still answered
+    alone: accepted, duplicate, or its own conflict (`loyalty.ingest.inbox.insert_each`).
+    """
+
+    # Events per statement at most.
+    GROUP = 500
+
+    def __init__(self, state: ApiState) -> None:
+        self._state = state
+        self._waiting: list[tuple[IncomingEvent, asyncio.Future[EmitResult]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def insert(self, event: IncomingEvent) -> EmitResult:
+        """The event's result once its group committed.
+
+        Raises:
+            EventConflict: the event_id was used with other content.
+            ServiceUnavailable: PostgreSQL cannot be reached.
+        """
+        answer: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, answer))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await answer
+
+    async def _write(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[: self.GROUP], self._waiting[self.GROUP :]
+            try:
+                answers = await self._insert([event for event, _ in group])
+            except BaseException as exc:
+                for _, answer in group:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, answer), found in zip(group, answers, strict=True):
+                if answer.done():  # its caller went away
+                    continue
+                if isinstance(found, EventConflict):
+                    answer.set_exception(found)
+                else:
+                    answer.set_result(found)
+
+    async def _insert(self, events: list[IncomingEvent]) -> list[EmitResult | EventConflict]:
+        with reachable(self._state.dsn):
+            async with self._state.db().acquire() as conn:
+                try:
+                    return await inbox.insert_each(conn, events)
+                except InvalidEvent:
+                    # A program gone since the key was checked: each on its own, so
+                    # that only its own events are refused.
+                    return [await _alone(conn, event) for event in events]
+
+
+async def _alone(conn: Conn, event: IncomingEvent) -> EmitResult | EventConflict:
+    try:
+        return (await inbox.insert_events(conn, [event]))[0]
+    except EventConflict as conflict:
+        return conflict
+
+
 class ApiState:
     """What the handlers share: settings, pool, keys cache, limiter, Temporal client."""
 
@@ -180,6 +248,7 @@ class ApiState:
         self.pool: asyncpg.Pool | None = None
         self.limiter = RateLimiter(settings.api_rate_limit)
         self.processed = _Processed(dsn)
+        self.singles = _Singles(self)
         self._keys: dict[bytes, tuple[ApiKey, float]] = {}
         self._temporal: Client | None = None
         self._temporal_lock = asyncio.Lock()
@@ -422,9 +491,12 @@ def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> F
                 403, f"key {key.id} belongs to program {key.program!r}: " + "; ".join(others)
             )
         try:
-            with reachable(dsn):
-                async with state.db().acquire() as conn:
-                    results = await inbox.insert_events(conn, events)
+            if batch:
+                with reachable(dsn):
+                    async with state.db().acquire() as conn:
+                        results = await inbox.insert_events(conn, events)
+            else:
+                results = [await state.singles.insert(events[0])]
         except EventConflict as conflict:
             lines = conflict_problems(events, conflict)
             if not batch:

@@ -15,7 +15,14 @@ from typing import Any
 import asyncpg
 
 from loyalty.errors import Conflict, EventConflict, InvalidEvent
-from loyalty.events import AnyEvent, Origin, differing_fields, occurred_at_sent, origin_of
+from loyalty.events import (
+    AnyEvent,
+    IncomingEvent,
+    Origin,
+    differing_fields,
+    occurred_at_sent,
+    origin_of,
+)
 from loyalty.models import EmitResult, EventOutcome, FailedEvent
 from loyalty.store.db import Conn
 
@@ -145,9 +152,22 @@ async def _insert(
 async def _conflicts(
     conn: Conn, events: Sequence[AnyEvent], results: list[EmitResult]
 ) -> list[Conflict]:
-    """The client events not accepted whose content differs from the first version: the
-    stored one, or the one earlier in ``events``. ``occurred_at`` is compared only when
-    both versions gave it (compare what the senders sent, not the defaults)."""
+    """The client events not accepted whose content differs from the first version,
+    one per event id, with every field that differs."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for index, fields in (await _differences(conn, events, results)).items():
+        known = found.setdefault((events[index].program, events[index].event_id), [])
+        known += [f for f in fields if f not in known]
+    return [Conflict(program, event_id, fields) for (program, event_id), fields in found.items()]
+
+
+async def _differences(
+    conn: Conn, events: Sequence[AnyEvent], results: list[EmitResult]
+) -> dict[int, list[str]]:
+    """By position: the client events not accepted whose content differs from the first
+    version (the stored one, or the one earlier in ``events``), with the fields that
+    differ. ``occurred_at`` is compared only when both versions gave it (compare what
+    the senders sent, not the defaults)."""
     first: dict[tuple[str, str], int] = {}
     for index, (e, r) in enumerate(zip(events, results, strict=True)):
         if r.origin == "client":
@@ -159,8 +179,8 @@ async def _conflicts(
         stored = {
             (r["program"], r["event_id"]): (r["payload"], r["occurred_at_sent"]) for r in rows
         }
-    found: dict[tuple[str, str], list[str]] = {}
-    for e, r in zip(events, results, strict=True):
+    found: dict[int, list[str]] = {}
+    for index, (e, r) in enumerate(zip(events, results, strict=True)):
         if r.origin != "client" or r.accepted:
             continue
         key = (e.program, e.event_id)
@@ -175,9 +195,36 @@ async def _conflicts(
         else:
             continue
         if fields:
-            known = found.setdefault(key, [])
-            known += [f for f in fields if f not in known]
-    return [Conflict(program, event_id, fields) for (program, event_id), fields in found.items()]
+            found[index] = fields
+    return found
+
+
+async def insert_each(
+    conn: Conn, events: Sequence[IncomingEvent]
+) -> list[EmitResult | EventConflict]:
+    """Insert client events that are each a call of their own, in one statement: the
+    single events that concurrent callers sent (the HTTP API groups them).
+
+    Each event is all or nothing by itself, so no transaction is needed: the answer for
+    each is its result, or the conflict that refuses it alone (its insert wrote
+    nothing). An event sent twice in ``events`` is a duplicate of the first, or a
+    conflict if its content differs.
+
+    Raises:
+        InvalidEvent: an event names a program the database does not know (the
+            statement wrote nothing; insert the others on their own).
+    """
+    origins: list[Origin] = ["client"] * len(events)
+    try:
+        results = await _insert(conn, events, origins, None)
+    except asyncpg.ForeignKeyViolationError:
+        await check_programs(conn, {e.program for e in events})
+        raise
+    differing = await _differences(conn, events, results)
+    return [
+        EventConflict([Conflict(e.program, e.event_id, differing[i])]) if i in differing else r
+        for i, (e, r) in enumerate(zip(events, results, strict=True))
+    ]
 
 
 async def check_programs(conn: Conn, programs: set[str]) -> None:
