@@ -31,8 +31,19 @@ from loyalty.store.db import UNREACHABLE, connect
 
 # The database cannot be reached (or went away): the session is retried, no traceback.
 _DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNREACHABLE)
+# Events are flowing while the last batch is this recent: only then does the router
+# linger before it claims (`LOYALTY_ROUTER_LINGER_SECONDS`).
+FLOWING_SECONDS = 1.0
 # Heartbeats while idle keep the activity alive under its heartbeat timeout.
 IDLE_HEARTBEAT_SECONDS = 2.0
+
+
+def linger_seconds(setting: float, gather: bool, since_last_batch: float) -> float:
+    """How long to let events arrive before the next claim: the setting after a wake-up
+    or a part batch (``gather``) while events are flowing, since a batch costs its dozen
+    statements however few events it holds; nothing after a quiet spell, so that a lone
+    event is applied at once, and nothing after a full batch."""
+    return setting if gather and since_last_batch < FLOWING_SECONDS else 0.0
 
 
 class InboxListener:
@@ -160,13 +171,14 @@ class RouterActivities:
         progress = RouterProgress()
         await self.listener.start()
         outbox = _Outbox(self, session, lambda: activity.heartbeat(progress.model_dump()))
-        gather = False
+        gather, last_batch = False, float("-inf")
         try:
             while loop.time() < deadline:
-                if gather and settings.router_linger_seconds > 0:
-                    # A trickle of events is applied a few at a time: each batch costs
-                    # its dozen statements however few events it holds.
-                    await asyncio.sleep(settings.router_linger_seconds)
+                linger = linger_seconds(
+                    settings.router_linger_seconds, gather, loop.time() - last_batch
+                )
+                if linger:
+                    await asyncio.sleep(linger)
                 outbox.check()
                 seen = self.listener.generation(session.program)
                 async with self.pool.acquire() as conn:
@@ -192,7 +204,7 @@ class RouterActivities:
                 progress = progress + batch
                 activity.heartbeat(progress.model_dump())
                 if batch.events:
-                    gather = batch.events < settings.router_batch_size
+                    gather, last_batch = batch.events < settings.router_batch_size, loop.time()
                     continue
                 gather = True
                 idle = min(settings.router_idle_poll_seconds, deadline - loop.time())

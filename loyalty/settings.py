@@ -57,11 +57,13 @@ class Settings(BaseSettings):
     router_idle_poll_seconds: float = Field(
         30.0, gt=0, validation_alias="LOYALTY_ROUTER_IDLE_POLL_SECONDS"
     )
-    # After a wake-up or a batch that was not full, how long the router lets more events
-    # arrive before it claims: events that come one by one (single POSTs, `loyalty emit`)
-    # are then applied a few at a time, not one transaction each. 0 claims at once.
+    # While events are flowing (a batch in the last second), after a wake-up or a batch
+    # that was not full, how long the router lets more events arrive before it claims:
+    # events that come one by one (single POSTs, `loyalty emit`) are then applied many at
+    # a time, not one transaction each. An event after a quiet second is claimed at once.
+    # 0 always claims at once.
     router_linger_seconds: float = Field(
-        0.01, ge=0, le=1, validation_alias="LOYALTY_ROUTER_LINGER_SECONDS"
+        0.05, ge=0, le=1, validation_alias="LOYALTY_ROUTER_LINGER_SECONDS"
     )
     event_max_attempts: int = Field(5, ge=1, le=100, validation_alias="LOYALTY_EVENT_MAX_ATTEMPTS")
     # How far in the future an emitted event's occurred_at may be: an ISO 8601 duration

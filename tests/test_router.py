@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
+from activities.router import linger_seconds
 from loyalty.events import PointsDeposit, PointsWithdrawal
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker
@@ -188,14 +190,26 @@ async def test_events_for_two_programs_go_to_their_own_routers(
 async def test_events_sent_one_by_one_are_applied_together_after_the_linger(
     client: LoyaltyClient, start_worker: StartWorker, conn: asyncpg.Connection
 ) -> None:
-    """A trickle of single emits is claimed once the linger is over, in one batch, not
-    one transaction per event."""
+    """While events flow, a trickle of single emits is claimed once the linger is over,
+    in one batch, not one transaction per event."""
     await start_worker(LOYALTY_ROUTER_LINGER_SECONDS=1)
     warm = await client.emit(deposit("w0", "m0", 1))
     await client.wait([warm], timeout=30)
     before = await conn.fetchval("SELECT sum(batches) FROM router_totals")
-    await asyncio.sleep(1.5)  # the router is idle again, past its linger
+    # Sent right after the first batch: the router lingers a second before it claims.
     sent = [await client.emit(deposit(f"e{i}", f"m{i}", 10)) for i in range(5)]
     outcomes = await client.wait(sent, timeout=30)
     assert [o.describe() for o in outcomes] == ["applied"] * 5
     assert await conn.fetchval("SELECT sum(batches) FROM router_totals") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("gather", "since_last_batch", "expected"),
+    [(True, 0.2, 0.05), (True, 5.0, 0.0), (False, 0.2, 0.0), (True, float("inf"), 0.0)],
+)
+def test_the_router_lingers_only_while_events_flow(
+    gather: bool, since_last_batch: float, expected: float
+) -> None:
+    """After a part batch or a wake-up while batches come often, the router waits for
+    more; after a quiet spell (or at a session's start) a lone event is claimed at once."""
+    assert linger_seconds(0.05, gather, since_last_batch) == expected
