@@ -17,16 +17,14 @@ from temporalio import activity
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from loyalty.errors import EventConflict, InvalidEvent, ServiceUnavailable
+from activities.outage import DATABASE_DOWN, database_unavailable
+from loyalty.errors import EventConflict, InvalidEvent
 from loyalty.events import IncomingEvent
 from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, program_problems, read_batch
 from loyalty.models import EmitEventsResult
 from loyalty.settings import Settings
-from loyalty.store.db import UNREACHABLE
 
-# The database cannot be reached (or went away): the attempt is retried, no traceback.
-_DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNREACHABLE)
 # How callers encode JSON: the temporal CLI and every SDK's default converter.
 JSON_ENCODING = b"json/plain"
 # What an SDK sends for a missing or null argument.
@@ -83,17 +81,13 @@ class EmitActivities:
                     # The only refusal of the insert besides a conflict: an unknown program.
                     known = await inbox.known_programs(conn)
                     raise refusal("InvalidEvent", program_problems(events, known)) from None
-        except _DOWN as exc:
+        except DATABASE_DOWN as exc:
             info = activity.info()
             activity.logger.warning(
                 "emit_events of workflow %s (attempt %d): PostgreSQL is unavailable (%s); "
                 "retrying", info.workflow_id, info.attempt, exc,
             )  # fmt: skip
-            raise ApplicationError(
-                f"PostgreSQL is unavailable: {exc}",
-                type="DatabaseUnavailable",
-                category=ApplicationErrorCategory.BENIGN,
-            ) from None
+            raise database_unavailable(exc) from None
         return EmitEventsResult.of(results)
 
     def _read(self, payload: RawValue) -> list[IncomingEvent]:

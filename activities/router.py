@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError
 
-from loyalty.errors import ServiceUnavailable
+from activities.outage import DATABASE_DOWN, database_unavailable
 from loyalty.flows.outbox import START_LIMIT, start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
@@ -27,10 +27,8 @@ from loyalty.models import RouterProgress, RouteSession
 from loyalty.router import totals
 from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.settings import Settings
-from loyalty.store.db import UNREACHABLE, connect
+from loyalty.store.db import connect
 
-# The database cannot be reached (or went away): the session is retried, no traceback.
-_DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNREACHABLE)
 # Events are flowing while the last batch is this recent: only then does the router
 # linger before it claims (`LOYALTY_ROUTER_LINGER_SECONDS`).
 FLOWING_SECONDS = 1.0
@@ -130,7 +128,7 @@ class RouterActivities:
         """
         try:
             await self._session(session)
-        except _DOWN as exc:
+        except DATABASE_DOWN as exc:
             # The database is down: Temporal retries the session with back-off; one line
             # each time instead of a traceback.
             activity.logger.warning(
@@ -138,11 +136,7 @@ class RouterActivities:
                 "unavailable (%s); retrying", session.program, session.partition + 1,
                 session.partitions, exc,
             )  # fmt: skip
-            raise ApplicationError(
-                f"PostgreSQL is unavailable: {exc}",
-                type="DatabaseUnavailable",
-                category=ApplicationErrorCategory.BENIGN,
-            ) from None
+            raise database_unavailable(exc) from None
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is None or details.cancel_requested or details.worker_shutdown:

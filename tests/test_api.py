@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +20,11 @@ import pytest
 import pytest_asyncio
 
 from loyalty.api.keys import create_key
+from loyalty.store.embedded import free_port
 from tests.conftest import StartWorker
 from tests.test_cli import LOYALTY, cli_env, loyalty
 
 PROBLEM = "application/problem+json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -57,7 +57,7 @@ from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitEventsResult, EmitResult, EventOutcome, MemberView
 from loyalty.settings import Settings
-from loyalty.store.db import UNREACHABLE, Conn, connect, create_pool, reachable
+from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
 from loyalty.temporal import connect_temporal
 
 log = logging.getLogger("loyalty.api")
@@ -225,19 +225,7 @@ class _Singles:
     async def _insert(self, events: list[IncomingEvent]) -> list[EmitResult | EventConflict]:
         with reachable(self._state.dsn):
             async with self._state.db().acquire() as conn:
-                try:
-                    return await inbox.insert_each(conn, events)
-                except InvalidEvent:
-                    # A program gone since the key was checked: each on its own, so
-                    # that only its own events are refused.
-                    return [await _alone(conn, event) for event in events]
-
-
-async def _alone(conn: Conn, event: IncomingEvent) -> EmitResult | EventConflict:
-    try:
-        return (await inbox.insert_events(conn, [event]))[0]
-    except EventConflict as conflict:
-        return conflict
+                return await inbox.insert_each(conn, events)
 
 
 class ApiState:

@@ -8,6 +8,7 @@ and the router NOTIFYs ``loyalty_processed`` after each batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -101,16 +102,10 @@ async def insert_events(
     try:
         if "client" not in origins:
             return await _insert(conn, events, origins, caused_by)
-        if len(events) == 1:
-            # One event: its insert is all or nothing by itself, and a repeat wrote
-            # nothing, so the comparison needs no transaction around it (one round trip
-            # for a new event instead of three).
-            results = await _insert(conn, events, origins, caused_by)
-            conflicts = await _conflicts(conn, events, results)
-            if conflicts:
-                raise EventConflict(conflicts)
-            return results
-        async with conn.transaction():
+        # One event is all or nothing by itself, and a repeat wrote nothing, so it needs
+        # no transaction around its comparison (one round trip for a new event, not three).
+        alone = len(events) == 1
+        async with contextlib.nullcontext() if alone else conn.transaction():
             results = await _insert(conn, events, origins, caused_by)
             conflicts = await _conflicts(conn, events, results)
             if conflicts:
