@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -587,3 +588,19 @@ async def test_concurrent_single_events_are_answered_each_alone(
     assert await conn.fetchval("SELECT payload->>'points' FROM events WHERE event_id = 'x'") == (
         "120"
     )
+
+
+async def test_a_taken_port_is_one_line_and_exit_code_2(
+    settings_env: dict[str, object],
+) -> None:
+    """Another process on the API's port: `loyalty api` says so in one line, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = await loyalty(cli_env({**settings_env, "LOYALTY_API_PORT": port}), "api")
+    assert run.code == 2, run.err
+    assert run.problems == [
+        f"the API could not listen on 127.0.0.1:{port} (LOYALTY_API_HOST, LOYALTY_API_PORT): "
+        "[Errno 98] Address already in use"
+    ], run.err

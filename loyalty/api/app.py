@@ -378,13 +378,18 @@ def _events_of(data: Any, key: ApiKey, max_clock_skew: timedelta) -> tuple[list[
     return [parse_event(in_program(data), max_clock_skew=max_clock_skew)], False
 
 
-def create_api(settings: Settings, dsn: str, app: LoyaltyApp | None = None) -> FastAPI:
-    """The ASGI application; ``app`` (the LoyaltyApp) gives `/v1/flows` its flows."""
+def create_api(
+    settings: Settings, dsn: str, app: LoyaltyApp | None = None, pool: asyncpg.Pool | None = None
+) -> FastAPI:
+    """The ASGI application; ``app`` (the LoyaltyApp) gives `/v1/flows` its flows. Its
+    lifespan makes the database pool unless given one, and closes it."""
     state = ApiState(settings, dsn, app)
+    state.pool = pool
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        state.pool = await create_pool(dsn, size=settings.database_pool_size, stateless=True)
+        if state.pool is None:
+            state.pool = await create_pool(dsn, size=settings.database_pool_size, stateless=True)
         await state.processed.start()
         try:
             yield

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -17,6 +18,7 @@ from loyalty.api.app import create_api
 from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError
 from loyalty.settings import Settings
+from loyalty.store.db import create_pool
 
 
 class _Server(uvicorn.Server):
@@ -32,6 +34,32 @@ def api_url(settings: Settings, port: int | None = None) -> str:
     return f"http://{shown}:{port if port is not None else settings.api_port}"
 
 
+def _listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound here rather than by uvicorn, which exits the
+    whole process (`sys.exit`) when it cannot bind.
+
+    Raises:
+        ConfigurationError: the address is taken or not this host's.
+    """
+    host, port = settings.api_host, settings.api_port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the API could not listen on {host}:{port} (LOYALTY_API_HOST, LOYALTY_API_PORT): {exc}"
+        ) from None
+    return sock
+
+
 async def serve_api(
     settings: Settings,
     dsn: str,
@@ -42,14 +70,21 @@ async def serve_api(
     """Serve until ``stop`` is set; ``started`` gets the API's URL once it listens (with
     the port the system chose when ``LOYALTY_API_PORT`` is 0).
 
+    The socket is bound and the database pool made before uvicorn starts, so that
+    neither failure reaches uvicorn, which would end the process.
+
     Raises:
         ConfigurationError: the address is taken or cannot be bound.
         ServiceUnavailable: PostgreSQL cannot be reached at start.
     """
+    sock = _listen(settings)
+    try:
+        pool = await create_pool(dsn, size=settings.database_pool_size, stateless=True)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(
-        create_api(settings, dsn, app),
-        host=settings.api_host,
-        port=settings.api_port,
+        create_api(settings, dsn, app, pool=pool),
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -66,21 +101,13 @@ async def serve_api(
         # uvicorn offers no event for "listening"; its flag is polled.
         while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        port = settings.api_port
-        for listening in server.servers:
-            for sock in listening.sockets:
-                port = sock.getsockname()[1]
         if started is not None and not started.done():
-            started.set_result(api_url(settings, port))
+            started.set_result(api_url(settings, sock.getsockname()[1]))
 
     tasks = [asyncio.create_task(stopper()), asyncio.create_task(watch_start())]
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         for task in tasks:
             task.cancel()
-    if not server.started and not stop.is_set():
-        raise ConfigurationError(
-            f"the API could not listen on {settings.api_host}:{settings.api_port} "
-            "(LOYALTY_API_HOST, LOYALTY_API_PORT): the address is taken or not this host's"
-        )
+        sock.close()
