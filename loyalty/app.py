@@ -16,11 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loyalty.errors import ConfigurationError
+from loyalty.errors import ConfigurationError, InvalidSegments
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.messages.providers import Messages
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy, lot_expiry, time_zone
 from loyalty.rules import EarnRule, check_rules
+from loyalty.segments.spec import Segment, check_segments
 from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
 
 
@@ -115,7 +116,9 @@ class AppSource:
 
 
 class LoyaltyApp:
-    """Programs, flows and the folder of message templates, checked when the app is created.
+    """Programs, segments, flows and the folder of message templates, checked when the app
+    is created (segments: `loyalty.segments.spec.check_segments`; flows when the worker
+    starts, `loyalty.flows.check_app`).
 
     ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.messages.templates`),
     usually next to the flows: ``Path(__file__).parent / "templates"``. Without it,
@@ -130,6 +133,7 @@ class LoyaltyApp:
         programs: Sequence[Program] = (),
         flows: Sequence[type] = (),
         templates: Path | str | None = None,
+        segments: Sequence[Segment] = (),
     ) -> None:
         self.templates = Path(templates) if templates is not None else None
         self.programs: dict[str, Program] = {}
@@ -137,12 +141,22 @@ class LoyaltyApp:
             if program.name in self.programs:
                 raise ConfigurationError(f"program {program.name!r} is defined twice")
             self.programs[program.name] = program
+        problems = check_segments(segments, self.programs)  # type: ignore[arg-type]
+        if problems:
+            raise InvalidSegments(problems)
+        self.segments: dict[str, dict[str, Segment]] = {name: {} for name in self.programs}
+        for segment in segments:
+            self.segments[segment.program][segment.name] = segment
         self.flows = list(flows)
         self.source: AppSource | None = None
 
     def program(self, name: str) -> Program | None:
         """The program of that name, if defined."""
         return self.programs.get(name)
+
+    def segment(self, program: str, name: str) -> Segment | None:
+        """The segment ``name`` of ``program``, if defined."""
+        return self.segments.get(program, {}).get(name)
 
 
 def load_app(spec: str | None, folder: str | None = None) -> LoyaltyApp:

@@ -40,6 +40,18 @@ class InvalidFlows(ConfigurationError):
         self.problems = problems
 
 
+class InvalidSegments(ConfigurationError):
+    """The app's segment definitions are wrong; the app is refused when it is created.
+
+    Attributes:
+        problems: one line per problem, each naming the segment.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class InvalidInput(LoyaltyError):
     """A request is invalid; nothing was written.
 

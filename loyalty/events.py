@@ -295,6 +295,30 @@ class ReferralFriendApproved(BaseEvent):
     friend_id: Identifier
 
 
+class SegmentEntered(BaseEvent):
+    """The member entered a segment (`loyalty.segments`)."""
+
+    type: Literal["segment_entered"] = "segment_entered"
+    segment: str
+
+
+class SegmentLeft(BaseEvent):
+    """The member left a segment (`loyalty.segments`)."""
+
+    type: Literal["segment_left"] = "segment_left"
+    segment: str
+
+
+class RecurringRun(BaseEvent):
+    """The trigger of a recurring flow's journey: the member was in ``segment`` at the
+    schedule's ``scheduled_at``. Never in the inbox: the run starts the journeys itself."""
+
+    type: Literal["recurring"] = "recurring"
+    flow: str
+    segment: str
+    scheduled_at: AwareDatetime
+
+
 IncomingEvent = Annotated[
     Purchase
     | Return
@@ -308,7 +332,14 @@ IncomingEvent = Annotated[
     Field(discriminator="type"),
 ]
 DerivedEvent = Annotated[
-    NewStage | PointsAbove | BonusExpiring | PointsMatured | ReferralFriendApproved,
+    NewStage
+    | PointsAbove
+    | BonusExpiring
+    | PointsMatured
+    | ReferralFriendApproved
+    | SegmentEntered
+    | SegmentLeft
+    | RecurringRun,
     Field(discriminator="type"),
 ]
 AnyEvent = Annotated[
@@ -325,7 +356,10 @@ AnyEvent = Annotated[
     | PointsAbove
     | BonusExpiring
     | PointsMatured
-    | ReferralFriendApproved,
+    | ReferralFriendApproved
+    | SegmentEntered
+    | SegmentLeft
+    | RecurringRun,
     Field(discriminator="type"),
 ]
 
@@ -346,6 +380,9 @@ DERIVED_TYPES = (
     "bonus_expiring",
     "points_matured",
     "referral_friend_approved",
+    "segment_entered",
+    "segment_left",
+    "recurring",
 )
 
 # Where an event comes from. Client events and the events the engine derives have separate

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from loyalty import events as ev
 from loyalty.errors import ConfigurationError
+from loyalty.tiers.schemes import Schedule
 
 
 def _require(ok: bool, trigger: str, message: str) -> None:
@@ -236,6 +237,82 @@ class BonusExpiring(Trigger):
 
     def _params(self) -> list[str]:
         return [f"days_before={self.days_before}"]
+
+
+@dataclass(frozen=True)
+class EnteredSegment(Trigger):
+    """The member entered the segment ``name`` (derived ``segment_entered`` event)."""
+
+    EVENT_TYPE: ClassVar[str] = "segment_entered"
+    name: str
+
+    def __post_init__(self) -> None:
+        _text(self.name, "EnteredSegment", "name")
+
+    def matches(self, event: ev.BaseEvent) -> bool:
+        """An entry into exactly this segment."""
+        return isinstance(event, ev.SegmentEntered) and event.segment == self.name
+
+    def _params(self) -> list[str]:
+        return [repr(self.name)]
+
+
+@dataclass(frozen=True)
+class LeftSegment(Trigger):
+    """The member left the segment ``name`` (derived ``segment_left`` event)."""
+
+    EVENT_TYPE: ClassVar[str] = "segment_left"
+    name: str
+
+    def __post_init__(self) -> None:
+        _text(self.name, "LeftSegment", "name")
+
+    def matches(self, event: ev.BaseEvent) -> bool:
+        """A departure from exactly this segment."""
+        return isinstance(event, ev.SegmentLeft) and event.segment == self.name
+
+    def _params(self) -> list[str]:
+        return [repr(self.name)]
+
+
+@dataclass(frozen=True)
+class Recurring(Trigger):
+    """Every ``schedule`` time, one journey for each member in ``segment`` then.
+
+    A Temporal Schedule per flow and program starts the run (`workflows.recurring`); the
+    journey's trigger event is a `loyalty.events.RecurringRun` naming the segment and
+    the scheduled time. With ``Entry.EVERY_TIME`` (the default) a member enters once per
+    scheduled time.
+
+    Attributes:
+        schedule: ``Schedule(cron="0 9 * * MON", timezone="Europe/Copenhagen")`` or
+            ``Schedule(every=timedelta(days=7))``.
+        segment: the name of a segment of the flow's programs.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "recurring"
+    schedule: Schedule
+    segment: str
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.schedule, Schedule),
+            "Recurring",
+            "schedule must be a Schedule(cron=..., timezone=...) or Schedule(every=...)",
+        )
+        _require(
+            self.schedule.anchor == "program",
+            "Recurring",
+            "a schedule's anchor applies to tier maintenance only",
+        )
+        _text(self.segment, "Recurring", "segment")
+
+    def matches(self, event: ev.BaseEvent) -> bool:
+        """A run of this flow's schedule over this segment."""
+        return isinstance(event, ev.RecurringRun) and event.segment == self.segment
+
+    def _params(self) -> list[str]:
+        return [str(self.schedule), f"segment={self.segment!r}"]
 
 
 @dataclass(frozen=True)

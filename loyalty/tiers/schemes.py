@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Protocol
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loyalty.events import MAX_POINTS, CurrencyName
+from loyalty.policies import time_zone
 
 TierName = Annotated[str, Field(min_length=1, max_length=64)]
 Threshold = Annotated[int, Field(ge=0, le=MAX_POINTS)]
@@ -58,11 +59,17 @@ class Tier(BaseModel):
 
 
 class Schedule(BaseModel):
-    """When tier maintenance runs: ``every`` (a duration) or ``cron`` (UTC), not both.
+    """When recurring work runs: ``every`` (a duration) or ``cron``, not both.
+
+    Tier maintenance and housekeeping loops, and recurring flows
+    (`loyalty.triggers.Recurring`, run by a Temporal Schedule), take one.
 
     Attributes:
         every: a run every this long, counted from the previous run (default one day).
-        cron: a cron expression in UTC, e.g. ``"0 3 1 * *"`` (03:00 on the 1st).
+        cron: a cron expression read in ``timezone``, e.g. ``"0 3 1 * *"`` (03:00 on
+            the 1st) or ``"0 9 * * MON"``.
+        timezone: the IANA time zone ``cron`` is read in (default ``UTC``); a daylight
+            saving change moves the runs with the wall clock.
         anchor: ``program`` reviews every member at each run; ``join_date`` reviews, at
             each run, only the members whose join-date anniversary passed since the
             previous run, so each member is reviewed once a year on their own date.
@@ -72,7 +79,17 @@ class Schedule(BaseModel):
 
     every: timedelta | None = None
     cron: str | None = None
+    timezone: str = "UTC"
     anchor: Literal["program", "join_date"] = "program"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_time_zone(cls, name: str) -> str:
+        try:
+            time_zone(name)
+        except ValueError as exc:
+            raise ValueError(f"schedule: timezone: {exc}") from None
+        return name
 
     @model_validator(mode="after")
     def _one_rule(self) -> Schedule:
@@ -90,8 +107,15 @@ class Schedule(BaseModel):
     def next_after(self, at: datetime) -> datetime:
         """The first run time strictly after ``at``."""
         if self.cron is not None:
-            return next(CronSim(self.cron, at.astimezone(UTC)))
+            return next(CronSim(self.cron, at.astimezone(time_zone(self.timezone)))).astimezone(
+                UTC
+            )
         return at + (self.every or timedelta(days=1))
+
+    def __str__(self) -> str:
+        if self.cron is not None:
+            return f"cron {self.cron!r} ({self.timezone})"
+        return f"every {self.every or timedelta(days=1)}"
 
 
 class TierScheme(BaseModel):
