@@ -18,7 +18,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from loyalty.app import LoyaltyApp, Program
-from loyalty.ledger.housekeeping import expire_step, mature_step, prune_step, remind_step, start_run
+from loyalty.ledger.housekeeping import (
+    expire_step,
+    mature_step,
+    prune_step,
+    remind_step,
+    segments_step,
+    start_run,
+)
 from loyalty.ledger.reminders import REMINDER_CHUNK
 from loyalty.models import HousekeepingProgress, HousekeepingWork, NextHousekeepingInput
 from loyalty.settings import Settings
@@ -67,7 +74,14 @@ class HousekeepingActivities:
 
     def all(self) -> list[object]:
         """The bound activity methods, for the worker."""
-        return [self.next_run_at, self.mature, self.expire, self.remind, self.prune]
+        return [
+            self.next_run_at,
+            self.mature,
+            self.expire,
+            self.remind,
+            self.segments,
+            self.prune,
+        ]
 
     def _program(self, name: str) -> Program:
         program = self.app.program(name)
@@ -136,6 +150,13 @@ class HousekeepingActivities:
                 run = await remind_step(conn, self.app, program, run, chunk=self.chunk)
                 activity.heartbeat(run.model_dump(mode="json"))
         return run
+
+    @activity.defn(name="housekeeping_segments")
+    async def segments(self, work: HousekeepingWork) -> HousekeepingProgress:
+        """Refresh the segments time alone can change (`segments_step`)."""
+        return await self._step(
+            work, lambda conn, program, run: segments_step(conn, self.app, program, run)
+        )
 
     @activity.defn(name="housekeeping_prune")
     async def prune(self, work: HousekeepingWork) -> HousekeepingProgress:

@@ -51,6 +51,7 @@ _STEPS = {
     "mature": (HousekeepingActivities.mature, STEP_TIMEOUT),
     "expire": (HousekeepingActivities.expire, STEP_TIMEOUT),
     "remind": (HousekeepingActivities.remind, REMIND_SLICE_TIMEOUT),
+    "segments": (HousekeepingActivities.segments, STEP_TIMEOUT),
     "prune": (HousekeepingActivities.prune, STEP_TIMEOUT),
 }
 
@@ -72,6 +73,7 @@ def describe(run: HousekeepingProgress) -> str:
         f"{run.expired_points:,} expired ({run.expired_lots:,} lots), "
         f"{run.reminders:,} bonus_expiring reminders in {run.chunks} "
         f"chunk{'' if run.chunks == 1 else 's'}, "
+        f"segments: {run.segments_entered:,} entered, {run.segments_left:,} left, "
         f"{run.pruned_starts + run.pruned_signals:,} outbox rows pruned"
         + (f"; step {run.step}" if run.finished_at is None else "")
     )

@@ -2,7 +2,8 @@
 
 The housekeeping loop (`workflows.housekeeping`) runs a program's housekeeping at one
 instant, ``as_of``, as ``start_run``, ``mature_step``, ``expire_step``, ``remind_step``
-(``bonus_expiring``, see `loyalty.ledger.reminders`) and ``prune_step``, recorded in
+(``bonus_expiring``, see `loyalty.ledger.reminders`), ``segments_step`` (the segments time
+alone can change, `loyalty.segments.membership.refresh`) and ``prune_step``, recorded in
 ``housekeeping_runs``. Each step's transaction moves the run's ``step`` on with its own
 work, so a step is done once and a stopped run resumes where it was.
 """
@@ -19,13 +20,14 @@ from loyalty.ingest import derived
 from loyalty.ledger.maturing import expire_due, mature_due
 from loyalty.ledger.reminders import REMINDER_CHUNK, remind_chunk, reminder_days
 from loyalty.models import HousekeepingProgress
+from loyalty.segments import membership as segments
 from loyalty.store.db import Conn
 
 # The columns of a housekeeping run, as `HousekeepingProgress`.
 _RUN = """id, program, as_of, started_at, finished_at,
     extract(epoch FROM duration)::float8 AS duration_seconds, step, matured_lots,
     matured_points, expired_lots, expired_points, cursor_member, cursor_currency, chunks,
-    reminders, pruned_starts, pruned_signals"""
+    reminders, segments_entered, segments_left, pruned_starts, pruned_signals"""
 
 
 def _progress(row: asyncpg.Record | None) -> HousekeepingProgress:
@@ -126,10 +128,26 @@ async def remind_step(
         )  # fmt: skip
         last = done.last or (run.cursor_member, run.cursor_currency)
         return await _advance(
-            conn, run, "prune" if done.accounts < chunk else "remind",
+            conn, run, "segments" if done.accounts < chunk else "remind",
             cursor_member=last[0], cursor_currency=last[1],
             chunks=run.chunks + (1 if done.accounts else 0),
             reminders=run.reminders + done.reminders,
+        )  # fmt: skip
+
+
+async def segments_step(
+    conn: Conn, app: LoyaltyApp, program: Program, run: HousekeepingProgress
+) -> HousekeepingProgress:
+    """Recompute the segments that read the clock (and those naming them), deriving
+    ``segment_entered``/``segment_left`` for each change, once per run."""
+    async with conn.transaction():
+        run = await _locked(conn, run)
+        if run.step != "segments":
+            return run
+        done = await segments.refresh(conn, app, program.name)
+        return await _advance(
+            conn, run, "prune", segments_entered=sum(r.entered for r in done),
+            segments_left=sum(r.left for r in done),
         )  # fmt: skip
 
 

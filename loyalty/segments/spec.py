@@ -542,11 +542,15 @@ class Moment:
 
     def older_than(self, period: timedelta) -> Condition:
         """More than ``period`` ago (or never, for ``last_activity``)."""
-        return Since(self.what, "older_than", _duration(period, f"{self.what}.older_than"), self.currency)
+        return Since(
+            self.what, "older_than", _duration(period, f"{self.what}.older_than"), self.currency
+        )
 
     def newer_than(self, period: timedelta) -> Condition:
         """Within the last ``period``."""
-        return Since(self.what, "newer_than", _duration(period, f"{self.what}.newer_than"), self.currency)
+        return Since(
+            self.what, "newer_than", _duration(period, f"{self.what}.newer_than"), self.currency
+        )
 
     def before(self, moment: datetime) -> Condition:
         """Before ``moment`` (an aware datetime)."""
@@ -720,8 +724,7 @@ class Segment:
             raise ConfigurationError(f"{label}: program must be a program name")
         if not isinstance(where, Condition):
             raise ConfigurationError(
-                f"{label}: where must be a condition such as balance().at_least(100), "
-                f"got {where!r}"
+                f"{label}: where must be a condition such as balance().at_least(100), got {where!r}"
             )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "program", program)

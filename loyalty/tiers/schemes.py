@@ -107,9 +107,7 @@ class Schedule(BaseModel):
     def next_after(self, at: datetime) -> datetime:
         """The first run time strictly after ``at``."""
         if self.cron is not None:
-            return next(CronSim(self.cron, at.astimezone(time_zone(self.timezone)))).astimezone(
-                UTC
-            )
+            return next(CronSim(self.cron, at.astimezone(time_zone(self.timezone)))).astimezone(UTC)
         return at + (self.every or timedelta(days=1))
 
     def __str__(self) -> str:

@@ -120,3 +120,11 @@ CREATE TRIGGER member_currencies_segments_update AFTER UPDATE ON member_currenci
     REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION segments_mark();
 CREATE TRIGGER qualifying_points_segments_insert AFTER INSERT ON qualifying_points
     REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION segments_mark();
+
+-- Housekeeping's step that refreshes the segments time alone can change
+-- (`loyalty.segments.membership.refresh`), between the reminders and pruning.
+ALTER TABLE housekeeping_runs DROP CONSTRAINT housekeeping_runs_step_check;
+ALTER TABLE housekeeping_runs ADD CONSTRAINT housekeeping_runs_step_check
+    CHECK (step IN ('mature', 'expire', 'remind', 'segments', 'prune', 'done'));
+ALTER TABLE housekeeping_runs ADD COLUMN segments_entered bigint NOT NULL DEFAULT 0;
+ALTER TABLE housekeeping_runs ADD COLUMN segments_left bigint NOT NULL DEFAULT 0;

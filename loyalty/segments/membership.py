@@ -1,0 +1,376 @@
+"""Segment membership in PostgreSQL: installed by the worker, kept by the database.
+
+`install` (the worker calls it at start-up, after migrating) compiles the app's segments
+(`loyalty.segments.spec`) into one statement each, stores them in ``segments`` and
+regenerates ``segments_evaluate(program, ids)`` from every stored segment. From then on
+the database keeps membership current by itself: migration 0022's statement triggers
+mark the members a transaction touches, and at commit its deferred trigger calls
+``segments_evaluate`` for them, which updates ``segment_members`` and derives the
+``segment_entered`` / ``segment_left`` events in that same transaction. So every writer
+(the router's batches, journey steps, maturing, expiry, maintenance, adjustments,
+profile updates, erasure) is covered without knowing of segments.
+
+A segment that is new or whose definition changed is recomputed over the whole program
+at install without deriving events: a deploy is not a member's change, and a flow on
+``EnteredSegment`` would otherwise start a journey for every member at once. Conditions
+that read the clock (``older_than``, a rolling or calendar-year tier window) are
+recomputed, with events, by `refresh` in the program's housekeeping loop, together with
+the segments that name them.
+
+Event ids: ``segment_entered:<segment>:<n>:<member_id>`` for a member's nth entry and
+``segment_left:<segment>:<n>:<member_id>`` for the departure that ends it (an id over
+128 characters keeps its prefix and the SHA-256 of the rest, as `derived_id` does).
+
+A full recompute holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
+every writer holds it shared, so no change commits while the recompute reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from loyalty.app import LoyaltyApp, Program
+from loyalty.ingest.derived import MAX_EVENT_ID
+from loyalty.ledger.postings import LEDGER_LOCK
+from loyalty.segments.spec import Segment, evaluation_order, literal
+from loyalty.store.db import Conn
+
+# Serialises installs of concurrent workers (any constant; "loyalty-segments").
+_INSTALL_LOCK = "hashtextextended('loyalty-segments-install', 0)"
+
+_ISO = """(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM now())::bigint % 1000000 <> 0
+                THEN to_char(now() AT TIME ZONE 'UTC', '.US') ELSE '' END || '+00:00')"""
+
+
+def statement(program: Program, segment: Segment, *, only: str | None, emit: bool) -> str:
+    """The SQL that re-evaluates ``segment`` and writes what changed.
+
+    ``only``: SQL for the ``text[]`` of member ids to evaluate, inside
+    ``segments_evaluate`` (the statement then returns nothing); None: every member of the
+    program, and the statement returns the counts of members that ``entered`` and
+    ``left``. With ``emit`` each change derives its event.
+    """
+    compiled = segment.compile(program, only)
+    p, name = literal(program.name), literal(segment.name)
+    where = "" if only is None else f" AND m.member_id = ANY({only})"
+    head = f"""WITH now_in AS (
+    SELECT m.member_id, {compiled.condition} AS inside
+    FROM {compiled.source}
+    WHERE m.program = {p}{where}
+),
+changed AS (
+    SELECT n.member_id, n.inside, coalesce(s.entries, 0) + n.inside::integer AS entries
+    FROM now_in AS n
+    LEFT JOIN segment_members AS s
+      ON s.program = {p} AND s.segment = {name} AND s.member_id = n.member_id
+    WHERE n.inside <> coalesce(s.in_segment, false)
+),
+written AS (
+    INSERT INTO segment_members AS s (program, segment, member_id, in_segment, entries,
+                                      changed_at)
+    SELECT {p}, {name}, c.member_id, c.inside, c.entries, now() FROM changed AS c
+    ON CONFLICT (program, segment, member_id) DO UPDATE
+    SET in_segment = EXCLUDED.in_segment, entries = EXCLUDED.entries,
+        changed_at = EXCLUDED.changed_at
+    RETURNING s.member_id, s.in_segment, s.entries
+)"""
+    counts = (
+        "SELECT count(*) FILTER (WHERE in_segment) AS entered,"
+        " count(*) FILTER (WHERE NOT in_segment) AS left FROM written"
+    )
+    if not emit:
+        return f"{head}\n{counts}"
+    derive = f"""INSERT INTO events (program, origin, event_id, type, member_id, payload,
+                    occurred_at)
+SELECT {p}, 'engine', e.event_id, t.type, t.member_id,
+       jsonb_build_object('event_id', e.event_id, 'member_id', t.member_id,
+                          'program', {p}::text, 'occurred_at', {_ISO},
+                          'attributes', '{{}}'::jsonb, 'type', t.type, 'segment', {name}::text),
+       now()
+FROM texts AS t,
+     LATERAL (SELECT CASE WHEN length(t.type || ':' || t.rest) <= {MAX_EVENT_ID}
+                          THEN t.type || ':' || t.rest
+                          ELSE t.type || ':' || encode(sha256(convert_to(t.rest, 'UTF8')), 'hex')
+                     END AS event_id) AS e
+ORDER BY t.member_id
+ON CONFLICT (program, origin, event_id) DO NOTHING"""
+    texts = f""",
+texts AS (
+    SELECT w.member_id,
+           CASE WHEN w.in_segment THEN 'segment_entered' ELSE 'segment_left' END AS type,
+           {name} || ':' || w.entries || ':' || w.member_id AS rest
+    FROM written AS w
+)"""
+    if only is not None:
+        # Inside segments_evaluate: a statement that returns no rows.
+        return f"{head}{texts}\n{derive}"
+    return f"{head}{texts},\nderived AS (\n{derive}\n)\n{counts}"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A segment as installed: its row in ``segments``."""
+
+    program: str
+    name: str
+    position: int
+    definition: str
+    condition: str
+    time_dependent: bool
+    digest: str
+
+
+def _stored(program: Program, position: int, segment: Segment) -> Stored:
+    evaluate = statement(program, segment, only="ids", emit=True)
+    compiled = segment.compile(program)
+    digest = hashlib.sha256(f"{position}\n{evaluate}".encode()).hexdigest()
+    return Stored(
+        program.name,
+        segment.name,
+        position,
+        segment.definition(),
+        evaluate,
+        compiled.timed,
+        digest,
+    )
+
+
+def _function(rows: Sequence[Stored]) -> str:
+    """``segments_evaluate`` over every stored segment, each program's in order."""
+    blocks: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: (r.program, r.position)):
+        blocks.setdefault(row.program, []).append(row.condition)
+    body = "\n".join(
+        f"    IF p = {literal(program)} THEN\n"
+        + "".join(f"        {sql};\n" for sql in statements)
+        + "    END IF;"
+        for program, statements in blocks.items()
+    )
+    text = "\n".join(r.condition for r in rows)
+    tag = "$segments$"
+    while tag in text:
+        tag = f"$segments_{secrets.token_hex(4)}$"
+    return f"""CREATE OR REPLACE FUNCTION segments_evaluate(p text, ids text[]) RETURNS void
+LANGUAGE plpgsql AS {tag}
+BEGIN
+{body}
+END
+{tag}"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What `install` did: segments added or changed (recomputed), and removed."""
+
+    changed: list[tuple[str, str]]
+    removed: list[tuple[str, str]]
+
+
+async def install(conn: Conn, app: LoyaltyApp) -> Installed:
+    """Store the app's segments and regenerate ``segments_evaluate``; recompute (without
+    events) every segment of a program where a segment was added, changed or removed.
+
+    Segments of programs the app does not define are left as they are (another app may
+    own them). Concurrent installs queue on a lock; an install with nothing new writes
+    nothing.
+    """
+    wanted = {
+        (program.name, segment.name): _stored(program, position, segment)
+        for program in app.programs.values()
+        for position, segment in enumerate(
+            evaluation_order(list(app.segments.get(program.name, {}).values()))
+        )
+    }
+    async with conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({_INSTALL_LOCK})")
+        rows = await conn.fetch(
+            "SELECT program, name, digest FROM segments WHERE program = ANY($1::text[])",
+            list(app.programs),
+        )
+        have = {(r["program"], r["name"]): r["digest"] for r in rows}
+        changed = [key for key, row in wanted.items() if have.get(key) != row.digest]
+        removed = [key for key in have if key not in wanted]
+        if not changed and not removed:
+            return Installed([], [])
+        for program, name in removed:
+            await conn.execute(
+                "DELETE FROM segments WHERE program = $1 AND name = $2", program, name
+            )
+        await conn.executemany(
+            """INSERT INTO segments (program, name, position, definition, condition,
+                                     time_dependent, digest)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (program, name) DO UPDATE
+               SET position = EXCLUDED.position, definition = EXCLUDED.definition,
+                   condition = EXCLUDED.condition, time_dependent = EXCLUDED.time_dependent,
+                   digest = EXCLUDED.digest, installed_at = now()""",
+            [
+                (r.program, r.name, r.position, r.definition, r.condition, r.time_dependent,
+                 r.digest)
+                for key, r in wanted.items()
+                if key in changed
+            ],
+        )  # fmt: skip
+        every = await conn.fetch(
+            """SELECT program, name, position, definition, condition, time_dependent, digest
+               FROM segments"""
+        )
+        await conn.execute(_function([Stored(**dict(r)) for r in every]))
+        for program_name in sorted({p for p, _ in changed + removed}):
+            await recompute(conn, app, program_name, emit=False, locked=False)
+    return Installed(sorted(changed), sorted(removed))
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    """One segment's full recompute: members who entered and who left."""
+
+    segment: str
+    entered: int
+    left: int
+
+
+async def recompute(
+    conn: Conn,
+    app: LoyaltyApp,
+    program: str,
+    names: Sequence[str] | None = None,
+    *,
+    emit: bool = True,
+    locked: bool = True,
+) -> list[Recomputed]:
+    """Re-evaluate segments of ``program`` (default: all) over every member, in order.
+
+    With ``emit`` each change derives its event, as an incremental change does. Runs in
+    its own transaction (or the caller's), holding the program's ledger lock exclusively
+    unless ``locked`` is False (the caller holds what it needs).
+    """
+    defined = app.segments.get(program, {})
+    chosen = [
+        s for s in evaluation_order(list(defined.values())) if names is None or s.name in names
+    ]
+    found = []
+    async with conn.transaction():
+        if locked:
+            await conn.execute(
+                f"SELECT pg_advisory_xact_lock({LEDGER_LOCK.format(program='$1')})", program
+            )
+        for segment in chosen:
+            sql = statement(app.programs[program], segment, only=None, emit=emit)
+            row = await conn.fetchrow(sql)
+            assert row is not None
+            found.append(Recomputed(segment.name, row["entered"], row["left"]))
+        await conn.execute(
+            "UPDATE segments SET refreshed_at = now() WHERE program = $1 AND name = ANY($2)",
+            program,
+            [s.name for s in chosen],
+        )
+    return found
+
+
+def timed_segments(app: LoyaltyApp, program: str) -> list[str]:
+    """The segments time alone can change: those reading the clock and those naming them."""
+    defined = app.segments.get(program, {})
+    timed = {n for n, s in defined.items() if s.compile(app.programs[program]).timed}
+    grew = True
+    while grew:
+        more = {n for n, s in defined.items() if s.where.segments() & timed} - timed
+        timed |= more
+        grew = bool(more)
+    return [s.name for s in evaluation_order(list(defined.values())) if s.name in timed]
+
+
+async def refresh(conn: Conn, app: LoyaltyApp, program: str) -> list[Recomputed]:
+    """Recompute, with events, the segments time alone can change (housekeeping's step)."""
+    names = timed_segments(app, program)
+    if not names:
+        return []
+    return await recompute(conn, app, program, names, emit=True)
+
+
+async def evaluate(conn: Conn, program: str, member_ids: Sequence[str]) -> None:
+    """Re-evaluate every installed segment of ``program`` for these members now, as the
+    commit of a transaction that touched them would."""
+    await conn.execute("SELECT segments_evaluate($1, $2::text[])", program, list(member_ids))
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A segment as `loyalty segments` lists it."""
+
+    program: str
+    name: str
+    definition: str
+    time_dependent: bool
+    size: int
+    entered_last_day: int
+    left_last_day: int
+    installed_at: datetime
+    refreshed_at: datetime | None
+
+
+async def list_segments(conn: Conn, program: str | None = None) -> list[SegmentInfo]:
+    """The installed segments (of ``program``, or all) with their sizes and the entries
+    and departures of the last 24 hours."""
+    rows = await conn.fetch(
+        """SELECT s.program, s.name, s.definition, s.time_dependent, s.installed_at,
+                  s.refreshed_at,
+                  (SELECT count(*) FROM segment_members AS m
+                   WHERE m.program = s.program AND m.segment = s.name AND m.in_segment) AS size,
+                  (SELECT count(*) FROM events AS e
+                   WHERE e.program = s.program AND e.payload ->> 'segment' = s.name
+                     AND e.type = 'segment_entered'
+                     AND e.occurred_at > now() - interval '1 day') AS entered,
+                  (SELECT count(*) FROM events AS e
+                   WHERE e.program = s.program AND e.payload ->> 'segment' = s.name
+                     AND e.type = 'segment_left'
+                     AND e.occurred_at > now() - interval '1 day') AS left
+           FROM segments AS s
+           WHERE $1::text IS NULL OR s.program = $1
+           ORDER BY s.program, s.position""",
+        program,
+    )
+    return [
+        SegmentInfo(
+            program=r["program"],
+            name=r["name"],
+            definition=r["definition"],
+            time_dependent=r["time_dependent"],
+            size=r["size"],
+            entered_last_day=r["entered"],
+            left_last_day=r["left"],
+            installed_at=r["installed_at"],
+            refreshed_at=r["refreshed_at"],
+        )
+        for r in rows
+    ]
+
+
+async def segment_exists(conn: Conn, program: str, name: str) -> bool:
+    """Whether the segment is installed."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM segments WHERE program = $1 AND name = $2)", program, name
+    )
+    return found
+
+
+async def members(
+    conn: Conn, program: str, segment: str, *, after: str | None = None, limit: int = 100
+) -> list[tuple[str, datetime]]:
+    """The segment's members in member id order after ``after``: (id, when they entered)."""
+    rows = await conn.fetch(
+        """SELECT member_id, changed_at FROM segment_members
+           WHERE program = $1 AND segment = $2 AND in_segment
+             AND ($3::text IS NULL OR member_id > $3)
+           ORDER BY member_id LIMIT $4""",
+        program,
+        segment,
+        after,
+        limit,
+    )
+    return [(r["member_id"], r["changed_at"]) for r in rows]
