@@ -1,6 +1,6 @@
 """The demo app, loaded by `loyalty dev --demo` and `loyalty demo`: ``examples.demo:app``.
 
-Two brands side by side (coffee and tea, `examples.programs`), their flows
+Two brands side by side (coffee and tea, `examples.programs`), a segment, their flows
 (`examples.flows`), message templates (``templates/``) and the story that the demo plays
 (`examples.story`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from examples.flows import FLOWS
 from examples.messaging import TEMPLATES
-from examples.programs import programs
+from examples.programs import programs, segments
 from loyalty.app import LoyaltyApp
 
-app = LoyaltyApp(programs=programs(), flows=FLOWS, templates=TEMPLATES)
+app = LoyaltyApp(programs=programs(), flows=FLOWS, templates=TEMPLATES, segments=segments())

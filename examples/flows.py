@@ -1,4 +1,4 @@
-"""The demo's flows: the Zeta case on coffee, Heyloyalty's flows on tea.
+"""The demo's flows: the Zeta cases on coffee, Heyloyalty's flows on tea.
 
 Every Heyloyalty flow assigns or removes points, available or earned, under an
 ``action=`` name (its idempotency key: a retried or replayed step applies once). The
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
+from examples.programs import EVERY_WEEK
 from loyalty.flows import Entry, flow
 from loyalty.journeys import award_points, remove_points, send_message
 from loyalty.triggers import (
@@ -18,6 +19,7 @@ from loyalty.triggers import (
     PointsAbove,
     PointsDeposit,
     Purchase,
+    Recurring,
     Referral,
     ReferralApproved,
     ReferralFriendApproved,
@@ -47,6 +49,23 @@ class GoldCongratulation:
         await send_message(
             trigger.member_id, "gold_welcome", event=trigger, action="congratulate",
             data={"from_tier": trigger.from_tier, "to_tier": trigger.to_tier},
+        )  # fmt: skip
+
+
+@flow(
+    trigger=Recurring(schedule=EVERY_WEEK, segment="almost-gold"), program="coffee",
+    name="almost-gold-weekly",
+)  # fmt: skip
+@workflow.defn
+class AlmostGoldNudge:
+    """Zeta's recurring journey: every week, each member with more than 900 and less than
+    1000 points (the ``almost-gold`` segment then) gets a nudge, once per week."""
+
+    @workflow.run
+    async def run(self, trigger: events.RecurringRun) -> None:
+        await send_message(
+            trigger.member_id, "almost_gold", event=trigger, action="nudge",
+            data={"goal": 1000, "week": trigger.scheduled_at.isoformat()},
         )  # fmt: skip
 
 
@@ -170,6 +189,7 @@ class ApiDepositBonus:
 
 FLOWS: list[type] = [
     GoldCongratulation,
+    AlmostGoldNudge,
     NewPurchase,
     NewStageGift,
     PointsToVoucher,

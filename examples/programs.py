@@ -12,6 +12,10 @@ clock: in the demo, 5 seconds stand for a day.
   (``Rolling(days=7)``), so the 7-day reminder is due at the first housekeeping run,
   every 5 seconds.
 - ``default``: no rules, for the commands of the README's "Try it".
+
+Segments (`segments`): ``almost-gold`` in coffee, Zeta's example, members with more than
+900 and less than 1000 points; the ``almost-gold-weekly`` flow (`examples.flows`) nudges
+them every demo "week" (7 demo days, 35 seconds).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from examples.messaging import coffee_messages
 from loyalty.app import Program
 from loyalty.policies import Rolling
 from loyalty.rules import Limit, OnActivity, PerAmount
+from loyalty.segments import Segment, balance
 from loyalty.tiers import Schedule, Tier, TierScheme
 
 DAY = timedelta(seconds=5)
 """What stands for a day in the demo's programs."""
+WEEK = 7 * DAY
 EVERY_DAY = Schedule(every=DAY)
+EVERY_WEEK = Schedule(every=WEEK)
 
 COFFEE_TIERS = TierScheme(
     tiers=(
@@ -68,3 +75,8 @@ def programs() -> list[Program]:
         housekeeping=EVERY_DAY,
     )
     return [Program(name="default"), coffee, tea]
+
+
+def segments() -> list[Segment]:
+    """The demo's segments: Zeta's "more than 900 but less than 1000 points"."""
+    return [Segment("almost-gold", "coffee", where=balance().between(901, 999))]

@@ -48,6 +48,8 @@ class Snapshot:
     received: list[Received] = field(default_factory=list)
     outcomes: dict[tuple[str, str], str] = field(default_factory=dict)
     stages: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    # (program, segment) → the story's members in it now.
+    segments: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def member(self, program: str, member_id: str) -> MemberView | None:
         """The member's view, None before the program saw the member."""

@@ -12,15 +12,18 @@ coffee (SessionM, Zeta, a return):
  6. She returns the subscription: its 85 points are clawed back, 15 from her balance
     and 70 she already spent become debt. Tier maintenance (every "day") moves her back
     down to silver.
+ 7. Customer service gives ben 950 points: more than 900 and less than 1000, he enters
+    the ``almost-gold`` segment (Zeta's example); at the next weekly run (a demo "week",
+    35 seconds) the recurring journey sends him a nudge through the webhook.
 
 tea (Heyloyalty's flows, one per trigger):
- 7. dana buys 60 EUR of tea: 60 points (earn rule) and leaf tier; the new-purchase flow
+ 8. dana buys 60 EUR of tea: 60 points (earn rule) and leaf tier; the new-purchase flow
     gives 10 earned points, the new-stage flow 20.
- 8. ana buys 12 EUR of tea too: her tea points are apart from her coffee ones.
- 9. dana refers eli: the referral flow gives dana 25 earned points.
-10. eli joins: the referral-approved flow welcomes eli with 50 points; the referral
+ 9. ana buys 12 EUR of tea too: her tea points are apart from her coffee ones.
+10. dana refers eli: the referral flow gives dana 25 earned points.
+11. eli joins: the referral-approved flow welcomes eli with 50 points; the referral
     friend approved flow gives dana a bonus of 75.
-11. Customer service gives dana 50 points through the API: the points-via-API flow adds
+12. Customer service gives dana 50 points through the API: the points-via-API flow adds
     10 earned points, and her balance above 200 turns 100 points into a voucher.
 Meanwhile housekeeping (every "day") matures earned points, and, as tea points expire
 after 7 days, the bonus-expires flow reminds each member 7 days before (and nudges with
@@ -44,7 +47,7 @@ JOURNEYS_QUERY = (
 def story(run: int = 1) -> Story:
     """The story; a later ``run`` in the same data folder casts ``ana-2``, ``dana-2``…"""
     tag = "" if run == 1 else f"-{run}"
-    ana, dana, eli = f"ana{tag}", f"dana{tag}", f"eli{tag}"
+    ana, ben, dana, eli = f"ana{tag}", f"ben{tag}", f"dana{tag}", f"eli{tag}"
 
     def event(
         program: str, type_: str, event_id: str, member: str, **fields: Any
@@ -72,6 +75,10 @@ def story(run: int = 1) -> Story:
         Step("coffee: ana returns the subscription: 85 points clawed back, 70 of them spent",
              (event("coffee", "return", "return-1", ana, order_id=f"o1{tag}",
                     amount="85.00"),)),
+        Step("coffee: customer service gives ben 950 points: almost gold (900 < points < 1000, "
+             "Zeta); the weekly journey nudges him at its next run",
+             (event("coffee", "points_deposit", "gesture-ben", ben, points=950,
+                    kind="available", reason="customer service gesture"),)),
         Step("tea: dana buys 60 EUR of tea: leaf tier (new purchase, new stage flows)",
              (event("tea", "purchase", "tea-order-1", dana, order_id=f"t1{tag}",
                     amount="60.00", currency="EUR"),)),
@@ -90,14 +97,15 @@ def story(run: int = 1) -> Story:
     )  # fmt: skip
     return Story(
         title="loyalty-flows demo: coffee and tea side by side",
-        members=(("coffee", ana), ("tea", dana), ("tea", eli), ("tea", ana)),
+        members=(("coffee", ana), ("coffee", ben), ("tea", dana), ("tea", eli), ("tea", ana)),
         steps=steps,
-        outcomes=outcomes(tag, ana, dana, eli),
+        outcomes=outcomes(tag, ana, ben, dana, eli),
         journeys_query=JOURNEYS_QUERY,
         webhook_port=webhook_port(),
         webhook_secret_env=WEBHOOK_SECRET_ENV,
         settle_note="waiting for housekeeping and tier maintenance (every 5 s, a demo "
-        "'day'): earned points mature, 7-day expiry reminders, ana's tier is reviewed",
+        "'day'): earned points mature, 7-day expiry reminders, ana's tier is reviewed; and "
+        "for the weekly almost-gold run (every 35 s, a demo 'week')",
     )
 
 
@@ -110,7 +118,7 @@ def _journeys_done(snap: Snapshot) -> bool:
     return bool(snap.journeys) and all(j.status == "completed" for j in snap.journeys)
 
 
-def outcomes(tag: str, ana: str, dana: str, eli: str) -> tuple[Outcome, ...]:
+def outcomes(tag: str, ana: str, ben: str, dana: str, eli: str) -> tuple[Outcome, ...]:
     """What must have happened once the story is played."""
 
     def stage(program: str, member: str, old: str, new: str, cause: str) -> Any:
@@ -131,6 +139,11 @@ def outcomes(tag: str, ana: str, dana: str, eli: str) -> tuple[Outcome, ...]:
             and mails[0].error is None
             and not [r for r in s.received if r.error]
         )
+
+    def nudged(s: Snapshot) -> bool:
+        mails = [r for r in s.received
+                 if r.body.get("template") == "almost_gold" and not r.duplicate]  # fmt: skip
+        return bool(mails) and all(m.body.get("member_id") == ben for m in mails)
 
     def reminders(s: Snapshot) -> bool:
         reminded = {m for p, m, t, _ in s.messages if p == "tea" and t == "bonus_expiring"}
@@ -155,6 +168,11 @@ def outcomes(tag: str, ana: str, dana: str, eli: str) -> tuple[Outcome, ...]:
         Outcome(f"coffee {ana}: tier maintenance moved her back to silver after the return",
                 lambda s: stage("coffee", ana, "gold", "silver", "maintenance")(s)
                 and tier("coffee", ana, "silver")(s)),
+        Outcome(f"coffee {ben}: 950 points, in the almost-gold segment (entered once)",
+                lambda s: ben in s.segments.get(("coffee", "almost-gold"), set())
+                and ("coffee", f"segment_entered:almost-gold:1:{ben}") in s.outcomes),
+        Outcome(f"coffee {ben}: the weekly almost-gold journey nudged him by e-mail",
+                nudged),
         Outcome(f"tea {dana}: leaf tier after her purchase",
                 lambda s: stage("tea", dana, "sprout", "leaf", "earn")(s)
                 and tier("tea", dana, "leaf")(s)),

@@ -56,6 +56,7 @@ from loyalty.ingest.batch import conflict_problems, parse_batch
 from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
 from loyalty.models import EmitEventsResult, EmitResult, EventOutcome, MemberView
+from loyalty.segments import membership as segments
 from loyalty.settings import Settings
 from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
 from loyalty.temporal import connect_temporal
@@ -133,6 +134,35 @@ class FlowInfo(BaseModel):
     trigger: str
     entry: str
     programs: list[str]
+
+
+class SegmentInfo(BaseModel):
+    """A segment of the key's program, as installed by the worker."""
+
+    name: str
+    program: str
+    definition: str
+    size: int
+    entered_last_day: int
+    left_last_day: int
+    time_dependent: bool
+    refreshed_at: datetime | None
+
+
+class SegmentMember(BaseModel):
+    """A member of a segment, and when they entered it (this time)."""
+
+    member_id: str
+    entered_at: datetime
+
+
+class SegmentMembersPage(BaseModel):
+    """A page of a segment's members in member id order; ``next_after`` pages on."""
+
+    program: str
+    segment: str
+    members: list[SegmentMember]
+    next_after: str | None
 
 
 class Health(BaseModel):
@@ -615,6 +645,49 @@ def create_api(
                     )
                 )
         return listed
+
+    @api.get("/v1/segments", response_model=list[SegmentInfo], tags=["segments"])
+    async def get_segments(key: Reader) -> list[SegmentInfo]:
+        """The segments of the key's program: definition, size, entries and departures of
+        the last 24 hours."""
+        with reachable(dsn):
+            async with state.db().acquire() as conn:
+                found = await segments.list_segments(conn, key.program)
+        return [
+            SegmentInfo(
+                name=s.name, program=s.program, definition=s.definition, size=s.size,
+                entered_last_day=s.entered_last_day, left_last_day=s.left_last_day,
+                time_dependent=s.time_dependent, refreshed_at=s.refreshed_at or s.installed_at,
+            )
+            for s in found
+        ]  # fmt: skip
+
+    @api.get(
+        "/v1/segments/{name}/members",
+        response_model=SegmentMembersPage,
+        tags=["segments"],
+        responses={404: {"model": Problem, "description": "Unknown segment"}},
+    )
+    async def get_segment_members(
+        key: Reader,
+        name: Annotated[str, Path(min_length=1, max_length=64)],
+        after: Annotated[
+            str | None, Query(max_length=128, description="The last member id of a page")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> SegmentMembersPage:
+        """The segment's members in member id order, a page at a time."""
+        with reachable(dsn):
+            async with state.db().acquire() as conn:
+                if not await segments.segment_exists(conn, key.program, name):
+                    raise ProblemError(404, f"no segment {name!r} in program {key.program!r}")
+                found = await segments.members(conn, key.program, name, after=after, limit=limit)
+        return SegmentMembersPage(
+            program=key.program,
+            segment=name,
+            members=[SegmentMember(member_id=m, entered_at=at) for m, at in found],
+            next_after=found[-1][0] if len(found) == limit else None,
+        )
 
     @api.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Health:

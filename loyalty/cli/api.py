@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -13,7 +12,7 @@ import typer
 from rich.table import Table
 
 from loyalty.app import LoyaltyApp
-from loyalty.cli.kit import console, problem, run, settings_of
+from loyalty.cli.kit import console, on_database, problem, run, settings_of
 from loyalty.settings import Settings
 
 keys_cli = typer.Typer(
@@ -44,21 +43,6 @@ async def _serve(settings: Settings, app: LoyaltyApp) -> int:
         await serving
     console.print("stopped the HTTP API")
     return 0
-
-
-async def _on_database(
-    settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[int]]
-) -> int:
-    """Run ``work`` on a connection to the (migrated) database; its exit code."""
-    from loyalty.store.db import Database, connect, prepare_database
-
-    async with Database(settings) as database:
-        await prepare_database(database.dsn, None)
-        conn = await connect(database.dsn)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
 
 
 def register(cli: typer.Typer) -> None:
@@ -110,7 +94,7 @@ def register(cli: typer.Typer) -> None:
                 print(text)
             return 0
 
-        raise typer.Exit(run(_on_database(settings_of(ctx), go)))
+        raise typer.Exit(run(on_database(settings_of(ctx), go)))
 
     @keys_cli.command("list")
     def list_(
@@ -140,7 +124,7 @@ def register(cli: typer.Typer) -> None:
                 console.print("no API keys")
             return 0
 
-        raise typer.Exit(run(_on_database(settings_of(ctx), go)))
+        raise typer.Exit(run(on_database(settings_of(ctx), go)))
 
     @keys_cli.command("revoke")
     def revoke(
@@ -158,6 +142,6 @@ def register(cli: typer.Typer) -> None:
             console.print(f"revoked key {key.id} ({key.name}) of program {key.program}")
             return 0
 
-        raise typer.Exit(run(_on_database(settings_of(ctx), go)))
+        raise typer.Exit(run(on_database(settings_of(ctx), go)))
 
     cli.add_typer(keys_cli)

@@ -106,6 +106,13 @@ class Observer:
                    FROM events WHERE program = ANY($1) AND member_id = ANY($2) ORDER BY id""",
                 programs, members,
             )  # fmt: skip
+            inside = await conn.fetch(
+                """SELECT program, segment, member_id FROM segment_members
+                   WHERE program = ANY($1) AND member_id = ANY($2) AND in_segment""",
+                programs, members,
+            )  # fmt: skip
+        for r in inside:
+            snap.segments.setdefault((r["program"], r["segment"]), set()).add(r["member_id"])
         snap.messages = [
             (m["program"], m["member_id"], m["template"], m["channel"]) for m in messages
         ]

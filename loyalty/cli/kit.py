@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from loyalty.app import LoyaltyApp, load_app
 from loyalty.errors import ConfigurationError, ServiceUnavailable
 from loyalty.flows import check_app
 from loyalty.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 console = Console()
 # Problems are one line each, whatever the width: scripts count and parse them.
@@ -146,3 +149,18 @@ def app_or_exit(settings: Settings, spec: str | None) -> LoyaltyApp:
     except ConfigurationError as exc:
         report(exc)
         raise typer.Exit(2) from None
+
+
+async def on_database(
+    settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[int]]
+) -> int:
+    """Run ``work`` on a connection to the (migrated) database; its exit code."""
+    from loyalty.store.db import Database, connect, prepare_database
+
+    async with Database(settings) as database:
+        await prepare_database(database.dsn, None)
+        conn = await connect(database.dsn)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
