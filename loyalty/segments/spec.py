@@ -86,6 +86,15 @@ def _interval(period: timedelta) -> str:
     return f"interval '{period.total_seconds():.6f} seconds'"
 
 
+def _code(period: timedelta) -> str:
+    """A duration as the code that makes it: ``timedelta(days=90)``."""
+    seconds = period.total_seconds()
+    for unit, size in (("days", 86_400), ("hours", 3_600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"timedelta({unit}={int(seconds // size)})"
+    return f"timedelta(seconds={seconds:g})"
+
+
 def _json(value: object, what: str) -> str:
     if isinstance(value, float) or not isinstance(value, str | int | bool):
         raise _fail(what, f"values must be strings, whole numbers or booleans, got {value!r}")
@@ -525,9 +534,7 @@ class Since(Condition):
     def __str__(self) -> str:
         currency = repr(self.currency) if self.currency else ""
         value = (
-            f"timedelta(seconds={self.value.total_seconds():g})"
-            if isinstance(self.value, timedelta)
-            else self.value.isoformat()
+            _code(self.value) if isinstance(self.value, timedelta) else self.value.isoformat()
         )
         return f"{self.what}({currency}).{self.op}({value})"
 
