@@ -48,12 +48,14 @@ def register(cli: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Mature every earned lot that is due, then expire what is due, in bulk; write
-        the bonus_expiring reminders of the BonusExpiring flows; then delete the journey
-        starts and signals done more than LOYALTY_JOURNEY_RETENTION days ago."""
+        the bonus_expiring reminders of the BonusExpiring flows; recompute the segments
+        that read the clock; then delete the journey starts and signals done more than
+        LOYALTY_JOURNEY_RETENTION days ago."""
         from loyalty.flows.retention import prune
         from loyalty.ingest.derived import listens, watch
         from loyalty.ledger.maturing import run_housekeeping
         from loyalty.ledger.reminders import derive_reminders, reminder_days
+        from loyalty.segments.membership import refresh, timed_segments
         from loyalty.store.db import Database, connect, prepare_database
 
         settings = settings_of(ctx)
@@ -86,6 +88,14 @@ def register(cli: typer.Typer) -> None:
                         if reminder_days(app, p.name):
                             with out.status(f"bonus_expiring reminders of program {p.name}"):
                                 reminded[p.name] = await derive_reminders(conn, app, p, cutoff)
+                    refreshed: dict[str, dict[str, dict[str, int]]] = {}
+                    for p in programs:
+                        if timed_segments(app, p.name):
+                            with out.status(f"segments of program {p.name} that read the clock"):
+                                done = await refresh(conn, app, p.name)
+                            refreshed[p.name] = {
+                                r.segment: {"entered": r.entered, "left": r.left} for r in done
+                            }
                     # Every program's rows: the outboxes are the deployment's, not a
                     # program's, and they are not ledger data.
                     with out.status("pruning the journey outboxes"):
@@ -98,6 +108,7 @@ def register(cli: typer.Typer) -> None:
                     "steps": [{"program": name, "step": r.step, "currency": r.currency,
                                "lots": r.lots, "points": r.points} for name, r in steps],
                     "reminders": reminded,
+                    "segments": refreshed,
                     "pruned": {"cutoff": pruned.cutoff.isoformat(), "starts": pruned.starts,
                                "signals": pruned.signals},
                 }, indent=2))  # fmt: skip
@@ -110,6 +121,11 @@ def register(cli: typer.Typer) -> None:
             if reminded:
                 written = ", ".join(f"{n:,} in program {p}" for p, n in reminded.items())
                 console.print(f"bonus_expiring reminders written: {written}")
+            for name, found in refreshed.items():
+                said = ", ".join(
+                    f"{seg} +{n['entered']:,} -{n['left']:,}" for seg, n in found.items()
+                )
+                console.print(f"segments of program {name} recomputed: {said}")
             console.print(
                 f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
                 f"{settings.journey_retention_days} days ago): "
