@@ -268,12 +268,17 @@ async def test_install_recomputes_changed_segments_silently_and_removes_gone_one
     first = LoyaltyApp(programs=[SHOP])
     await prepare_database(database_url, first)
     await install(conn, first)
+    marking = (
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%_segments_%' AND tgenabled <> 'D'"
+    )
+    assert await conn.fetchval(marking) == 0
     await apply(conn, deposit("ann", 450), deposit("bob", 50))
     app = LoyaltyApp(
         programs=[SHOP], segments=[Segment("band", "shop", where=balance().between(401, 499))]
     )
     done = await install(conn, app)
     assert done.changed == [("shop", "band")]
+    assert await conn.fetchval(marking) == 9
     assert await membership(conn) == {"band": ["ann"]}
     assert await changes(conn) == []  # a deploy is not a member's change
     assert (await install(conn, app)).changed == []  # nothing new: nothing written
@@ -289,9 +294,10 @@ async def test_install_recomputes_changed_segments_silently_and_removes_gone_one
     assert gone.removed == [("shop", "band")]
     assert await membership(conn) == {}
     assert await conn.fetchval("SELECT count(*) FROM segment_members") == 0
-    # Without segments, nothing is marked.
+    # Without segments, the marking triggers are off again.
+    assert await conn.fetchval(marking) == 0
     await apply(conn, deposit("cat", 5))
-    assert await conn.fetchval("SELECT count(*) FROM segments") == 0
+    assert await conn.fetchval("SELECT count(*) FROM segment_marks") == 0
 
 
 async def test_conditions_on_time_are_refreshed_with_events(

@@ -23,6 +23,10 @@ Event ids: ``segment_entered:<segment>:<n>:<member_id>`` for a member's nth entr
 
 A full recompute holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
 every writer holds it shared, so no change commits while the recompute reads.
+
+The marking triggers are off while no segment is installed in the database (install turns
+them on with the first segment and off with the last): without segments, writers pay
+nothing for them.
 """
 
 from __future__ import annotations
@@ -163,6 +167,35 @@ END
 {tag}"""
 
 
+# The marking triggers of migration 0022, by table.
+MARKING_TRIGGERS = {
+    "accounts": ("accounts_segments_insert", "accounts_segments_update"),
+    "member_tiers": ("member_tiers_segments_insert", "member_tiers_segments_update"),
+    "members": ("members_segments_insert", "members_segments_update"),
+    "member_currencies": (
+        "member_currencies_segments_insert",
+        "member_currencies_segments_update",
+    ),
+    "qualifying_points": ("qualifying_points_segments_insert",),
+}
+
+
+async def _marking(conn: Conn, *, on: bool) -> None:
+    """Turn the marking triggers on (some segment is installed) or off (none is): without
+    segments, writers pay nothing for them. Altered only when their state changes."""
+    names = [name for names in MARKING_TRIGGERS.values() for name in names]
+    off = await conn.fetchval(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = ANY($1) AND tgenabled = 'D'", names
+    )
+    if (off == 0) == on:
+        return
+    for table, triggers in MARKING_TRIGGERS.items():
+        for trigger in triggers:
+            await conn.execute(
+                f"ALTER TABLE {table} {'ENABLE' if on else 'DISABLE'} TRIGGER {trigger}"
+            )
+
+
 @dataclass(frozen=True)
 class Installed:
     """What `install` did: segments added or changed (recomputed), and removed."""
@@ -221,6 +254,7 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
                FROM segments"""
         )
         await conn.execute(_function([Stored(**dict(r)) for r in every]))
+        await _marking(conn, on=bool(every))
         for program_name in sorted({p for p, _ in changed + removed}):
             await recompute(conn, app, program_name, emit=False, locked=False)
     return Installed(sorted(changed), sorted(removed))

@@ -533,9 +533,7 @@ class Since(Condition):
 
     def __str__(self) -> str:
         currency = repr(self.currency) if self.currency else ""
-        value = (
-            _code(self.value) if isinstance(self.value, timedelta) else self.value.isoformat()
-        )
+        value = _code(self.value) if isinstance(self.value, timedelta) else self.value.isoformat()
         return f"{self.what}({currency}).{self.op}({value})"
 
 

@@ -121,6 +121,19 @@ CREATE TRIGGER member_currencies_segments_update AFTER UPDATE ON member_currenci
 CREATE TRIGGER qualifying_points_segments_insert AFTER INSERT ON qualifying_points
     REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION segments_mark();
 
+-- Off while no segment is installed: a database without segments pays nothing for them.
+-- `loyalty.segments.membership.install` turns them on with the first segment, off with
+-- the last one.
+ALTER TABLE accounts DISABLE TRIGGER accounts_segments_insert;
+ALTER TABLE accounts DISABLE TRIGGER accounts_segments_update;
+ALTER TABLE member_tiers DISABLE TRIGGER member_tiers_segments_insert;
+ALTER TABLE member_tiers DISABLE TRIGGER member_tiers_segments_update;
+ALTER TABLE members DISABLE TRIGGER members_segments_insert;
+ALTER TABLE members DISABLE TRIGGER members_segments_update;
+ALTER TABLE member_currencies DISABLE TRIGGER member_currencies_segments_insert;
+ALTER TABLE member_currencies DISABLE TRIGGER member_currencies_segments_update;
+ALTER TABLE qualifying_points DISABLE TRIGGER qualifying_points_segments_insert;
+
 -- Housekeeping's step that refreshes the segments time alone can change
 -- (`loyalty.segments.membership.refresh`), between the reminders and pruning.
 ALTER TABLE housekeeping_runs DROP CONSTRAINT housekeeping_runs_step_check;
