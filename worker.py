@@ -27,9 +27,11 @@ from activities.emit import EmitActivities
 from activities.housekeeping import HousekeepingActivities
 from activities.journeys import JourneyActivities
 from activities.maintenance import MaintenanceActivities
+from activities.recurring import RecurringActivities
 from activities.router import InboxListener, RouterActivities
 from loyalty.app import LoyaltyApp
 from loyalty.flows import check_app
+from loyalty.flows.schedules import sync_schedules
 from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
 from loyalty.router.processing import EventProcessor
@@ -40,6 +42,7 @@ from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
 from workflows.emit import EmitEvents
 from workflows.housekeeping import Housekeeping, housekeeping_summary, housekeeping_workflow_id
 from workflows.maintenance import TierMaintenance, maintenance_summary, maintenance_workflow_id
+from workflows.recurring import RecurringFlow
 from workflows.router import EventRouter, router_summary, router_workflow_id
 
 log = logging.getLogger("loyalty.worker")
@@ -197,7 +200,9 @@ async def run_worker(
     Refuses an app with wrong flow definitions or templates (`InvalidFlows`) or a webhook
     provider whose secret variable is not set (`ConfigurationError`) before anything else,
     then migrates the database, registers programs and search attributes, records the
-    app it was loaded from (`loyalty.store.apps`), starts the routers.
+    app it was loaded from (`loyalty.store.apps`), starts the routers and loops, and
+    creates, updates or deletes the Temporal Schedules of recurring flows
+    (`loyalty.flows.schedules`).
     The worker runs the routers, the tier maintenance and housekeeping loops, `EmitEvents`
     (the inbox for other services' Temporal clients), every flow's journey workflow and
     the journey toolkit's activities; the routers start journeys with
@@ -221,6 +226,7 @@ async def run_worker(
         maintenance = MaintenanceActivities(pool, app, settings)
         housekeeping = HousekeepingActivities(pool, app, settings)
         emit = EmitActivities(pool, settings)
+        recurring = RecurringActivities(pool, app, settings, client)
         worker = build_worker(
             client,
             settings,
@@ -230,13 +236,22 @@ async def run_worker(
                 *maintenance.all(),
                 *housekeeping.all(),
                 *emit.all(),
+                *recurring.all(),
             ],
-            [EventRouter, TierMaintenance, Housekeeping, EmitEvents, *(spec.cls for spec in specs)],
+            [
+                EventRouter,
+                TierMaintenance,
+                Housekeeping,
+                EmitEvents,
+                RecurringFlow,
+                *(spec.cls for spec in specs),
+            ],
         )
         async with worker:
             await start_routers(client, settings, app)
             await start_loops(client, settings, app)
             await start_housekeeping(client, settings, app)
+            await sync_schedules(client, settings, app)  # recurring flows (issue 15)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     journey_retention_days: int = Field(
         7, ge=1, le=36_500, validation_alias="LOYALTY_JOURNEY_RETENTION"
     )
+    # Recurring flows (issue 15): the journeys a recurring run starts per second at most,
+    # and how long after a scheduled time missed while Temporal was unavailable its
+    # Schedule still runs it (Temporal's catch-up window; at least 10 s).
+    recurring_starts_per_second: float = Field(
+        100.0, gt=0, le=10_000, validation_alias="LOYALTY_RECURRING_STARTS_PER_SECOND"
+    )
+    schedule_catchup_seconds: int = Field(
+        86_400, ge=10, le=366 * 86_400, validation_alias="LOYALTY_SCHEDULE_CATCHUP_SECONDS"
+    )
 
     # The HTTP API (`loyalty api`, also started by `loyalty dev`).
     api_host: str = Field("127.0.0.1", min_length=1, validation_alias="LOYALTY_API_HOST")

@@ -21,6 +21,7 @@ from loyalty.cli import (
     maintenance,
     members,
     messages,
+    schedules,
     schema,
 )
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
@@ -270,6 +271,7 @@ def events(
 
 for commands in (members, ledger, audit, adjust, flows, maintenance, messages, schema, api):
     commands.register(cli)
+schedules.register(cli)  # recurring flows (issue 15)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError, InvalidFlows
 from loyalty.events import DERIVED_TYPES, INCOMING_TYPES, Origin
 from loyalty.messages.templates import check_templates
-from loyalty.triggers import NewStage, Trigger
+from loyalty.triggers import NewStage, Recurring, Trigger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A journey id once used is never used again while Temporal keeps the closed workflow
@@ -236,6 +236,7 @@ def check_app(app: LoyaltyApp) -> list[FlowSpec]:
                     f"{event_type!r}; known types: {', '.join(known_types)}"
                 )
         problems += _unknown_tiers(app, spec, label)
+        problems += _recurring_problems(app, spec, label)  # recurring flows (issue 15)
         for program in spec.programs or ():
             if app.program(program) is None:
                 problems.append(
@@ -283,6 +284,34 @@ def _unknown_tiers(app: LoyaltyApp, spec: FlowSpec, label: str) -> list[str]:
     ]
 
 
+# Recurring flows (issue 15): the segment check and the scheduled time in journey ids.
+def _recurring_problems(app: LoyaltyApp, spec: FlowSpec, label: str) -> list[str]:
+    """A ``Recurring`` trigger naming a segment that a program it applies to lacks; a
+    ``recurring`` event listened to by any other trigger (only a schedule starts those)."""
+    trigger = spec.trigger
+    if not isinstance(trigger, Recurring):
+        if Recurring.EVENT_TYPE in trigger.event_types:
+            return [
+                f"{label}: trigger {trigger}: only a Recurring(schedule=..., segment=...) "
+                "trigger starts journeys on recurring events"
+            ]
+        return []
+    return [
+        f"{label}: trigger {trigger}: program {program!r} defines no segment "
+        f"{trigger.segment!r}; segments: {', '.join(app.segments.get(program, {})) or 'none'}"
+        for program in app.programs
+        if spec.applies_to(program) and app.segment(program, trigger.segment) is None
+    ]
+
+
+def scheduled_part(at: datetime) -> str:
+    """A scheduled time in journey ids: ISO 8601 basic format in UTC, ``20250303T080000Z``
+    (microseconds only when there are any); the same instant always gives the same text."""
+    utc = at.astimezone(UTC)
+    fraction = f".{utc.microsecond:06d}" if utc.microsecond else ""
+    return f"{utc:%Y%m%dT%H%M%S}{fraction}Z"
+
+
 _INDEX: weakref.WeakKeyDictionary[LoyaltyApp, dict[str, list[FlowSpec]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -321,8 +350,10 @@ def journey_id(
     member ids are per program, and the task queue, as in router ids, since it names the
     deployment. The trigger event is ``event/<id>`` for a client event and
     ``engine/<id>`` for a derived one (``origin``): the two have separate id spaces, so
-    one id can name two events. Parts are percent-encoded, so no two inputs give one id.
-    Start journeys with `JOURNEY_ID_REUSE_POLICY`.
+    one id can name two events. A recurring flow's trigger is the scheduled time
+    (``occurred_at``), every time: ``scheduled/<time>`` (`scheduled_part`), one journey
+    per member and scheduled time. Parts are percent-encoded, so no two inputs give one
+    id. Start journeys with `JOURNEY_ID_REUSE_POLICY`.
     """
 
     def part(text: str) -> str:
@@ -330,7 +361,9 @@ def journey_id(
 
     base = f"journey/{part(program)}/{part(spec.name)}/{part(member_id)}"
     entry = spec.entry
-    if entry.policy == "every_time":
+    if entry.policy == "every_time" and isinstance(spec.trigger, Recurring):
+        base = f"{base}/scheduled/{scheduled_part(occurred_at)}"
+    elif entry.policy == "every_time":
         space = "engine" if origin == "engine" else "event"
         base = f"{base}/{space}/{part(trigger_event_id)}"
     elif entry.policy == "once_per_period":
