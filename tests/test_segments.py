@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from activities.journeys import JourneyActivities
 from loyalty.app import LoyaltyApp, Program
 from loyalty.errors import ConfigurationError, InvalidSegments
 from loyalty.events import (
@@ -24,6 +25,9 @@ from loyalty.events import (
     any_event_adapter,
 )
 from loyalty.ingest.inbox import insert_events
+from loyalty.ledger.maturing import expire_due, mature_due
+from loyalty.models import AwardPointsInput
+from loyalty.policies import Rolling
 from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.rules import PerAmount
 from loyalty.segments import (
@@ -43,6 +47,7 @@ from loyalty.segments import (
 from loyalty.segments.membership import install, list_segments, members, recompute, refresh
 from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Tier, TierScheme
+from loyalty.tiers.maintenance import run_maintenance
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LONG_AGO = NOW - timedelta(days=200)
@@ -450,3 +455,67 @@ async def test_incremental_membership_equals_a_full_recompute(
             assert (member in kept.get(segment, [])) == (len(ids) % 2 == 1)
     finally:
         await conn.close()
+
+
+# --- every writer, not only the router -----------------------------------------------------
+
+AGED = Program(
+    name="shop",
+    currencies=("points",),
+    earn_rules=(PerAmount(),),
+    earned_waiting_period=timedelta(days=14),
+    expiry={"points": Rolling(days=30)},
+    tier_schemes=(
+        TierScheme(
+            tiers=(Tier(name="bronze", threshold=0), Tier(name="silver", threshold=100)),
+            window=timedelta(days=30),
+        ),
+    ),
+)
+WRITERS = LoyaltyApp(
+    programs=[AGED],
+    segments=[
+        Segment("spendable", "shop", where=balance().at_least(1)),
+        Segment("waiting", "shop", where=balance(kind="earned").at_least(1)),
+        Segment("silver", "shop", where=tier_in("silver")),
+    ],
+)
+
+
+async def test_journey_steps_maturing_expiry_and_maintenance_keep_membership(
+    database_url: str, pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await prepare_database(database_url, WRITERS)
+    await install(conn, WRITERS)
+    proc = EventProcessor(WRITERS)
+    earlier = NOW - timedelta(days=40)
+    # 100 qualifying points 40 days ago: silver then, by the router.
+    await apply(conn, buy("ann", 100, at=earlier), processor=proc)
+    assert await membership(conn) == {"silver": ["ann"], "spendable": ["ann"]}
+    # A journey step awards earned points: waiting, in the step's transaction.
+    journeys = JourneyActivities(pool, WRITERS)
+    await journeys.award_points(AwardPointsInput(
+        program="shop", member_id="ann", points=5, kind="earned", reason="bonus",
+        idempotency_key="journey:wf-1:bonus", workflow_id="journey/shop/bonus/ann",
+    ))  # fmt: skip
+    assert (await membership(conn))["waiting"] == ["ann"]
+    # Maturing makes them available: out of waiting.
+    await mature_due(conn, "shop", NOW + timedelta(days=15))
+    assert "waiting" not in await membership(conn)
+    # Expiry takes what was earned 40 days ago (30-day rolling): 5 stay spendable.
+    await expire_due(conn, AGED, NOW)
+    found = await membership(conn)
+    assert found["spendable"] == ["ann"]
+    # Maintenance reviews the 30-day window now: nothing qualifies, back to bronze.
+    await run_maintenance(conn, AGED, AGED.tier_schemes[0], NOW)
+    assert "silver" not in await membership(conn)
+    assert [c[0] for c in await changes(conn)] == [
+        "segment_entered:spendable:1:ann",
+        "segment_entered:silver:1:ann",
+        "segment_entered:waiting:1:ann",
+        "segment_left:waiting:1:ann",
+        "segment_left:silver:1:ann",
+    ]
+    assert all(
+        (r.entered, r.left) == (0, 0) for r in await recompute(conn, WRITERS, "shop", emit=False)
+    )

@@ -21,7 +21,8 @@ Event ids: ``segment_entered:<segment>:<n>:<member_id>`` for a member's nth entr
 ``segment_left:<segment>:<n>:<member_id>`` for the departure that ends it (an id over
 128 characters keeps its prefix and the SHA-256 of the rest, as `derived_id` does).
 
-A full recompute holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
+Rows are written in member id order, as every writer locks members, so that two
+transactions that share members never wait for each other in a circle. A full recompute holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
 every writer holds it shared, so no change commits while the recompute reads.
 
 The marking triggers are off while no segment is installed in the database (install turns
@@ -78,6 +79,7 @@ written AS (
     INSERT INTO segment_members AS s (program, segment, member_id, in_segment, entries,
                                       changed_at)
     SELECT {p}, {name}, c.member_id, c.inside, c.entries, now() FROM changed AS c
+    ORDER BY c.member_id
     ON CONFLICT (program, segment, member_id) DO UPDATE
     SET in_segment = EXCLUDED.in_segment, entries = EXCLUDED.entries,
         changed_at = EXCLUDED.changed_at
