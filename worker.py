@@ -35,6 +35,7 @@ from loyalty.flows.schedules import sync_schedules
 from loyalty.messages import load_secrets
 from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
 from loyalty.router.processing import EventProcessor
+from loyalty.segments.membership import install as install_segments
 from loyalty.settings import Settings
 from loyalty.store.apps import record_app
 from loyalty.store.db import create_pool, prepare_database
@@ -199,8 +200,9 @@ async def run_worker(
 
     Refuses an app with wrong flow definitions or templates (`InvalidFlows`) or a webhook
     provider whose secret variable is not set (`ConfigurationError`) before anything else,
-    then migrates the database, registers programs and search attributes, records the
-    app it was loaded from (`loyalty.store.apps`), starts the routers and loops, and
+    then migrates the database, registers programs and search attributes, installs the
+    app's segments (`loyalty.segments.membership.install`), records the app it was
+    loaded from (`loyalty.store.apps`), starts the routers and loops, and
     creates, updates or deletes the Temporal Schedules of recurring flows
     (`loyalty.flows.schedules`).
     The worker runs the routers, the tier maintenance and housekeeping loops, `EmitEvents`
@@ -213,6 +215,12 @@ async def run_worker(
     await prepare_database(dsn, app)
     await ensure_search_attributes(client)
     pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)
+    async with pool.acquire() as conn:
+        installed = await install_segments(conn, app)
+    for program, name in installed.changed:
+        log.info("segment %s of program %s installed and recomputed", name, program)
+    for program, name in installed.removed:
+        log.info("segment %s of program %s removed", name, program)
     listener = InboxListener(dsn)
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS, follow_redirects=False)
     try:

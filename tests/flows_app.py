@@ -139,7 +139,8 @@ BAD_APP_PROBLEMS = [
     "flow 'UnknownType': trigger Custom(bonus, is_big) listens to unknown event type 'bonus'; "
     "known types: purchase, return, activity, referral, referral_approved, points_deposit, "
     "points_withdrawal, member_updated, member_deleted, new_stage, points_above, "
-    "bonus_expiring, points_matured, referral_friend_approved",
+    "bonus_expiring, points_matured, referral_friend_approved, segment_entered, segment_left, "
+    "recurring",
     "flow 'UnknownProgram': program 'tea' is not defined by the app; programs: default, coffee",
     "flow 'UnknownTier': trigger NewStage(to=platinum, from_=silver): to names unknown tier "
     "'platinum'; tiers: bronze, gold, silver",

@@ -23,6 +23,7 @@ from loyalty.cli import (
     messages,
     schedules,
     schema,
+    segments,
 )
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent
@@ -269,9 +270,11 @@ def events(
     run(go())
 
 
-for commands in (members, ledger, audit, adjust, flows, maintenance, messages, schema, api):
+for commands in (
+    members, ledger, audit, adjust, flows, maintenance, messages, schema, api, segments,
+    schedules,
+):  # fmt: skip
     commands.register(cli)
-schedules.register(cli)  # recurring flows (issue 15)
 
 
 def main() -> None:
