@@ -110,7 +110,8 @@ def register(cli: typer.Typer) -> None:
                     "reminders": reminded,
                     "segments": refreshed,
                     "pruned": {"cutoff": pruned.cutoff.isoformat(), "starts": pruned.starts,
-                               "signals": pruned.signals},
+                               "signals": pruned.signals,
+                               "recurring_runs": pruned.recurring_runs},
                 }, indent=2))  # fmt: skip
                 return
             table = Table("program", "step", "currency", "lots", "points",
@@ -129,7 +130,8 @@ def register(cli: typer.Typer) -> None:
             console.print(
                 f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
                 f"{settings.journey_retention_days} days ago): "
-                f"{pruned.starts:,} journey starts, {pruned.signals:,} signals",
+                f"{pruned.starts:,} journey starts, {pruned.signals:,} signals, "
+                f"{pruned.recurring_runs:,} recurring runs' snapshots",
                 soft_wrap=True,
             )
 

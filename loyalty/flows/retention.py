@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from loyalty.flows import recurring
 from loyalty.store.db import Conn
 
 # Rows deleted per statement.
@@ -82,11 +83,14 @@ class Pruned:
         cutoff: rows started or sent before this time were eligible.
         starts: ``journey_starts`` rows.
         signals: ``journey_signals`` rows.
+        recurring_runs: finished runs of recurring flows, with their snapshots
+            (`loyalty.flows.recurring.prune`).
     """
 
     cutoff: datetime
     starts: int
     signals: int
+    recurring_runs: int = 0
 
 
 def _count(status: str) -> int:
@@ -95,7 +99,8 @@ def _count(status: str) -> int:
 
 
 async def prune(conn: Conn, *, older_than: timedelta, chunk: int = PRUNE_CHUNK) -> Pruned:
-    """Delete the journey starts and signals done more than ``older_than`` ago.
+    """Delete the journey starts and signals done more than ``older_than`` ago, and the
+    snapshots of recurring runs finished before then.
 
     Call it outside a transaction: each chunk commits on its own.
 
@@ -114,7 +119,8 @@ async def prune(conn: Conn, *, older_than: timedelta, chunk: int = PRUNE_CHUNK) 
     cutoff: datetime = await conn.fetchval("SELECT now() - $1::interval", older_than)
     starts = await _delete_in_chunks(conn, _PRUNE_STARTS, cutoff, chunk, _PRUNABLE_ID)
     signals = await _delete_in_chunks(conn, _PRUNE_SIGNALS, cutoff, chunk)
-    return Pruned(cutoff=cutoff, starts=starts, signals=signals)
+    runs = await recurring.prune(conn, older_than)
+    return Pruned(cutoff=cutoff, starts=starts, signals=signals, recurring_runs=runs)
 
 
 async def _delete_in_chunks(
