@@ -68,7 +68,7 @@ async def test_demo_exit_plays_the_story_and_every_outcome_happens(demo_home: Pa
     text = out.decode()
     lines = [line.strip() for line in text.splitlines()]
     assert proc.returncode == 0, text
-    assert "all 14 expected outcomes happened" in lines, text
+    assert "all 16 expected outcomes happened" in lines, text
     for outcome in OUTCOMES:
         assert f"✓ {outcome}" in lines, text
     assert "→ login-2 no_effect" in lines, text
