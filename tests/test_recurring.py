@@ -1,8 +1,11 @@
 """Recurring runs: one journey per member of the segment's snapshot, once per scheduled time.
 
 The app is `tests.recurring_app`: flow ``weekly-nudge`` (every Monday 09:00 in
-Copenhagen, segment ``almost-gold`` of program ``coffee``). Members are placed in and out
-of the segment by writing ``segment_members`` as the segments' own code does.
+Copenhagen, segment ``almost-gold`` of program ``coffee``). In the weeks on the
+time-skipping server, members enter and leave the segment by their own events (deposits
+and withdrawals applied by the router's batch, so the segments' triggers keep
+membership); elsewhere they are placed in and out by writing ``segment_members`` as that
+code does.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from temporalio.worker import Worker
 
 from activities.recurring import RecurringActivities
 from loyalty.errors import InvalidFlows
+from loyalty.events import AnyEvent, PointsDeposit, PointsWithdrawal
 from loyalty.flows import Entry, check_app, flow, journey_id
 from loyalty.flows.recurring import RecurringProgress, RecurringRunInput
 from loyalty.flows.spec import flow_spec
+from loyalty.ingest.inbox import insert_events
+from loyalty.router.processing import EventProcessor, process_batch
+from loyalty.segments.membership import install
 from loyalty.settings import Settings
 from loyalty.store.db import create_pool, prepare_database
 from loyalty.temporal import FLOW
@@ -65,6 +72,18 @@ async def place(
                              + (NOT segment_members.in_segment AND $3::boolean)::int""",
             program, list(members), flag,
         )  # fmt: skip
+
+
+async def move(conn: asyncpg.Connection, events: list[AnyEvent]) -> None:
+    """Apply events as the router does: one batch, one transaction."""
+    await insert_events(conn, events)
+    while (
+        await process_batch(
+            conn, EventProcessor(app), program="coffee", partitions=1, partition=0,
+            batch_size=500, max_attempts=3, task_queue="recurring-tests",
+        )
+    ).events:  # fmt: skip
+        pass
 
 
 async def run_once(
@@ -269,9 +288,11 @@ async def test_the_weekly_nudge_over_five_weeks_follows_the_segment_as_members_c
     """m1 is almost gold in weeks 1-2, leaves in week 3 (spent points), re-enters in weeks
     4-5; m2 stays; m3 enters in week 3. Each Monday's run nudges exactly those then in."""
     await prepare_database(database_url, app)
+    await install(conn, app)
     queue = f"test-{uuid.uuid4().hex}"
     settings = Settings(LOYALTY_TASK_QUEUE=queue)  # type: ignore[call-arg]
     pool = await create_pool(database_url, size=4)
+    balances = {"m1": 0, "m2": 0, "m3": 0}
     plan = {
         1: (["m1", "m2"], []),
         2: ([], []),
@@ -293,7 +314,20 @@ async def test_the_weekly_nudge_over_five_weeks_follows_the_segment_as_members_c
             times = []
             for week, (joining, leaving) in plan.items():
                 await time_env.sleep(at - await time_env.get_current_time())
-                await place(conn, joining, leaving)
+                moves: list[AnyEvent] = []
+                for member in joining:  # up to 950 points: more than 900, less than 1000
+                    moves.append(PointsDeposit(
+                        event_id=f"in-{week}-{member}", member_id=member, program="coffee",
+                        points=950 - balances[member], kind="available", reason="gift",
+                    ))  # fmt: skip
+                    balances[member] = 950
+                for member in leaving:  # spends 100: 850, out
+                    moves.append(PointsWithdrawal(
+                        event_id=f"out-{week}-{member}", member_id=member, program="coffee",
+                        points=100, kind="available", reason="drinks",
+                    ))  # fmt: skip
+                    balances[member] -= 100
+                await move(conn, moves)
                 run = await run_once(time_env.client, queue, at)
                 assert (run.finished, run.started) == (True, run.members)
                 for member in ("m1", "m2", "m3"):
@@ -309,6 +343,15 @@ async def test_the_weekly_nudge_over_five_weeks_follows_the_segment_as_members_c
     finally:
         await pool.close()
     assert nudged == {"m1": [1, 2, 4, 5], "m2": [1, 2, 3, 4, 5], "m3": [3, 4, 5]}
+    entries = await conn.fetch(
+        """SELECT event_id FROM events WHERE type IN ('segment_entered', 'segment_left')
+           AND member_id = 'm1' ORDER BY id"""
+    )
+    assert [r["event_id"] for r in entries] == [
+        "segment_entered:almost-gold:1:m1",
+        "segment_left:almost-gold:1:m1",
+        "segment_entered:almost-gold:2:m1",
+    ]
     local = [t.astimezone(WEEKLY_ZONE) for t in times]
     assert {(t.weekday(), t.hour, t.minute) for t in local} == {(0, 9, 0)}
     assert [b - a >= timedelta(days=6) for a, b in itertools.pairwise(times)] == [True] * 4
