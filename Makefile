@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loads.py
 	$(BIN)/python bench/maintenance.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/segments.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
