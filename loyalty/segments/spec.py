@@ -113,10 +113,8 @@ class Query:
     """What a segment's SQL reads: joins on the ``members`` row ``m``, made once each.
 
     ``only`` is SQL for the member ids to evaluate (``ids``, a ``text[]``), or None for
-    every member of the program. Every join is bounded by it too (`filter`), not only
-    through ``m``: PostgreSQL does not push a join's condition into a grouped subquery,
-    and with statistics that predate a program's rows (a program's first batches) it
-    would otherwise plan nested loops that read all of the program's rows per member.
+    every member of the program. Aggregating joins filter by it themselves, since
+    PostgreSQL does not push a join's condition into a grouped subquery.
     """
 
     program: _Program
@@ -307,7 +305,7 @@ class Measure:
                 lambda a: (
                     f"LEFT JOIN accounts AS {a} ON {a}.program = m.program "
                     f"AND {a}.member_id = m.member_id AND {a}.currency = {literal(currency)} "
-                    f"AND {a}.kind = {literal(kind)}{q.filter(f'{a}.member_id')}"
+                    f"AND {a}.kind = {literal(kind)}"
                 ),
             )
             return f"coalesce({alias}.balance, 0)"
@@ -343,7 +341,6 @@ def _currencies_join(q: Query, currency: str) -> str:
         lambda a: (
             f"LEFT JOIN member_currencies AS {a} ON {a}.program = m.program "
             f"AND {a}.member_id = m.member_id AND {a}.currency = {literal(currency)}"
-            f"{q.filter(f'{a}.member_id')}"
         ),
     )
 
@@ -354,7 +351,6 @@ def _tiers_join(q: Query, scheme: TierScheme) -> str:
         lambda a: (
             f"LEFT JOIN member_tiers AS {a} ON {a}.program = m.program "
             f"AND {a}.scheme = {literal(scheme.name)} AND {a}.member_id = m.member_id"
-            f"{q.filter(f'{a}.member_id')}"
         ),
     )
 
@@ -686,7 +682,6 @@ class InSegment(Condition):
             lambda a: (
                 f"LEFT JOIN segment_members AS {a} ON {a}.program = m.program "
                 f"AND {a}.segment = {literal(self.name)} AND {a}.member_id = m.member_id"
-                f"{q.filter(f'{a}.member_id')}"
             ),
         )
         return f"coalesce({alias}.in_segment, false)"
