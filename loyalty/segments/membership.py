@@ -22,7 +22,8 @@ Event ids: ``segment_entered:<segment>:<n>:<member_id>`` for a member's nth entr
 128 characters keeps its prefix and the SHA-256 of the rest, as `derived_id` does).
 
 Rows are written in member id order, as every writer locks members, so that two
-transactions that share members never wait for each other in a circle. A full recompute holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
+transactions that share members never wait for each other in a circle. A full recompute
+holds the program's ledger lock exclusively (`loyalty.ledger.LEDGER_LOCK`):
 every writer holds it shared, so no change commits while the recompute reads.
 
 The marking triggers are off while no segment is installed in the database (install turns
@@ -63,6 +64,13 @@ def statement(program: Program, segment: Segment, *, only: str | None, emit: boo
     compiled = segment.compile(program, only)
     p, name = literal(program.name), literal(segment.name)
     where = "" if only is None else f" AND m.member_id = ANY({only})"
+    on = f"s.program = {p} AND s.segment = {name} AND s.member_id = n.member_id"
+    join = (
+        f"LEFT JOIN segment_members AS s ON {on}"
+        if only is None
+        else f"LEFT JOIN LATERAL (SELECT * FROM segment_members AS s WHERE {on} LIMIT 1) AS s "
+        "ON true"
+    )
     head = f"""WITH now_in AS (
     SELECT m.member_id, {compiled.condition} AS inside
     FROM {compiled.source}
@@ -71,8 +79,7 @@ def statement(program: Program, segment: Segment, *, only: str | None, emit: boo
 changed AS (
     SELECT n.member_id, n.inside, coalesce(s.entries, 0) + n.inside::integer AS entries
     FROM now_in AS n
-    LEFT JOIN segment_members AS s
-      ON s.program = {p} AND s.segment = {name} AND s.member_id = n.member_id
+    {join}
     WHERE n.inside <> coalesce(s.in_segment, false)
 ),
 written AS (

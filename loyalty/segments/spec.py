@@ -130,6 +130,17 @@ class Query:
             self.joins[key] = (alias, make(alias))
         return self.joins[key][0]
 
+    def lookup(self, alias: str, table: str, on: str) -> str:
+        """A LEFT JOIN of ``table`` on ``on``; for given members, a LATERAL lookup that
+        PostgreSQL can only run as a parameterized index scan per member, whatever its
+        statistics say of the rows (a new program has none)."""
+        if self.only is None:
+            return f"LEFT JOIN {table} AS {alias} ON {on}"
+        return (
+            f"LEFT JOIN LATERAL (SELECT * FROM {table} AS {alias} WHERE {on} LIMIT 1) "
+            f"AS {alias} ON true"
+        )
+
     def filter(self, column: str) -> str:
         """``AND column = ANY(ids)`` when evaluating some members, else nothing."""
         return "" if self.only is None else f" AND {column} = ANY({self.only})"
@@ -302,10 +313,12 @@ class Measure:
             currency, kind = q.currency(self.currency), self.kind
             alias = q.join(
                 f"accounts:{currency}:{kind}",
-                lambda a: (
-                    f"LEFT JOIN accounts AS {a} ON {a}.program = m.program "
+                lambda a: q.lookup(
+                    a,
+                    "accounts",
+                    f"{a}.program = m.program "
                     f"AND {a}.member_id = m.member_id AND {a}.currency = {literal(currency)} "
-                    f"AND {a}.kind = {literal(kind)}"
+                    f"AND {a}.kind = {literal(kind)}",
                 ),
             )
             return f"coalesce({alias}.balance, 0)"
@@ -338,9 +351,11 @@ class Measure:
 def _currencies_join(q: Query, currency: str) -> str:
     return q.join(
         f"member_currencies:{currency}",
-        lambda a: (
-            f"LEFT JOIN member_currencies AS {a} ON {a}.program = m.program "
-            f"AND {a}.member_id = m.member_id AND {a}.currency = {literal(currency)}"
+        lambda a: q.lookup(
+            a,
+            "member_currencies",
+            f"{a}.program = m.program "
+            f"AND {a}.member_id = m.member_id AND {a}.currency = {literal(currency)}",
         ),
     )
 
@@ -348,9 +363,11 @@ def _currencies_join(q: Query, currency: str) -> str:
 def _tiers_join(q: Query, scheme: TierScheme) -> str:
     return q.join(
         f"member_tiers:{scheme.name}",
-        lambda a: (
-            f"LEFT JOIN member_tiers AS {a} ON {a}.program = m.program "
-            f"AND {a}.scheme = {literal(scheme.name)} AND {a}.member_id = m.member_id"
+        lambda a: q.lookup(
+            a,
+            "member_tiers",
+            f"{a}.program = m.program "
+            f"AND {a}.scheme = {literal(scheme.name)} AND {a}.member_id = m.member_id",
         ),
     )
 
@@ -381,6 +398,9 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
         lambda a: (
             f"LEFT JOIN ({source}{q.filter('member_id')} GROUP BY member_id) AS {a} "
             f"ON {a}.member_id = m.member_id"
+            if q.only is None
+            else f"LEFT JOIN LATERAL ({source} AND member_id = m.member_id GROUP BY member_id) "
+            f"AS {a} ON true"
         ),
     )
     return f"coalesce({alias}.v, 0)"
@@ -679,9 +699,11 @@ class InSegment(Condition):
     def sql(self, q: Query) -> str:
         alias = q.join(
             f"segment:{self.name}",
-            lambda a: (
-                f"LEFT JOIN segment_members AS {a} ON {a}.program = m.program "
-                f"AND {a}.segment = {literal(self.name)} AND {a}.member_id = m.member_id"
+            lambda a: q.lookup(
+                a,
+                "segment_members",
+                f"{a}.program = m.program "
+                f"AND {a}.segment = {literal(self.name)} AND {a}.member_id = m.member_id",
             ),
         )
         return f"coalesce({alias}.in_segment, false)"
