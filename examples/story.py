@@ -168,9 +168,8 @@ def outcomes(tag: str, ana: str, ben: str, dana: str, eli: str) -> tuple[Outcome
         Outcome(f"coffee {ana}: tier maintenance moved her back to silver after the return",
                 lambda s: stage("coffee", ana, "gold", "silver", "maintenance")(s)
                 and tier("coffee", ana, "silver")(s)),
-        Outcome(f"coffee {ben}: 950 points, in the almost-gold segment (entered once)",
-                lambda s: ben in s.segments.get(("coffee", "almost-gold"), set())
-                and ("coffee", f"segment_entered:almost-gold:1:{ben}") in s.outcomes),
+        Outcome(f"coffee {ben}: 950 points, in the almost-gold segment",
+                lambda s: ben in s.segments.get(("coffee", "almost-gold"), set())),
         Outcome(f"coffee {ben}: the weekly almost-gold journey nudged him by e-mail",
                 nudged),
         Outcome(f"tea {dana}: leaf tier after her purchase",

@@ -344,14 +344,10 @@ async def test_the_weekly_nudge_over_five_weeks_follows_the_segment_as_members_c
         await pool.close()
     assert nudged == {"m1": [1, 2, 4, 5], "m2": [1, 2, 3, 4, 5], "m3": [3, 4, 5]}
     entries = await conn.fetch(
-        """SELECT event_id FROM events WHERE type IN ('segment_entered', 'segment_left')
-           AND member_id = 'm1' ORDER BY id"""
+        """SELECT entered, entry FROM segment_changes
+           WHERE member_id = 'm1' AND segment = 'almost-gold' ORDER BY at"""
     )
-    assert [r["event_id"] for r in entries] == [
-        "segment_entered:almost-gold:1:m1",
-        "segment_left:almost-gold:1:m1",
-        "segment_entered:almost-gold:2:m1",
-    ]
+    assert [tuple(r) for r in entries] == [(True, 1), (False, 1), (True, 2)]
     local = [t.astimezone(WEEKLY_ZONE) for t in times]
     assert {(t.weekday(), t.hour, t.minute) for t in local} == {(0, 9, 0)}
     assert [b - a >= timedelta(days=6) for a, b in itertools.pairwise(times)] == [True] * 4

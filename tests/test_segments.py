@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from temporalio import workflow
 
 from activities.journeys import JourneyActivities
 from loyalty.app import LoyaltyApp, Program
@@ -24,6 +25,7 @@ from loyalty.events import (
     Purchase,
     any_event_adapter,
 )
+from loyalty.flows import flow
 from loyalty.ingest.inbox import insert_events
 from loyalty.ledger.maturing import expire_due, mature_due
 from loyalty.models import AwardPointsInput
@@ -48,7 +50,30 @@ from loyalty.segments.membership import install, list_segments, members, recompu
 from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Tier, TierScheme
 from loyalty.tiers.maintenance import run_maintenance
+from loyalty.triggers import Custom, EnteredSegment
 
+
+@flow(trigger=Custom("segment_entered", lambda event: True), name="any-entry")
+@workflow.defn
+class AnyEntry:
+    """Listens to every entry, so that each is derived into the inbox."""
+
+    @workflow.run
+    async def run(self, trigger: object) -> None:
+        pass
+
+
+@flow(trigger=Custom("segment_left", lambda event: True), name="any-departure")
+@workflow.defn
+class AnyDeparture:
+    """Listens to every departure."""
+
+    @workflow.run
+    async def run(self, trigger: object) -> None:
+        pass
+
+
+LISTENING = [AnyEntry, AnyDeparture]
 NOW = datetime.now(UTC).replace(microsecond=0)
 LONG_AGO = NOW - timedelta(days=200)
 
@@ -220,7 +245,7 @@ async def test_every_condition_against_worked_examples(
 async def test_entering_leaving_and_entering_again_derive_numbered_events(
     database_url: str, conn: asyncpg.Connection
 ) -> None:
-    app = LoyaltyApp(programs=[SHOP], segments=[EVERY_CONDITION[0]])
+    app = LoyaltyApp(programs=[SHOP], segments=[EVERY_CONDITION[0]], flows=LISTENING)
     await prepare_database(database_url, app)
     await install(conn, app)
     proc = EventProcessor(app)
@@ -310,6 +335,7 @@ async def test_conditions_on_time_are_refreshed_with_events(
 ) -> None:
     app = LoyaltyApp(
         programs=[SHOP],
+        flows=LISTENING,
         segments=[
             Segment("lapsing", "shop", where=last_activity().older_than(timedelta(seconds=1))),
             Segment("lapsing-rich", "shop", where=in_segment("lapsing") & balance().at_least(1)),
@@ -375,6 +401,7 @@ def test_wrong_definitions_are_refused_naming_the_segment() -> None:
 
 RANDOM = LoyaltyApp(
     programs=[SHOP],
+    flows=LISTENING,
     segments=[
         Segment("band", "shop", where=balance().between(100, 300)),
         Segment("silver", "shop", where=tier_in("silver") & ~in_segment("band")),
@@ -474,6 +501,7 @@ AGED = Program(
 )
 WRITERS = LoyaltyApp(
     programs=[AGED],
+    flows=LISTENING,
     segments=[
         Segment("spendable", "shop", where=balance().at_least(1)),
         Segment("waiting", "shop", where=balance(kind="earned").at_least(1)),
@@ -510,8 +538,8 @@ async def test_journey_steps_maturing_expiry_and_maintenance_keep_membership(
     await run_maintenance(conn, AGED, AGED.tier_schemes[0], NOW)
     assert "silver" not in await membership(conn)
     assert [c[0] for c in await changes(conn)] == [
+        "segment_entered:silver:1:ann",  # one transaction: in segment order
         "segment_entered:spendable:1:ann",
-        "segment_entered:silver:1:ann",
         "segment_entered:waiting:1:ann",
         "segment_left:waiting:1:ann",
         "segment_left:silver:1:ann",
@@ -519,3 +547,52 @@ async def test_journey_steps_maturing_expiry_and_maintenance_keep_membership(
     assert all(
         (r.entered, r.left) == (0, 0) for r in await recompute(conn, WRITERS, "shop", emit=False)
     )
+
+
+@flow(trigger=EnteredSegment("band"), name="band-welcome")
+@workflow.defn
+class BandWelcome:
+    @workflow.run
+    async def run(self, trigger: object) -> None:
+        pass
+
+
+async def test_only_the_changes_a_flow_listens_to_are_derived_every_change_is_logged(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    app = LoyaltyApp(
+        programs=[SHOP],
+        flows=[BandWelcome],
+        segments=[
+            Segment("band", "shop", where=balance().between(100, 300)),
+            Segment("rich", "shop", where=balance().at_least(500)),
+        ],
+    )
+    await prepare_database(database_url, app)
+    await install(conn, app)
+    proc = EventProcessor(app)
+    await apply(conn, deposit("ann", 200), processor=proc)  # band: in
+    await apply(conn, deposit("ann", 400), processor=proc)  # 600: band out, rich in
+    assert [c[0] for c in await changes(conn)] == ["segment_entered:band:1:ann"]
+    logged = await conn.fetch(
+        "SELECT segment, member_id, entered, entry FROM segment_changes ORDER BY at, segment"
+    )
+    assert [tuple(r) for r in logged] == [
+        ("band", "ann", True, 1),
+        ("band", "ann", False, 1),
+        ("rich", "ann", True, 1),
+    ]
+    listed = {s.name: (s.entered_last_day, s.left_last_day) for s in await list_segments(conn)}
+    assert listed == {"band": (1, 1), "rich": (1, 0)}
+    # A flow that starts listening: the function changes, nothing is recomputed.
+    both = LoyaltyApp(
+        programs=[SHOP],
+        flows=[BandWelcome, AnyDeparture],
+        segments=[
+            Segment("band", "shop", where=balance().between(100, 300)),
+            Segment("rich", "shop", where=balance().at_least(500)),
+        ],
+    )
+    assert (await install(conn, both)).changed == []
+    await apply(conn, withdraw("ann", 200), processor=EventProcessor(both))  # 400: rich out
+    assert [c[0] for c in await changes(conn)][-1] == "segment_left:rich:1:ann"

@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from loyalty.app import LoyaltyApp, Program
+from loyalty.flows.spec import flows_by_type
 from loyalty.ingest.derived import MAX_EVENT_ID
 from loyalty.ledger.postings import LEDGER_LOCK
-from loyalty.segments.spec import Segment, evaluation_order, literal
+from loyalty.segments.spec import Segment, compile_all, evaluation_order, literal
 from loyalty.store.db import Conn
+from loyalty.triggers import EnteredSegment, LeftSegment
 
 # Serialises installs of concurrent workers (any constant; "loyalty-segments").
 _INSTALL_LOCK = "hashtextextended('loyalty-segments-install', 0)"
@@ -53,76 +55,138 @@ _ISO = """(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
                 THEN to_char(now() AT TIME ZONE 'UTC', '.US') ELSE '' END || '+00:00')"""
 
 
-def statement(program: Program, segment: Segment, *, only: str | None, emit: bool) -> str:
-    """The SQL that re-evaluates ``segment`` and writes what changed.
+# Who listens: (segment, entered) pairs whose derived event a flow of the program takes.
+Listened = frozenset[tuple[str, bool]]
 
-    ``only``: SQL for the ``text[]`` of member ids to evaluate, inside
-    ``segments_evaluate`` (the statement then returns nothing); None: every member of the
-    program, and the statement returns the counts of members that ``entered`` and
-    ``left``. With ``emit`` each change derives its event.
+
+def listened(app: LoyaltyApp, program: str) -> Listened:
+    """The segments and directions (True: entered) whose events the program's flows take
+    (`EnteredSegment`, `LeftSegment`; a `Custom` trigger on the type takes every segment).
+
+    Only those are derived into the inbox: the others are in ``segment_changes`` alone,
+    as `points_matured` is derived only when a flow listens.
     """
-    compiled = segment.compile(program, only)
-    p, name = literal(program.name), literal(segment.name)
-    where = "" if only is None else f" AND m.member_id = ANY({only})"
-    on = f"s.program = {p} AND s.segment = {name} AND s.member_id = n.member_id"
-    join = (
-        f"LEFT JOIN segment_members AS s ON {on}"
-        if only is None
-        else f"LEFT JOIN LATERAL (SELECT * FROM segment_members AS s WHERE {on} LIMIT 1) AS s "
-        "ON true"
-    )
-    head = f"""WITH now_in AS (
-    SELECT m.member_id, {compiled.condition} AS inside
-    FROM {compiled.source}
-    WHERE m.program = {p}{where}
-),
-changed AS (
-    SELECT n.member_id, n.inside, coalesce(s.entries, 0) + n.inside::integer AS entries
-    FROM now_in AS n
-    {join}
-    WHERE n.inside <> coalesce(s.in_segment, false)
-),
-written AS (
+    names = list(app.segments.get(program, {}))
+    found: set[tuple[str, bool]] = set()
+    for event_type, entered in (("segment_entered", True), ("segment_left", False)):
+        for spec in flows_by_type(app).get(event_type, ()):
+            if not spec.applies_to(program):
+                continue
+            trigger = spec.trigger
+            if isinstance(trigger, EnteredSegment | LeftSegment):
+                found.add((trigger.name, entered))
+            else:
+                found.update((name, entered) for name in names)
+    return frozenset(found)
+
+
+def _written(p: str, source: str) -> str:
+    """The CTE that writes the changes of ``changed`` (member_id, segment, inside,
+    entries) to ``segment_members``, in member id order, returning them."""
+    return f"""written AS (
     INSERT INTO segment_members AS s (program, segment, member_id, in_segment, entries,
                                       changed_at)
-    SELECT {p}, {name}, c.member_id, c.inside, c.entries, now() FROM changed AS c
-    ORDER BY c.member_id
+    SELECT {p}, c.segment, c.member_id, c.inside, c.entries, now() FROM {source} AS c
+    ORDER BY c.member_id, c.segment
     ON CONFLICT (program, segment, member_id) DO UPDATE
     SET in_segment = EXCLUDED.in_segment, entries = EXCLUDED.entries,
         changed_at = EXCLUDED.changed_at
-    RETURNING s.member_id, s.in_segment, s.entries
+    RETURNING s.segment, s.member_id, s.in_segment, s.entries
+)"""
+
+
+def _logged(p: str) -> str:
+    return f"""INSERT INTO segment_changes (program, segment, member_id, entered, entry)
+SELECT {p}, w.segment, w.member_id, w.in_segment, w.entries FROM written AS w"""
+
+
+def _derived(p: str, pairs: Listened) -> str:
+    """Insert the events of the listened changes of ``written``."""
+    wanted = ", ".join(f"({literal(name)}, {str(entered).lower()})" for name, entered in
+                       sorted(pairs))  # fmt: skip
+    return f"""INSERT INTO events (program, origin, event_id, type, member_id, payload,
+                    occurred_at)
+SELECT {p}, 'engine', e.event_id, t.type, t.member_id,
+       jsonb_build_object('event_id', e.event_id, 'member_id', t.member_id,
+                          'program', {p}::text, 'occurred_at', {_ISO},
+                          'attributes', '{{}}'::jsonb, 'type', t.type, 'segment', t.segment),
+       now()
+FROM (SELECT w.member_id, w.segment,
+             CASE WHEN w.in_segment THEN 'segment_entered' ELSE 'segment_left' END AS type,
+             w.segment || ':' || w.entries || ':' || w.member_id AS rest
+      FROM written AS w WHERE (w.segment, w.in_segment) IN ({wanted})) AS t,
+     LATERAL (SELECT CASE WHEN length(t.type || ':' || t.rest) <= {MAX_EVENT_ID}
+                          THEN t.type || ':' || t.rest
+                          ELSE t.type || ':' || encode(sha256(convert_to(t.rest, 'UTF8')), 'hex')
+                     END AS event_id) AS e
+ORDER BY t.member_id, t.segment
+ON CONFLICT (program, origin, event_id) DO NOTHING"""
+
+
+def evaluate_statement(program: Program, segments: Sequence[Segment], pairs: Listened) -> str:
+    """The statement of ``segments_evaluate`` for ``program``: every segment evaluated
+    for the members ``ids`` at once (their lookups shared, ``in_segment`` inlined, one
+    plan), what changed written to ``segment_members`` and ``segment_changes``, and the
+    listened changes derived into the inbox. Returns no rows."""
+    source, conditions = compile_all(program, evaluation_order(segments), "ids")
+    ordered = evaluation_order(segments)
+    p = literal(program.name)
+    columns = ",\n           ".join(f"{c} AS i{n}" for n, c in enumerate(conditions))
+    values = ", ".join(f"({literal(s.name)}, n.i{n})" for n, s in enumerate(ordered))
+    head = f"""WITH now_in AS (
+    SELECT m.member_id,
+           {columns}
+    FROM {source}
+    WHERE m.program = {p} AND m.member_id = ANY(ids)
+),
+changed AS (
+    SELECT n.member_id, v.segment, v.inside,
+           coalesce(s.entries, 0) + v.inside::integer AS entries
+    FROM now_in AS n
+    CROSS JOIN LATERAL (VALUES {values}) AS v(segment, inside)
+    LEFT JOIN LATERAL (
+        SELECT * FROM segment_members AS s
+        WHERE s.program = {p} AND s.segment = v.segment AND s.member_id = n.member_id LIMIT 1
+    ) AS s ON true
+    WHERE v.inside <> coalesce(s.in_segment, false)
+),
+{_written(p, "changed")}"""
+    if not pairs:
+        return f"{head}\n{_logged(p)}"
+    return f"{head},\nlogged AS (\n{_logged(p)}\n)\n{_derived(p, pairs)}"
+
+
+def statement(program: Program, segment: Segment, *, pairs: Listened | None = None) -> str:
+    """The SQL that re-evaluates ``segment`` over every member of the program, writes
+    what changed (with the derived events ``pairs`` names; None: none) and returns the
+    counts of members that ``entered`` and ``left``."""
+    compiled = segment.compile(program)
+    p, name = literal(program.name), literal(segment.name)
+    head = f"""WITH now_in AS (
+    SELECT m.member_id, {compiled.condition} AS inside
+    FROM {compiled.source}
+    WHERE m.program = {p}
+),
+changed AS (
+    SELECT n.member_id, {name}::text AS segment, n.inside,
+           coalesce(s.entries, 0) + n.inside::integer AS entries
+    FROM now_in AS n
+    LEFT JOIN segment_members AS s
+      ON s.program = {p} AND s.segment = {name} AND s.member_id = n.member_id
+    WHERE n.inside <> coalesce(s.in_segment, false)
+),
+{_written(p, "changed")},
+logged AS (
+{_logged(p)}
 )"""
     counts = (
         "SELECT count(*) FILTER (WHERE in_segment) AS entered,"
         " count(*) FILTER (WHERE NOT in_segment) AS left FROM written"
     )
-    if not emit:
+    mine = frozenset(pair for pair in pairs or () if pair[0] == segment.name)
+    if not mine:
         return f"{head}\n{counts}"
-    derive = f"""INSERT INTO events (program, origin, event_id, type, member_id, payload,
-                    occurred_at)
-SELECT {p}, 'engine', e.event_id, t.type, t.member_id,
-       jsonb_build_object('event_id', e.event_id, 'member_id', t.member_id,
-                          'program', {p}::text, 'occurred_at', {_ISO},
-                          'attributes', '{{}}'::jsonb, 'type', t.type, 'segment', {name}::text),
-       now()
-FROM texts AS t,
-     LATERAL (SELECT CASE WHEN length(t.type || ':' || t.rest) <= {MAX_EVENT_ID}
-                          THEN t.type || ':' || t.rest
-                          ELSE t.type || ':' || encode(sha256(convert_to(t.rest, 'UTF8')), 'hex')
-                     END AS event_id) AS e
-ORDER BY t.member_id
-ON CONFLICT (program, origin, event_id) DO NOTHING"""
-    texts = f""",
-texts AS (
-    SELECT w.member_id,
-           CASE WHEN w.in_segment THEN 'segment_entered' ELSE 'segment_left' END AS type,
-           {name} || ':' || w.entries || ':' || w.member_id AS rest
-    FROM written AS w
-)"""
-    if only is not None:
-        # Inside segments_evaluate: a statement that returns no rows.
-        return f"{head}{texts}\n{derive}"
-    return f"{head}{texts},\nderived AS (\n{derive}\n)\n{counts}"
+    return f"{head},\nderived AS (\n{_derived(p, mine)}\n)\n{counts}"
 
 
 @dataclass(frozen=True)
@@ -139,32 +203,26 @@ class Stored:
 
 
 def _stored(program: Program, position: int, segment: Segment) -> Stored:
-    evaluate = statement(program, segment, only="ids", emit=True)
-    compiled = segment.compile(program)
-    digest = hashlib.sha256(f"{position}\n{evaluate}".encode()).hexdigest()
+    recompute = statement(program, segment)
+    digest = hashlib.sha256(f"{position}\n{recompute}".encode()).hexdigest()
     return Stored(
         program.name,
         segment.name,
         position,
         segment.definition(),
-        evaluate,
-        compiled.timed,
+        recompute,
+        segment.compile(program).timed,
         digest,
     )
 
 
-def _function(rows: Sequence[Stored]) -> str:
-    """``segments_evaluate`` over every stored segment, each program's in order."""
-    blocks: dict[str, list[str]] = {}
-    for row in sorted(rows, key=lambda r: (r.program, r.position)):
-        blocks.setdefault(row.program, []).append(row.condition)
+def _function(evaluate: dict[str, str]) -> str:
+    """``segments_evaluate`` over every program's statement."""
     body = "\n".join(
-        f"    IF p = {literal(program)} THEN\n"
-        + "".join(f"        {sql};\n" for sql in statements)
-        + "    END IF;"
-        for program, statements in blocks.items()
+        f"    IF p = {literal(program)} THEN\n        {sql};\n    END IF;"
+        for program, sql in sorted(evaluate.items())
     )
-    text = "\n".join(r.condition for r in rows)
+    text = "\n".join(evaluate.values())
     tag = "$segments$"
     while tag in text:
         tag = f"$segments_{secrets.token_hex(4)}$"
@@ -217,16 +275,23 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
     """Store the app's segments and regenerate ``segments_evaluate``; recompute (without
     events) every segment of a program where a segment was added, changed or removed.
 
-    Segments of programs the app does not define are left as they are (another app may
-    own them). Concurrent installs queue on a lock; an install with nothing new writes
-    nothing.
+    A change of which events flows listen to regenerates the function only. Segments of
+    programs the app does not define are left as they are (another app may own them).
+    Concurrent installs queue on a lock; an install with nothing new writes nothing.
     """
-    wanted = {
-        (program.name, segment.name): _stored(program, position, segment)
+    ordered = {
+        program.name: evaluation_order(list(app.segments.get(program.name, {}).values()))
         for program in app.programs.values()
-        for position, segment in enumerate(
-            evaluation_order(list(app.segments.get(program.name, {}).values()))
-        )
+    }
+    wanted = {
+        (name, segment.name): _stored(app.programs[name], position, segment)
+        for name, segments in ordered.items()
+        for position, segment in enumerate(segments)
+    }
+    evaluate = {
+        name: evaluate_statement(app.programs[name], segments, listened(app, name))
+        for name, segments in ordered.items()
+        if segments
     }
     async with conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({_INSTALL_LOCK})")
@@ -235,13 +300,23 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
             list(app.programs),
         )
         have = {(r["program"], r["name"]): r["digest"] for r in rows}
+        stored = {
+            r["program"]: r["evaluate"]
+            for r in await conn.fetch(
+                "SELECT program, evaluate FROM segment_programs WHERE program = ANY($1::text[])",
+                list(app.programs),
+            )
+        }
         changed = [key for key, row in wanted.items() if have.get(key) != row.digest]
         removed = [key for key in have if key not in wanted]
-        if not changed and not removed:
+        if not changed and not removed and stored == evaluate:
             return Installed([], [])
         for program, name in removed:
             await conn.execute(
                 "DELETE FROM segments WHERE program = $1 AND name = $2", program, name
+            )
+            await conn.execute(
+                "DELETE FROM segment_changes WHERE program = $1 AND segment = $2", program, name
             )
         await conn.executemany(
             """INSERT INTO segments (program, name, position, definition, condition,
@@ -258,11 +333,18 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
                 if key in changed
             ],
         )  # fmt: skip
-        every = await conn.fetch(
-            """SELECT program, name, position, definition, condition, time_dependent, digest
-               FROM segments"""
+        await conn.execute(
+            "DELETE FROM segment_programs WHERE program = ANY($1::text[])", list(app.programs)
         )
-        await conn.execute(_function([Stored(**dict(r)) for r in every]))
+        await conn.executemany(
+            "INSERT INTO segment_programs (program, evaluate) VALUES ($1, $2)",
+            list(evaluate.items()),
+        )
+        every = {
+            r["program"]: r["evaluate"]
+            for r in await conn.fetch("SELECT program, evaluate FROM segment_programs")
+        }
+        await conn.execute(_function(every))
         await _marking(conn, on=bool(every))
         for program_name in sorted({p for p, _ in changed + removed}):
             await recompute(conn, app, program_name, emit=False, locked=False)
@@ -289,7 +371,8 @@ async def recompute(
 ) -> list[Recomputed]:
     """Re-evaluate segments of ``program`` (default: all) over every member, in order.
 
-    With ``emit`` each change derives its event, as an incremental change does. Runs in
+    Each change is logged in ``segment_changes``; with ``emit`` it also derives its event
+    when a flow listens, as an incremental change does. Runs in
     its own transaction (or the caller's), holding the program's ledger lock exclusively
     unless ``locked`` is False (the caller holds what it needs).
     """
@@ -303,8 +386,9 @@ async def recompute(
             await conn.execute(
                 f"SELECT pg_advisory_xact_lock({LEDGER_LOCK.format(program='$1')})", program
             )
+        pairs = listened(app, program) if emit else None
         for segment in chosen:
-            sql = statement(app.programs[program], segment, only=None, emit=emit)
+            sql = statement(app.programs[program], segment, pairs=pairs)
             row = await conn.fetchrow(sql)
             assert row is not None
             found.append(Recomputed(segment.name, row["entered"], row["left"]))
@@ -365,14 +449,12 @@ async def list_segments(conn: Conn, program: str | None = None) -> list[SegmentI
                   s.refreshed_at,
                   (SELECT count(*) FROM segment_members AS m
                    WHERE m.program = s.program AND m.segment = s.name AND m.in_segment) AS size,
-                  (SELECT count(*) FROM events AS e
-                   WHERE e.program = s.program AND e.payload ->> 'segment' = s.name
-                     AND e.type = 'segment_entered'
-                     AND e.occurred_at > now() - interval '1 day') AS entered,
-                  (SELECT count(*) FROM events AS e
-                   WHERE e.program = s.program AND e.payload ->> 'segment' = s.name
-                     AND e.type = 'segment_left'
-                     AND e.occurred_at > now() - interval '1 day') AS left
+                  (SELECT count(*) FROM segment_changes AS c
+                   WHERE c.program = s.program AND c.segment = s.name AND c.entered
+                     AND c.at > now() - interval '1 day') AS entered,
+                  (SELECT count(*) FROM segment_changes AS c
+                   WHERE c.program = s.program AND c.segment = s.name AND NOT c.entered
+                     AND c.at > now() - interval '1 day') AS left
            FROM segments AS s
            WHERE $1::text IS NULL OR s.program = $1
            ORDER BY s.program, s.position""",

@@ -115,6 +115,10 @@ class Query:
     ``only`` is SQL for the member ids to evaluate (``ids``, a ``text[]``), or None for
     every member of the program. Aggregating joins filter by it themselves, since
     PostgreSQL does not push a join's condition into a grouped subquery.
+
+    ``inline``: the program's segments by name, when they are evaluated together in one
+    statement (`compile_all`): ``in_segment(x)`` is then ``x``'s own condition, the
+    membership this very evaluation gives, instead of a read of ``segment_members``.
     """
 
     program: _Program
@@ -122,6 +126,8 @@ class Query:
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Whether the SQL reads now(): the passing of time alone can change the result.
     timed: bool = False
+    inline: dict[str, Condition] | None = None
+    inlined: dict[str, str] = field(default_factory=dict)
 
     def join(self, key: str, make: Callable[[str], str]) -> str:
         """The alias of the join ``key``, added with ``make(alias)`` the first time."""
@@ -697,6 +703,10 @@ class InSegment(Condition):
         return []
 
     def sql(self, q: Query) -> str:
+        if q.inline is not None:
+            if self.name not in q.inlined:
+                q.inlined[self.name] = q.inline[self.name].sql(q)
+            return q.inlined[self.name]
         alias = q.join(
             f"segment:{self.name}",
             lambda a: q.lookup(
@@ -766,6 +776,17 @@ class Segment:
         q = Query(program, only)
         condition = self.where.sql(q)
         return Compiled(q.from_clause(), condition, q.timed)
+
+
+def compile_all(
+    program: _Program, segments: Sequence[Segment], only: str | None
+) -> tuple[str, list[str]]:
+    """The program's segments in one evaluation: (the FROM clause, each segment's
+    condition in the order given), the joins shared between them and ``in_segment``
+    inlined (see `Query`)."""
+    q = Query(program, only, inline={s.name: s.where for s in segments})
+    conditions = [s.where.sql(q) for s in segments]
+    return q.from_clause(), conditions
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@
 --   segment_marks, keyed by the transaction, for programs that have segments;
 -- * the first mark of a transaction adds its row to segment_settles, whose deferred
 --   constraint trigger runs once at commit: it re-evaluates the marked members with
---   segments_evaluate, which writes segment_members and the derived segment_entered /
---   segment_left events, and deletes the transaction's marks.
+--   segments_evaluate (one statement per program, every segment of it at once), which
+--   writes segment_members, segment_changes and the derived segment_entered /
+--   segment_left events that flows listen to, and deletes the transaction's marks.
 -- So a member whose balance passes through a range inside one transaction neither
 -- enters nor leaves, and what commits, commits with its membership.
 
@@ -41,6 +42,26 @@ CREATE TABLE segment_members (
 CREATE INDEX segment_members_in ON segment_members (program, segment, member_id)
     WHERE in_segment;
 
+-- The function's statement of each program that has segments (every segment of the
+-- program in one evaluation); segments_evaluate is generated from these rows.
+CREATE TABLE segment_programs (
+    program   text PRIMARY KEY REFERENCES programs (name),
+    evaluate  text NOT NULL
+);
+
+-- Every entry and departure, for the counts of `loyalty segments` (pruned with the
+-- journey outboxes, kept a day at least). The derived events are written only for the
+-- segments and directions a flow listens to.
+CREATE TABLE segment_changes (
+    program    text NOT NULL,
+    segment    text NOT NULL,
+    member_id  text NOT NULL,
+    entered    boolean NOT NULL,
+    entry      integer NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX segment_changes_at ON segment_changes (program, segment, at);
+
 CREATE TABLE segment_marks (
     tx         xid8 NOT NULL,
     program    text NOT NULL,
@@ -51,10 +72,6 @@ CREATE TABLE segment_marks (
 CREATE TABLE segment_settles (
     tx  xid8 PRIMARY KEY
 );
-
--- Entries and departures of the last days, for `loyalty segments`.
-CREATE INDEX events_segment_changes ON events (program, (payload ->> 'segment'), occurred_at)
-    WHERE type IN ('segment_entered', 'segment_left');
 
 -- Replaced by the worker (`loyalty.segments.membership.install`).
 CREATE FUNCTION segments_evaluate(p text, ids text[]) RETURNS void
