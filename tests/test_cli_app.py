@@ -113,7 +113,13 @@ async def test_commands_find_the_app_of_the_running_worker_and_print_json(
         assert {s["step"] for s in done["steps"]} == {"mature", "expire"}
         assert {s["program"] for s in done["steps"]} == {"coffee"}
         assert done["reminders"] == {"coffee": 0}
-        assert set(done["pruned"]) == {"cutoff", "starts", "signals", "recurring_runs"}
+        assert set(done["pruned"]) == {
+            "cutoff",
+            "starts",
+            "signals",
+            "recurring_runs",
+            "segment_changes",
+        }
         assert done["segments"] == {}
 
         unknown = await loyalty_in(elsewhere, env, "maintenance", "status", "--program", "tea")

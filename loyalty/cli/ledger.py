@@ -111,7 +111,8 @@ def register(cli: typer.Typer) -> None:
                     "segments": refreshed,
                     "pruned": {"cutoff": pruned.cutoff.isoformat(), "starts": pruned.starts,
                                "signals": pruned.signals,
-                               "recurring_runs": pruned.recurring_runs},
+                               "recurring_runs": pruned.recurring_runs,
+                               "segment_changes": pruned.segment_changes},
                 }, indent=2))  # fmt: skip
                 return
             table = Table("program", "step", "currency", "lots", "points",
@@ -131,7 +132,8 @@ def register(cli: typer.Typer) -> None:
                 f"Pruned journey outboxes (done before {pruned.cutoff.isoformat()}, "
                 f"{settings.journey_retention_days} days ago): "
                 f"{pruned.starts:,} journey starts, {pruned.signals:,} signals, "
-                f"{pruned.recurring_runs:,} recurring runs' snapshots",
+                f"{pruned.recurring_runs:,} recurring runs' snapshots, "
+                f"{pruned.segment_changes:,} segment changes",
                 soft_wrap=True,
             )
 

@@ -85,12 +85,15 @@ class Pruned:
         signals: ``journey_signals`` rows.
         recurring_runs: finished runs of recurring flows, with their snapshots
             (`loyalty.flows.recurring.prune`).
+        segment_changes: rows of ``segment_changes`` (kept a day at least: the counts of
+            `loyalty segments` cover 24 hours).
     """
 
     cutoff: datetime
     starts: int
     signals: int
     recurring_runs: int = 0
+    segment_changes: int = 0
 
 
 def _count(status: str) -> int:
@@ -99,8 +102,8 @@ def _count(status: str) -> int:
 
 
 async def prune(conn: Conn, *, older_than: timedelta, chunk: int = PRUNE_CHUNK) -> Pruned:
-    """Delete the journey starts and signals done more than ``older_than`` ago, and the
-    snapshots of recurring runs finished before then.
+    """Delete the journey starts and signals done more than ``older_than`` ago, the
+    snapshots of recurring runs finished before then, and older segment changes.
 
     Call it outside a transaction: each chunk commits on its own.
 
@@ -120,7 +123,15 @@ async def prune(conn: Conn, *, older_than: timedelta, chunk: int = PRUNE_CHUNK) 
     starts = await _delete_in_chunks(conn, _PRUNE_STARTS, cutoff, chunk, _PRUNABLE_ID)
     signals = await _delete_in_chunks(conn, _PRUNE_SIGNALS, cutoff, chunk)
     runs = await recurring.prune(conn, older_than)
-    return Pruned(cutoff=cutoff, starts=starts, signals=signals, recurring_runs=runs)
+    changes = _count(
+        await conn.execute(
+            "DELETE FROM segment_changes WHERE at < least($1, now() - interval '1 day')", cutoff
+        )
+    )
+    return Pruned(
+        cutoff=cutoff, starts=starts, signals=signals, recurring_runs=runs,
+        segment_changes=changes,
+    )  # fmt: skip
 
 
 async def _delete_in_chunks(
