@@ -220,7 +220,8 @@ async def test_housekeeping_run_prunes_with_the_configured_retention(
         pruned = [line for line in run.lines if line.startswith("Pruned journey outboxes")]
         assert len(pruned) == 1
         assert pruned[0].endswith(
-            "3 days ago): 1 journey starts, 1 signals, 0 recurring runs' snapshots, 0 segment changes"
+            "3 days ago): 1 journey starts, 1 signals, 0 recurring runs' snapshots, "
+            "0 segment changes"
         )
         assert await starts(connection) == [kept]
         assert await signals(connection) == []
