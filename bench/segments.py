@@ -331,7 +331,7 @@ async def timed_recompute(
 async def explain(conn: Conn) -> None:
     """EXPLAIN (ANALYZE, BUFFERS) of each recompute statement, rolled back."""
     for segment in (ALMOST_GOLD, NUDGE_SILVER):
-        sql = membership.statement(ZETA, segment, only=None, emit=False)
+        sql = membership.statement(ZETA, segment)
         transaction = conn.transaction()
         await transaction.start()
         try:

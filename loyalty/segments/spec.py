@@ -385,7 +385,7 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
     q.timed = q.timed or scheme.window != "lifetime"
     if isinstance(scheme.window, timedelta):
         source = (
-            f"SELECT member_id, sum(points) AS v FROM qualifying_points "
+            f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_points "
             f"WHERE program = {program} AND currency = {literal(currency)} "
             f"AND earned_at > now() - {_interval(scheme.window)} AND earned_at <= now()"
         )
@@ -396,7 +396,7 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
             else ""
         )
         source = (
-            f"SELECT member_id, sum(points) AS v FROM qualifying_totals "
+            f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_totals "
             f"WHERE program = {program} AND currency = {literal(currency)}{year}"
         )
     alias = q.join(
