@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -51,7 +50,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,7 +61,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.ingest_app
 
-from bench.emit import BIN, DevServer, console
+from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text
 from bench.ingest_app import LOADS_APP
 from bench.ingest_loads import check
 from bench.workloads import expect, mixed
@@ -163,34 +161,13 @@ class ApiProcess:
         return "stopped cleanly (exit 0)"
 
 
-def cpu_by_role(dev: DevServer, api: ApiProcess) -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of every process, by pid, with its part of the stack."""
-    role = {
+def roles(dev: DevServer, api: ApiProcess) -> dict[int, str]:
+    """The benchmark's own processes by pid, with their part of the stack."""
+    return {
         os.getpid(): "benchmark (clients)",
         dev.process.pid: "loyalty dev (worker, router)",
         api.process.pid: "loyalty api",
     }
-    processes = list(psutil.process_iter(["cmdline"]))
-    for p in processes:
-        command = " ".join(p.info["cmdline"] or ())
-        server = "postgres" if "postgres" in command else "temporal"
-        if dev.home in command and server in command:
-            with contextlib.suppress(psutil.Error):
-                role.update((c.pid, server) for c in [p, *p.children(recursive=True)])
-    seconds: dict[int, tuple[str, float]] = {}
-    for p in processes:
-        with contextlib.suppress(psutil.Error):
-            times = p.cpu_times()
-            seconds[p.pid] = (role.get(p.pid, "other processes"), times.user + times.system)
-    return seconds
-
-
-def cpu_text(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> str:
-    """CPU seconds used between two readings, by part; processes gone by then not counted."""
-    used: Counter[str] = Counter()
-    for pid, (name, seconds) in after.items():
-        used[name] += seconds - before.get(pid, (name, 0.0))[1]
-    return ", ".join(f"{k} {v:.1f} s" for k, v in used.most_common())
 
 
 @dataclass
@@ -491,7 +468,7 @@ async def run(dev: DevServer, api: ApiProcess, args: argparse.Namespace) -> Figu
                     )
                 await check_all(conn, fig.events, "warm-up (not timed)")
             counts = {"api": 0, "emit_many": 0}
-            cpu = cpu_by_role(dev, api)
+            cpu = cpu_by_role(dev.home, roles(dev, api))
             for side in ORDER:
                 counts[side] += 1
                 prefix = f"{'a' if side == 'api' else 'e'}{counts[side]}"
@@ -501,11 +478,13 @@ async def run(dev: DevServer, api: ApiProcess, args: argparse.Namespace) -> Figu
                     )
                 )
             fig.memory["after throughput"] = api.rss()
-            fig.cpu["throughput (4 runs)"] = cpu_text(cpu, cpu := cpu_by_role(dev, api))
+            fig.cpu["throughput (4 runs)"] = cpu_text(
+                cpu, cpu := cpu_by_role(dev.home, roles(dev, api))
+            )
             await check_all(conn, fig.events, "throughput")
-            cpu = cpu_by_role(dev, api)
+            cpu = cpu_by_role(dev.home, roles(dev, api))
             fig.latency = lat = await latency(api, keys[-1], conn, args, fig)
-            fig.cpu["latency"] = cpu_text(cpu, cpu_by_role(dev, api))
+            fig.cpu["latency"] = cpu_text(cpu, cpu_by_role(dev.home, roles(dev, api)))
             console.print(
                 f"latency: {lat.sent:,} POSTs at {lat.offered:,.0f}/s offered; from due: p50 "
                 f"{percentile(lat.due_ms, 0.5):.1f} ms, p99 {percentile(lat.due_ms, 0.99):.1f} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -21,8 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
@@ -251,3 +254,35 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# CPU seconds so far of a process, by pid: (its part of the stack, seconds).
+CpuReading = dict[int, tuple[str, float]]
+
+
+def cpu_by_role(home: str, roles: dict[int, str]) -> CpuReading:
+    """CPU seconds so far of every process, by pid, with its part of the stack: ``roles``
+    names some by pid; the PostgreSQL and Temporal servers of ``home`` (a LOYALTY_HOME)
+    and their children are found by command line; the rest are "other processes"."""
+    role = dict(roles)
+    processes = list(psutil.process_iter(["cmdline"]))
+    for p in processes:
+        command = " ".join(p.info["cmdline"] or ())
+        server = "postgres" if "postgres" in command else "temporal"
+        if home in command and server in command:
+            with contextlib.suppress(psutil.Error):
+                role.update((c.pid, server) for c in [p, *p.children(recursive=True)])
+    seconds: CpuReading = {}
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            seconds[p.pid] = (role.get(p.pid, "other processes"), times.user + times.system)
+    return seconds
+
+
+def cpu_text(before: CpuReading, after: CpuReading) -> str:
+    """CPU seconds used between two readings, by part; processes gone by then not counted."""
+    used: Counter[str] = Counter()
+    for pid, (name, seconds) in after.items():
+        used[name] += seconds - before.get(pid, (name, 0.0))[1]
+    return ", ".join(f"{k} {v:.1f} s" for k, v in used.most_common())

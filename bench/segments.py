@@ -78,7 +78,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.segments_app
 
 from activities.recurring import START_CONCURRENCY, trigger_event
-from bench.emit import BIN, DevServer, console
+from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text
 from bench.ingest_loads import EMIT_CHUNK, STATS_DELAY_SECONDS, check
 from bench.segments_app import (
     ALMOST_GOLD,
@@ -523,30 +523,9 @@ class Dev(DevServer):
                     self.process.wait()
 
 
-def cpu_by_role(dev: Dev) -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of every process, by pid, with its part of the stack."""
-    role = {os.getpid(): "benchmark", dev.process.pid: "loyalty dev (worker)"}
-    processes = list(psutil.process_iter(["cmdline"]))
-    for p in processes:
-        command = " ".join(p.info["cmdline"] or ())
-        server = "postgres" if "postgres" in command else "temporal"
-        if dev.home in command and server in command:
-            with contextlib.suppress(psutil.Error):
-                role.update((c.pid, server) for c in [p, *p.children(recursive=True)])
-    seconds: dict[int, tuple[str, float]] = {}
-    for p in processes:
-        with contextlib.suppress(psutil.Error):
-            times = p.cpu_times()
-            seconds[p.pid] = (role.get(p.pid, "other processes"), times.user + times.system)
-    return seconds
-
-
-def cpu_text(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> str:
-    """CPU seconds used between two readings, by part; processes gone by then not counted."""
-    used: dict[str, float] = {}
-    for pid, (name, seconds) in after.items():
-        used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
-    return ", ".join(f"{k} {v:.1f} s" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
+def roles(dev: Dev) -> dict[int, str]:
+    """The benchmark's own processes by pid, with their part of the stack."""
+    return {os.getpid(): "benchmark", dev.process.pid: "loyalty dev (worker)"}
 
 
 @dataclass
@@ -625,14 +604,14 @@ async def ingest_phase(dev: Dev, program: str, args: argparse.Namespace) -> Inge
     async with await LoyaltyClient.connect(dev.settings) as client, Database(dev.settings) as db:
         conn = await connect(db.dsn)
         try:
-            before, functions = cpu_by_role(dev), await function_times(conn)
+            before, functions = cpu_by_role(dev.home, roles(dev)), await function_times(conn)
             with console.status(f"{program} ({dev.app}): {len(events):,} events"):
                 started = time.monotonic()
                 results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
                 await client.wait(results, timeout=limit)
                 await settled(conn, program, limit)
                 seconds = time.monotonic() - started
-            cpu = cpu_text(before, cpu_by_role(dev))
+            cpu = cpu_text(before, cpu_by_role(dev.home, roles(dev)))
             if not all(r.accepted for r in results):
                 raise SystemExit(f"{program}: some events were not accepted")
             with console.status(f"{program}: checks (not timed)"):
@@ -740,7 +719,7 @@ async def recurring_phase(dev: Dev, args: argparse.Namespace) -> list[Starts]:
             if size != n:
                 raise SystemExit(f"segment {NUDGE_SEGMENT}: {size} members, expected {n}")
 
-            before = cpu_by_role(dev)
+            before = cpu_by_role(dev.home, roles(dev))
             handle = client.get_schedule_handle(recurring_id(task_queue, RECUR, spec.name))
             with console.status(f"recurring run: {n:,} journeys"):
                 started = datetime.now(UTC)
@@ -752,7 +731,7 @@ async def recurring_phase(dev: Dev, args: argparse.Namespace) -> list[Starts]:
                     if time.monotonic() > deadline:
                         raise SystemExit("the recurring run did not finish")
                     await asyncio.sleep(0.1)
-            cpu = cpu_text(before, cpu_by_role(dev))
+            cpu = cpu_text(before, cpu_by_role(dev.home, roles(dev)))
             if (row["members"], row["started"]) != (n, n):
                 raise SystemExit(f"recurring run: {dict(row)}, expected {n} members started")
             times = await start_times(
@@ -781,11 +760,11 @@ async def recurring_phase(dev: Dev, args: argparse.Namespace) -> list[Starts]:
                             ]),
                         )  # fmt: skip
 
-            before = cpu_by_role(dev)
+            before = cpu_by_role(dev.home, roles(dev))
             with console.status(f"bare loop: {n:,} start_workflow calls"):
                 started = datetime.now(UTC)
                 await asyncio.gather(*(one(i) for i in range(n)))
-            cpu = cpu_text(before, cpu_by_role(dev))
+            cpu = cpu_text(before, cpu_by_role(dev.home, roles(dev)))
             times = await start_times(
                 client, f"WorkflowType = '{name}' AND LoyaltyTrigger = 'bench-bare'", n, limit
             )
