@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -61,7 +60,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.ingest_app
 
-from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text
+from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text, machine
 from bench.ingest_app import LOADS_APP
 from bench.ingest_loads import check
 from bench.workloads import expect, mixed
@@ -501,21 +500,6 @@ async def run(dev: DevServer, api: ApiProcess, args: argparse.Namespace) -> Figu
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor() or "?",
-    )  # fmt: skip
-    ram = psutil.virtual_memory().total / 2**30
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.0f} GiB RAM, Python {platform.python_version()}; "
-        f"commit {commit}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
 
 
 def report(fig: Figures, args: argparse.Namespace, loadavg: tuple[float, float]) -> None:

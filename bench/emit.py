@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -111,7 +113,8 @@ class DevServer:
             f"{self.name} ready in {self.ready_seconds:.1f}s (it reports {self.reported}s)"
         )
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """SIGINT, as Ctrl-C; the data folder stays."""
         with console.status(f"stopping {self.name}"):
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGINT)
@@ -120,6 +123,10 @@ class DevServer:
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
+
+    def stop(self) -> None:
+        """Halt, then delete the data folder."""
+        self.halt()
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -286,3 +293,18 @@ def cpu_text(before: CpuReading, after: CpuReading) -> str:
     for pid, (name, seconds) in after.items():
         used[name] += seconds - before.get(pid, (name, 0.0))[1]
     return ", ".join(f"{k} {v:.1f} s" for k, v in used.most_common())
+
+
+def machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor() or "?",
+    )  # fmt: skip
+    ram = psutil.virtual_memory().total / 2**30
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {ram:.0f} GiB RAM, Python {platform.python_version()}; "
+        f"commit {commit}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )

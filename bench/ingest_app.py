@@ -38,7 +38,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-_RULES = (
+RULES = (
     PerAmount(points_per_unit=1),
     OnActivity("web_login", points=LOGIN_POINTS, limit=Limit(1, per=timedelta(days=1))),
     OnActivity("newsletter_signup", points=25, max_per_member=1),
@@ -56,7 +56,7 @@ LOAD_PROGRAMS = {
 }  # fmt: skip
 LOADS_APP = LoyaltyApp(
     programs=[
-        Program(name=name, earn_rules=_RULES, tier_schemes=(_TIERS,) if tiers else ())
+        Program(name=name, earn_rules=RULES, tier_schemes=(_TIERS,) if tiers else ())
         for base, tiers in LOAD_PROGRAMS.items()
         for name in (base, f"{base}_ref")
     ],
@@ -64,7 +64,7 @@ LOADS_APP = LoyaltyApp(
 )
 app = LoyaltyApp(
     programs=[
-        Program(name="default", earn_rules=_RULES[:2]),  # per EUR and web_login
+        Program(name="default", earn_rules=RULES[:2]),  # per EUR and web_login
         *LOADS_APP.programs.values(),
     ],
     flows=[StoreVisit, *LOADS_APP.flows],

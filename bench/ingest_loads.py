@@ -97,7 +97,7 @@ async def _counts_fallbacks(conn: Conn) -> bool:
     return found == len(FALLBACK_COLUMNS)
 
 
-async def _wait_settled(conn: Conn, program: str, limit: float) -> None:
+async def wait_settled(conn: Conn, program: str, limit: float) -> None:
     """Poll (every 0.05 s) until nothing of the program is pending, derived events too."""
     deadline = time.monotonic() + limit
     sql = "SELECT count(*) FROM events WHERE program = $1 AND status = 'pending'"
@@ -198,7 +198,7 @@ async def run_load(
         results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
         emitted = time.monotonic() - started
         outcomes = await client.wait(results, timeout=limit)
-        await _wait_settled(conn, program, limit)
+        await wait_settled(conn, program, limit)
         elapsed = time.monotonic() - started
     if not all(r.accepted for r in results) or len(outcomes) != n:
         raise SystemExit(f"row {row}: some events were not accepted")
@@ -248,7 +248,7 @@ async def warm_up(client: LoyaltyClient, conn: Conn, n: int, limit: float) -> No
     with console.status(f"warming up: {n:,} events in program {WARM_UP_PROGRAM}"):
         results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
         await client.wait(results, timeout=limit)
-        await _wait_settled(conn, WARM_UP_PROGRAM, limit)
+        await wait_settled(conn, WARM_UP_PROGRAM, limit)
     console.print(f"warm-up: {n:,} events applied in program {WARM_UP_PROGRAM} (not timed)")
 
 

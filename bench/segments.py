@@ -57,9 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -78,8 +76,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.segments_app
 
 from activities.recurring import START_CONCURRENCY, trigger_event
-from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text
-from bench.ingest_loads import EMIT_CHUNK, STATS_DELAY_SECONDS, check
+from bench.emit import BIN, DevServer, console, cpu_by_role, cpu_text, machine
+from bench.ingest_loads import EMIT_CHUNK, STATS_DELAY_SECONDS, check, wait_settled
 from bench.segments_app import (
     ALMOST_GOLD,
     NUDGE_SILVER,
@@ -238,21 +236,6 @@ diff AS ((SELECT * FROM expected EXCEPT SELECT * FROM actual)
 SELECT (SELECT count(*) FROM expected) AS expected, (SELECT count(*) FROM actual) AS actual,
        (SELECT count(*) FROM diff WHERE $2::text[] IS NULL OR member_id = ANY($2)) AS wrong
 """
-
-
-def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor() or "?",
-    )  # fmt: skip
-    ram = psutil.virtual_memory().total / 2**30
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.0f} GiB RAM, Python {platform.python_version()}; "
-        f"commit {commit}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
 
 
 def met(ok: bool) -> str:
@@ -511,17 +494,6 @@ class Dev(DevServer):
         threading.Thread(target=self._drain, daemon=True).start()
         self.wait_ready()
 
-    def halt(self) -> None:
-        """SIGINT, as Ctrl-C; the data folder stays."""
-        with console.status(f"stopping {self.name}"):
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGINT)
-                try:
-                    self.process.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait()
-
 
 def roles(dev: Dev) -> dict[int, str]:
     """The benchmark's own processes by pid, with their part of the stack."""
@@ -552,16 +524,6 @@ class IngestRun:
         )
 
 
-async def settled(conn: Conn, program: str, limit: float) -> None:
-    """Poll (every 0.05 s) until nothing of the program is pending, derived events too."""
-    deadline = time.monotonic() + limit
-    sql = "SELECT count(*) FROM events WHERE program = $1 AND status = 'pending'"
-    while await conn.fetchval(sql, program):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"program {program}: events still pending after {limit:.0f} s")
-        await asyncio.sleep(0.05)
-
-
 async def warm_up(dev: Dev, n: int, limit: float) -> None:
     """``n`` events of the mixed load in program ``warm``, new members, not timed."""
     events: list[AnyEvent] = list(mixed(f"w{time.monotonic_ns()}", n, max(1, n // 4), WARM))
@@ -570,7 +532,7 @@ async def warm_up(dev: Dev, n: int, limit: float) -> None:
             await client.wait(await client.emit_many(events, chunk_size=EMIT_CHUNK), timeout=limit)
             conn = await connect(db.dsn)
             try:
-                await settled(conn, WARM, limit)
+                await wait_settled(conn, WARM, limit)
             finally:
                 await conn.close()
 
@@ -609,7 +571,7 @@ async def ingest_phase(dev: Dev, program: str, args: argparse.Namespace) -> Inge
                 started = time.monotonic()
                 results = await client.emit_many(events, chunk_size=EMIT_CHUNK)
                 await client.wait(results, timeout=limit)
-                await settled(conn, program, limit)
+                await wait_settled(conn, program, limit)
                 seconds = time.monotonic() - started
             cpu = cpu_text(before, cpu_by_role(dev.home, roles(dev)))
             if not all(r.accepted for r in results):
@@ -709,7 +671,7 @@ async def recurring_phase(dev: Dev, args: argparse.Namespace) -> list[Starts]:
         try:
             with console.status(f"{n:,} members into segment {NUDGE_SEGMENT}"):
                 await loyalty.wait(await loyalty.emit_many(deposits), timeout=limit)
-                await settled(conn, RECUR, limit)
+                await wait_settled(conn, RECUR, limit)
             size = await conn.fetchval(
                 """SELECT count(*) FROM segment_members
                    WHERE program = $1 AND segment = $2 AND in_segment""",

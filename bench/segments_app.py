@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bench.ingest_app import LOGIN_POINTS
+from bench.ingest_app import RULES
 from bench.segments_flows import NUDGE_SEGMENT, RECUR, WeeklyNudge
 from loyalty.app import LoyaltyApp, Program
-from loyalty.rules import Limit, OnActivity, PerAmount
 from loyalty.segments import (
     Segment,
     balance,
@@ -61,11 +60,6 @@ ZETA_APP = LoyaltyApp(programs=[ZETA], segments=[ALMOST_GOLD, NUDGE_SILVER])
 
 # --- phase 2: ingest with five segments and without -------------------------------------
 
-_RULES = (
-    PerAmount(points_per_unit=1),
-    OnActivity("web_login", points=LOGIN_POINTS, limit=Limit(1, per=timedelta(days=1))),
-    OnActivity("newsletter_signup", points=25, max_per_member=1),
-)
 _TIERS = TierScheme(
     tiers=(
         Tier(name="bronze", threshold=0),
@@ -76,7 +70,7 @@ _TIERS = TierScheme(
 )
 WARM = "warm"
 PHASES = ("shop_a1", "shop_b1", "shop_b2", "shop_a2")
-PROGRAMS = [Program(name=name, earn_rules=_RULES, tier_schemes=(_TIERS,))
+PROGRAMS = [Program(name=name, earn_rules=RULES, tier_schemes=(_TIERS,))
             for name in (WARM, *PHASES)]  # fmt: skip
 
 

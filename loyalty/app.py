@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from loyalty.errors import ConfigurationError, InvalidSegments
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.messages.providers import Messages
-from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy, lot_expiry, time_zone
+from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy, lot_expiry, zone_name
 from loyalty.rules import EarnRule, check_rules
 from loyalty.segments.spec import Segment, check_segments
 from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
@@ -67,11 +67,7 @@ class Program(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _iana_time_zone(cls, name: str) -> str:
-        try:
-            time_zone(name)
-        except ValueError as exc:
-            raise ValueError(f"timezone: {exc}") from None
-        return name
+        return zone_name(name, "timezone")
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Program:

@@ -116,6 +116,19 @@ def time_zone(name: str) -> tzinfo:
         ) from None
 
 
+def zone_name(name: str, field: str) -> str:
+    """``name`` if it is an IANA time zone, for a validator of the setting ``field``.
+
+    Raises:
+        ValueError: ``<field>: unknown time zone …``.
+    """
+    try:
+        time_zone(name)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return name
+
+
 def lot_expiry(policy: ExpiryPolicy, earned_at: datetime, timezone: str = "UTC") -> datetime | None:
     """When a lot earned at ``earned_at`` expires under the policy (None: not by date).
 

@@ -380,11 +380,16 @@ def _own_program(key: ApiKey, program: str) -> None:
 
 async def _read_body(request: Request) -> bytes:
     """The body, refused with 413 past `MAX_BODY` (before reading it when declared)."""
-    declared = request.headers.get("content-length")
+    return await _limited_body(request.headers.get("content-length"), request.stream())
+
+
+async def _limited_body(declared: str | None, chunks: AsyncIterator[bytes]) -> bytes:
+    """The chunks of a body joined, refused with 413 past `MAX_BODY`: before reading when
+    the declared ``Content-Length`` says so, else as soon as they grow past it."""
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         raise ProblemError(413, f"the body is {int(declared):,} bytes; at most {MAX_BODY:,}")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > MAX_BODY:
             raise ProblemError(413, f"the body is over {MAX_BODY:,} bytes")
@@ -498,7 +503,7 @@ class EventsRoute:
 
     async def _accept(self, scope: Scope, receive: Receive) -> bytes:
         token: str | None = None
-        declared = b""
+        declared: str | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 # As HTTPBearer reads it: "Bearer <credentials>", the scheme in any case.
@@ -506,24 +511,24 @@ class EventsRoute:
                 if kind.lower() == "bearer" and credentials.strip():
                     token = credentials.strip()
             elif name == b"content-length":
-                declared = value
+                declared = value.decode("latin-1")
         client = scope.get("client")
         key = await authorize(
             self.state, token, "events:write", "POST", "/v1/events",
             client[0] if client else "-",
         )  # fmt: skip
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            raise ProblemError(413, f"the body is {int(declared):,} bytes; at most {MAX_BODY:,}")
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ProblemError(400, "the client closed the connection before the body ended")
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                raise ProblemError(413, f"the body is over {MAX_BODY:,} bytes")
-            if not message.get("more_body", False):
-                return await accept_events(self.state, key, bytes(body))
+        return await accept_events(self.state, key, await _limited_body(declared, _chunks(receive)))
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The body of an ASGI request, chunk by chunk."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProblemError(400, "the client closed the connection before the body ended")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 def create_api(

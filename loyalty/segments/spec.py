@@ -21,7 +21,7 @@ the program (an unknown currency, scheme, tier or segment, a cycle of segments n
 each other) is refused by `check_segments` when the `loyalty.app.LoyaltyApp` is created,
 one line per problem, each naming the segment.
 
-`Segment.sql` compiles the condition into a boolean SQL expression over the ``members``
+`Segment.compile` compiles the condition into a boolean SQL expression over the ``members``
 row ``m`` and the joins it needs, each one set-based: `loyalty.segments.membership`
 evaluates it for the members a transaction touched, or for every member of the program.
 """
@@ -29,6 +29,7 @@ evaluates it for the members a transaction touched, or for every member of the p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,8 +114,8 @@ class Query:
     """What a segment's SQL reads: joins on the ``members`` row ``m``, made once each.
 
     ``only`` is SQL for the member ids to evaluate (``ids``, a ``text[]``), or None for
-    every member of the program. Aggregating joins filter by it themselves, since
-    PostgreSQL does not push a join's condition into a grouped subquery.
+    every member of the program: then each source is joined whole (hash or merge
+    joins), else looked up per member (`lookup`).
 
     ``inline``: the program's segments by name, when they are evaluated together in one
     statement (`compile_all`): ``in_segment(x)`` is then ``x``'s own condition, the
@@ -146,10 +147,6 @@ class Query:
             f"LEFT JOIN LATERAL (SELECT * FROM {table} AS {alias} WHERE {on} LIMIT 1) "
             f"AS {alias} ON true"
         )
-
-    def filter(self, column: str) -> str:
-        """``AND column = ANY(ids)`` when evaluating some members, else nothing."""
-        return "" if self.only is None else f" AND {column} = ANY({self.only})"
 
     def from_clause(self) -> str:
         """``members AS m`` and the joins."""
@@ -402,8 +399,7 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
     alias = q.join(
         f"qualifying:{scheme.name}",
         lambda a: (
-            f"LEFT JOIN ({source}{q.filter('member_id')} GROUP BY member_id) AS {a} "
-            f"ON {a}.member_id = m.member_id"
+            f"LEFT JOIN ({source} GROUP BY member_id) AS {a} ON {a}.member_id = m.member_id"
             if q.only is None
             else f"LEFT JOIN LATERAL ({source} AND member_id = m.member_id GROUP BY member_id) "
             f"AS {a} ON true"
@@ -750,8 +746,6 @@ class Segment:
     where: Condition
 
     def __init__(self, name: str, program: str = "default", *, where: Condition) -> None:
-        import re
-
         label = f"segment {name!r}"
         if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or len(name) > MAX_NAME:
             raise ConfigurationError(
@@ -771,9 +765,10 @@ class Segment:
         """The condition as code, for listings."""
         return str(self.where)
 
-    def compile(self, program: _Program, only: str | None = None) -> Compiled:
-        """The condition's SQL in ``program`` (see `Query` for ``only``)."""
-        q = Query(program, only)
+    def compile(self, program: _Program) -> Compiled:
+        """The condition's SQL over every member of ``program`` (a full recompute; the
+        evaluation of given members is `compile_all`'s)."""
+        q = Query(program)
         condition = self.where.sql(q)
         return Compiled(q.from_clause(), condition, q.timed)
 

@@ -13,7 +13,7 @@ from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loyalty.events import MAX_POINTS, CurrencyName
-from loyalty.policies import time_zone
+from loyalty.policies import time_zone, zone_name
 
 TierName = Annotated[str, Field(min_length=1, max_length=64)]
 Threshold = Annotated[int, Field(ge=0, le=MAX_POINTS)]
@@ -85,11 +85,7 @@ class Schedule(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _iana_time_zone(cls, name: str) -> str:
-        try:
-            time_zone(name)
-        except ValueError as exc:
-            raise ValueError(f"schedule: timezone: {exc}") from None
-        return name
+        return zone_name(name, "schedule: timezone")
 
     @model_validator(mode="after")
     def _one_rule(self) -> Schedule:
