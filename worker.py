@@ -29,22 +29,31 @@ from activities.journeys import JourneyActivities
 from activities.maintenance import MaintenanceActivities
 from activities.recurring import RecurringActivities
 from activities.router import InboxListener, RouterActivities
+from activities.streams import StreamActivities
 from loyalty.app import LoyaltyApp
 from loyalty.flows import check_app
 from loyalty.flows.schedules import sync_schedules
 from loyalty.messages import load_secrets
-from loyalty.models import HousekeepingLoopInput, MaintenanceLoopInput, RouterInput
+from loyalty.models import (
+    HousekeepingLoopInput,
+    MaintenanceLoopInput,
+    RouterInput,
+    StreamLoopInput,
+)
 from loyalty.router.processing import EventProcessor
 from loyalty.segments.membership import install as install_segments
 from loyalty.settings import Settings
 from loyalty.store.apps import record_app
 from loyalty.store.db import create_pool, prepare_database
+from loyalty.streams.capture import install as install_streams
+from loyalty.streams.delivery import stream_secrets
 from loyalty.temporal import FLOW, PROGRAM, SEARCH_ATTRIBUTES
 from workflows.emit import EmitEvents
 from workflows.housekeeping import Housekeeping, housekeeping_summary, housekeeping_workflow_id
 from workflows.maintenance import TierMaintenance, maintenance_summary, maintenance_workflow_id
 from workflows.recurring import RecurringFlow
 from workflows.router import EventRouter, router_summary, router_workflow_id
+from workflows.streams import ProfileStreamWorkflow, stream_summary, stream_workflow_id
 
 log = logging.getLogger("loyalty.worker")
 # Webhook providers set their own per-request timeout; this bounds everything else.
@@ -160,6 +169,23 @@ async def start_housekeeping(client: Client, settings: Settings, app: LoyaltyApp
     ]
 
 
+async def start_streams(client: Client, settings: Settings, app: LoyaltyApp) -> list[str]:
+    """Start one ProfileStream workflow per stream of the app unless it already runs."""
+    return [
+        await _start_singleton(
+            client,
+            settings,
+            ProfileStreamWorkflow.run,
+            StreamLoopInput(stream=stream.name),
+            workflow_id=stream_workflow_id(settings.task_queue, stream.name),
+            program=stream.programs[0],
+            flow="profile-stream",
+            summary=stream_summary(stream.name),
+        )
+        for stream in app.streams.values()
+    ]
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -199,10 +225,12 @@ async def run_worker(
     """Run the worker until ``stop`` is set; one pool and one LISTEN connection in all.
 
     Refuses an app with wrong flow definitions or templates (`InvalidFlows`) or a webhook
-    provider whose secret variable is not set (`ConfigurationError`) before anything else,
+    provider or profile stream whose secret variable is not set (`ConfigurationError`)
+    before anything else,
     then migrates the database, registers programs and search attributes, installs the
-    app's segments (`loyalty.segments.membership.install`), records the app it was
-    loaded from (`loyalty.store.apps`), starts the routers and loops, and
+    app's segments (`loyalty.segments.membership.install`) and profile streams
+    (`loyalty.streams.capture.install`), records the app it was loaded from
+    (`loyalty.store.apps`), starts the routers, loops and stream workflows, and
     creates, updates or deletes the Temporal Schedules of recurring flows
     (`loyalty.flows.schedules`).
     The worker runs the routers, the tier maintenance and housekeeping loops, `EmitEvents`
@@ -212,6 +240,7 @@ async def run_worker(
     """
     specs = check_app(app)
     secrets = load_secrets(app.programs)
+    stream_keys = stream_secrets(list(app.streams.values()))
     await prepare_database(dsn, app)
     await ensure_search_attributes(client)
     pool: asyncpg.Pool = await create_pool(dsn, settings.database_pool_size)
@@ -221,6 +250,12 @@ async def run_worker(
         log.info("segment %s of program %s installed and recomputed", name, program)
     for program, name in installed.removed:
         log.info("segment %s of program %s removed", name, program)
+    async with pool.acquire() as conn:
+        streams = await install_streams(conn, list(app.streams.values()))
+    for name in streams.changed:
+        log.info("profile stream %s installed; every member of its programs marked", name)
+    for name in streams.removed:
+        log.info("profile stream %s removed", name)
     listener = InboxListener(dsn)
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS, follow_redirects=False)
     try:
@@ -235,6 +270,7 @@ async def run_worker(
         housekeeping = HousekeepingActivities(pool, app, settings)
         emit = EmitActivities(pool, settings)
         recurring = RecurringActivities(pool, app, settings, client)
+        streaming = StreamActivities(pool, app, http, stream_keys)
         worker = build_worker(
             client,
             settings,
@@ -245,6 +281,7 @@ async def run_worker(
                 *housekeeping.all(),
                 *emit.all(),
                 *recurring.all(),
+                *streaming.all(),
             ],
             [
                 EventRouter,
@@ -252,6 +289,7 @@ async def run_worker(
                 Housekeeping,
                 EmitEvents,
                 RecurringFlow,
+                ProfileStreamWorkflow,
                 *(spec.cls for spec in specs),
             ],
         )
@@ -260,6 +298,7 @@ async def run_worker(
             await start_loops(client, settings, app)
             await start_housekeeping(client, settings, app)
             await sync_schedules(client, settings, app)  # recurring flows (issue 15)
+            await start_streams(client, settings, app)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loyalty.errors import ConfigurationError, InvalidSegments
+from loyalty.errors import ConfigurationError, InvalidSegments, InvalidStreams
 from loyalty.events import CurrencyName, ProgramName
 from loyalty.messages.providers import Messages
 from loyalty.policies import ExpiryPolicy, NoExpiry, ReturnPolicy, lot_expiry, zone_name
 from loyalty.rules import EarnRule, check_rules
 from loyalty.segments.spec import Segment, check_segments
+from loyalty.streams.spec import ProfileStream, check_streams
 from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
 
 
@@ -112,9 +113,10 @@ class AppSource:
 
 
 class LoyaltyApp:
-    """Programs, segments, flows and the folder of message templates, checked when the app
-    is created (segments: `loyalty.segments.spec.check_segments`; flows when the worker
-    starts, `loyalty.flows.check_app`).
+    """Programs, segments, profile streams, flows and the folder of message templates,
+    checked when the app is created (segments: `loyalty.segments.spec.check_segments`;
+    streams: `loyalty.streams.spec.check_streams`; flows when the worker starts,
+    `loyalty.flows.check_app`).
 
     ``templates``: a folder of Jinja2 files ``<template>.j2`` (see `loyalty.messages.templates`),
     usually next to the flows: ``Path(__file__).parent / "templates"``. Without it,
@@ -130,6 +132,7 @@ class LoyaltyApp:
         flows: Sequence[type] = (),
         templates: Path | str | None = None,
         segments: Sequence[Segment] = (),
+        streams: Sequence[ProfileStream] = (),
     ) -> None:
         self.templates = Path(templates) if templates is not None else None
         self.programs: dict[str, Program] = {}
@@ -143,6 +146,10 @@ class LoyaltyApp:
         self.segments: dict[str, dict[str, Segment]] = {name: {} for name in self.programs}
         for segment in segments:
             self.segments[segment.program][segment.name] = segment
+        problems = check_streams(streams, self.programs, self.segments)
+        if problems:
+            raise InvalidStreams(problems)
+        self.streams: dict[str, ProfileStream] = {s.name: s for s in streams}
         self.flows = list(flows)
         self.source: AppSource | None = None
 

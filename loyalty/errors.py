@@ -52,6 +52,18 @@ class InvalidSegments(ConfigurationError):
         self.problems = problems
 
 
+class InvalidStreams(ConfigurationError):
+    """The app's profile streams are wrong; the app is refused when it is created.
+
+    Attributes:
+        problems: one line per problem, each naming the stream and the field.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class InvalidInput(LoyaltyError):
     """A request is invalid; nothing was written.
 
@@ -104,6 +116,10 @@ class UnknownMember(LoyaltyError):
 
 class UnknownProgram(ConfigurationError):
     """The database knows no program of that name: invalid input, not a refusal."""
+
+
+class UnknownStream(ConfigurationError):
+    """No profile stream of that name is installed: invalid input, not a refusal."""
 
 
 class LedgerRefusal(LoyaltyError):

@@ -487,3 +487,37 @@ class HousekeepingStatus(Model):
     running: HousekeepingProgress | None
     last: HousekeepingProgress | None
     runs: int
+
+
+class StreamTotals(Model):
+    """What a stream's workflow delivered so far (one execution chain)."""
+
+    batches: int = 0
+    upserts: int = 0
+    deletes: int = 0
+    rejected: int = 0
+    unchanged: int = 0
+
+
+class StreamLoopInput(Model):
+    """Input of a profile stream's workflow (`workflows.streams`): the stream, and the
+    totals carried over continue-as-new."""
+
+    stream: str
+    totals: StreamTotals | None = None
+
+
+class StreamRunInput(Model):
+    """One activity run of a stream: deliver for up to ``seconds``, then report."""
+
+    stream: str
+    seconds: float = Field(gt=0)
+
+
+class StreamRunResult(Model):
+    """What one activity run of a stream did, and where the stream stands after it."""
+
+    delivered: StreamTotals
+    enabled: bool
+    pending: int
+    lag_seconds: float

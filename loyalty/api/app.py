@@ -42,6 +42,7 @@ from loyalty.api.problems import (
     field_problems,
     problem_response,
 )
+from loyalty.api.streams import stream_routes
 from loyalty.app import LoyaltyApp
 from loyalty.errors import (
     EventConflict,
@@ -371,6 +372,8 @@ def _authorizer(scope: str | None) -> Callable[[Request, Credentials], Awaitable
 Writer = Annotated[ApiKey, Depends(_authorizer("events:write"))]
 Reader = Annotated[ApiKey, Depends(_authorizer("members:read"))]
 AnyKey = Annotated[ApiKey, Depends(_authorizer(None))]
+# Stream control (`loyalty.api.streams`).
+ADMIN = Depends(_authorizer("admin"))
 
 
 def _own_program(key: ApiKey, program: str) -> None:
@@ -779,6 +782,8 @@ def create_api(
             members=[SegmentMember(member_id=m, entered_at=at) for m, at in found],
             next_after=found[-1][0] if len(found) == limit else None,
         )
+
+    api.include_router(stream_routes(state.db, dsn, ADMIN))
 
     @api.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Health:

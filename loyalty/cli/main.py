@@ -24,6 +24,7 @@ from loyalty.cli import (
     schedules,
     schema,
     segments,
+    streams,
 )
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
 from loyalty.errors import InvalidEvent
@@ -272,7 +273,7 @@ def events(
 
 for commands in (
     members, ledger, audit, adjust, flows, maintenance, messages, schema, api, segments,
-    schedules,
+    schedules, streams,
 ):  # fmt: skip
     commands.register(cli)
 
