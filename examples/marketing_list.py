@@ -88,6 +88,9 @@ class MarketingList:
     def _apply(
         self, raw: bytes, header_key: str | None, signature: str | None
     ) -> tuple[int, bytes]:
+        with self._lock:
+            self.arrived += 1
+        self.gate.wait()
         try:
             body = check_signature(raw, signature, self._secret, idempotency_key=header_key)
         except (InvalidSignature, ValueError) as exc:

@@ -24,7 +24,7 @@ streams_cli = typer.Typer(
     help="Profile streams (defined in the app, installed by the worker): status and control.",
     invoke_without_command=True,
 )
-BAR_WIDTH = 20
+BAR_WIDTH = 12
 # How often `resync` reads the backlog while it waits.
 RESYNC_POLL_SECONDS = 0.5
 
@@ -88,11 +88,11 @@ def register(cli: typer.Typer) -> None:
                 print(json.dumps([_json(s) for s in found], indent=2))
                 return 0
             largest = max((s.pending for s in found), default=0)
-            table = Table("stream", "programs", "state", "pending", "", "lag", "upserts",
-                          "deletes", "rejected", "failures", title="Profile streams")  # fmt: skip
+            table = Table("stream", "state", "pending", "", "lag", "upserts", "deletes",
+                          "rejected", "failures", title="Profile streams")  # fmt: skip
             for s in found:
                 table.add_row(
-                    s.name, ", ".join(s.programs), "enabled" if s.enabled else "disabled",
+                    s.name, "enabled" if s.enabled else "disabled",
                     f"{s.pending:,}", _bar(s.pending, largest), f"{s.lag_seconds:,.1f} s",
                     f"{s.upserts:,}", f"{s.deletes:,}", f"{s.rejected:,}", f"{s.failures:,}",
                 )  # fmt: skip
