@@ -202,6 +202,7 @@ async def start_worker(
     ``temporal=`` for a client of the dev server other than the environment's own.
     """
     from worker import run_worker
+    from workflows.streams import stream_workflow_id
 
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
     routers: list[str] = []
@@ -233,6 +234,7 @@ async def start_worker(
             for scheme in program.tier_schemes
         )
         routers.extend(housekeeping_workflow_id(merged.task_queue, p) for p in app.programs)
+        routers.extend(stream_workflow_id(merged.task_queue, s) for s in app.streams)
         return merged
 
     yield start
