@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from examples.messaging import LIST_PATH
 from loyalty.messages import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, InvalidSignature
 from loyalty.messages import verify_signature as check_signature
 
@@ -78,7 +79,7 @@ class MarketingList:
     @property
     def url(self) -> str:
         """The URL a stream's destination posts to."""
-        return f"http://127.0.0.1:{self.port}/lists/loyalty"
+        return f"http://127.0.0.1:{self.port}{LIST_PATH}"
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every contact that holds loyalty fields: key → fields."""

@@ -4,9 +4,12 @@ The coffee program's e-mails go through the webhook provider (the Zeta/Selligent
 to the receiver that `loyalty demo` starts on 127.0.0.1; everything else goes to the
 ``log`` provider (rows of ``message_log``).
 
-The receiver's port is read when `examples.demo` builds the app:
-``LOYALTY_DEMO_WEBHOOK_PORT`` (default 8299). The webhook's HMAC secret is the
-environment variable ``LOYALTY_DEMO_WEBHOOK_SECRET``: `loyalty demo` and
+The coffee program's profile stream (`examples.programs.streams`) goes to the demo's
+marketing list (`examples.marketing_list`), which `loyalty demo` also starts.
+
+The ports are read when `examples.demo` builds the app: ``LOYALTY_DEMO_WEBHOOK_PORT``
+(default 8299) and ``LOYALTY_DEMO_LIST_PORT`` (default 8298). The HMAC secret of both is
+the environment variable ``LOYALTY_DEMO_WEBHOOK_SECRET``: `loyalty demo` and
 `loyalty dev --demo` set a random one for their worker when it is not set already.
 """
 
@@ -24,6 +27,9 @@ WEBHOOK_PORT_ENV = "LOYALTY_DEMO_WEBHOOK_PORT"
 WEBHOOK_SECRET_ENV = "LOYALTY_DEMO_WEBHOOK_SECRET"
 DEFAULT_WEBHOOK_PORT = 8299
 WEBHOOK_PATH = "/selligent"
+LIST_PORT_ENV = "LOYALTY_DEMO_LIST_PORT"
+DEFAULT_LIST_PORT = 8298
+LIST_PATH = "/lists/loyalty"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -35,6 +41,16 @@ def webhook_port() -> int:
 def webhook_url() -> str:
     """Where the coffee program's e-mails are posted."""
     return f"http://127.0.0.1:{webhook_port()}{WEBHOOK_PATH}"
+
+
+def list_port() -> int:
+    """The port of the demo's marketing list (``LOYALTY_DEMO_LIST_PORT``)."""
+    return int(os.environ.get(LIST_PORT_ENV, DEFAULT_LIST_PORT))
+
+
+def list_url() -> str:
+    """Where the coffee program's profile stream posts its batches."""
+    return f"http://127.0.0.1:{list_port()}{LIST_PATH}"
 
 
 def coffee_messages() -> Messages:

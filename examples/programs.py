@@ -16,17 +16,21 @@ clock: in the demo, 5 seconds stand for a day.
 Segments (`segments`): ``almost-gold`` in coffee, Zeta's example, members with more than
 900 and less than 1000 points; the ``almost-gold-weekly`` flow (`examples.flows`) nudges
 them every demo "week" (7 demo days, 35 seconds).
+
+The profile stream (`streams`): coffee's loyalty fields in the demo's marketing list
+(Zeta's Loyalty Profile Stream to Selligent), keyed by the profile's ``alt_id``.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from examples.messaging import coffee_messages
+from examples.messaging import WEBHOOK_SECRET_ENV, coffee_messages, list_url
 from loyalty.app import Program
 from loyalty.policies import Rolling
 from loyalty.rules import Limit, OnActivity, PerAmount
 from loyalty.segments import Segment, balance
+from loyalty.streams import HttpDestination, ProfileStream
 from loyalty.tiers import Schedule, Tier, TierScheme
 
 DAY = timedelta(seconds=5)
@@ -80,3 +84,23 @@ def programs() -> list[Program]:
 def segments() -> list[Segment]:
     """The demo's segments: Zeta's "more than 900 but less than 1000 points"."""
     return [Segment("almost-gold", "coffee", where=balance().between(901, 999))]
+
+
+def streams() -> list[ProfileStream]:
+    """The coffee program's members in the demo's marketing list (the URL is read now)."""
+    return [
+        ProfileStream(
+            "selligent-list",
+            programs=["coffee"],
+            destination=HttpDestination(url=list_url(), secret_env=WEBHOOK_SECRET_ENV),
+            key="profile.alt_id",
+            fields={
+                "LOYALTY_TIER": "tier",
+                "POINTS": "balances.points.available",
+                "DEBT": "balances.points.debt",
+                "NEXT_TIER_IN": "tiers.main.to_next",
+                "EMAIL_OPTIN": "profile.consent.email",
+                "ALMOST_GOLD": "segments.almost-gold",
+            },
+        )
+    ]

@@ -50,6 +50,8 @@ class Snapshot:
     stages: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     # (program, segment) → the story's members in it now.
     segments: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # The demo's marketing list: alt id → the loyalty fields it holds.
+    contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def member(self, program: str, member_id: str) -> MemberView | None:
         """The member's view, None before the program saw the member."""
@@ -81,7 +83,9 @@ class Story:
     """Steps to play, members to show (program, member id), outcomes to check.
 
     ``webhook_port`` and ``webhook_secret_env``: where the demo's receiver listens and the
-    variable holding the secret it checks signatures with (None: no receiver).
+    variable holding the secret it checks signatures with (None: no receiver);
+    ``list_port``: where the demo's marketing list listens (None: no list), with the same
+    secret.
     """
 
     title: str
@@ -91,6 +95,7 @@ class Story:
     journeys_query: str
     webhook_port: int | None = None
     webhook_secret_env: str | None = None
+    list_port: int | None = None
     settle_note: str = ""
 
 

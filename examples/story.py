@@ -3,6 +3,9 @@
 Two brands side by side, as Salesforce Loyalty Management allows: ``coffee`` and ``tea``.
 
 coffee (SessionM, Zeta, a return):
+ 0. ana and ben join with their marketing list ids (``alt_id``): from now on the profile
+    stream keeps their loyalty fields in the demo's marketing list (Zeta's Loyalty
+    Profile Stream to Selligent), whatever changes them.
  1. ana signs in to the coffee shop's website: 10 points (earn rule, at most once a day).
  2. She signs in again the same day: nothing.
  3. A "day" later (5 seconds in the demo program) she signs in again: 20 points, silver.
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from examples.messaging import WEBHOOK_SECRET_ENV, webhook_port
+from examples.messaging import WEBHOOK_SECRET_ENV, list_port, webhook_port
 from examples.programs import DAY
 from examples.stories import Outcome, Snapshot, Step, Story
 
@@ -58,7 +61,13 @@ def story(run: int = 1) -> Story:
     def login(event_id: str) -> Event:
         return event("coffee", "activity", event_id, ana, name="web_login")
 
+    def joins(member: str) -> Event:
+        return event("coffee", "member_updated", f"join-{member}", member,
+                     profile={"alt_id": f"SEL-{member}", "consent": {"email": True}})  # fmt: skip
+
     steps = (
+        Step("coffee: ana and ben join, with their ids in the marketing list (profile stream)",
+             (joins(ana), joins(ben))),
         Step("coffee: ana signs in to the coffee shop's website, 10 points (SessionM)",
              (login("login-1"),)),
         Step("coffee: ana signs in again the same day, no points: once a day",
@@ -103,6 +112,7 @@ def story(run: int = 1) -> Story:
         journeys_query=JOURNEYS_QUERY,
         webhook_port=webhook_port(),
         webhook_secret_env=WEBHOOK_SECRET_ENV,
+        list_port=list_port(),
         settle_note="waiting for housekeeping and tier maintenance (every 5 s, a demo "
         "'day'): earned points mature, 7-day expiry reminders, ana's tier is reviewed; and "
         "for the weekly almost-gold run (every 35 s, a demo 'week')",
@@ -144,6 +154,21 @@ def outcomes(tag: str, ana: str, ben: str, dana: str, eli: str) -> tuple[Outcome
         mails = [r for r in s.received
                  if r.body.get("template") == "almost_gold" and not r.duplicate]  # fmt: skip
         return bool(mails) and all(m.body.get("member_id") == ben for m in mails)
+
+    def listed(s: Snapshot) -> bool:
+        """The marketing list holds what the members' state says, field for field."""
+        for member in (ana, ben):
+            view = s.member("coffee", member)
+            assert view is not None
+            points = view.balances["points"]
+            expected = {
+                "LOYALTY_TIER": view.tier, "POINTS": points.available, "DEBT": points.debt,
+                "NEXT_TIER_IN": view.tiers[0].points_to_next, "EMAIL_OPTIN": True,
+                "ALMOST_GOLD": member in s.segments.get(("coffee", "almost-gold"), set()),
+            }  # fmt: skip
+            if s.contacts.get(f"SEL-{member}") != expected:
+                return False
+        return True
 
     def reminders(s: Snapshot) -> bool:
         reminded = {m for p, m, t, _ in s.messages if p == "tea" and t == "bonus_expiring"}
@@ -187,4 +212,7 @@ def outcomes(tag: str, ana: str, ben: str, dana: str, eli: str) -> tuple[Outcome
         Outcome("tea: each Heyloyalty flow ran: " + ", ".join(sorted(heyloyalty)),
                 lambda s: _flows_ran(s, "tea", heyloyalty)),
         Outcome("every journey completed, none failed or still running", _journeys_done),
+        Outcome(f"coffee {ana} and {ben}: the marketing list holds their tier, points, debt, "
+                "points to the next tier, consent and almost-gold, as the ledger does now",
+                listed),
     )  # fmt: skip

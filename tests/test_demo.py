@@ -51,6 +51,7 @@ async def test_demo_exit_plays_the_story_and_every_outcome_happens(demo_home: Pa
         LOYALTY_DEV_UI_PORT=str(free_port()),
         LOYALTY_API_PORT=str(free_port()),
         LOYALTY_DEMO_WEBHOOK_PORT=str(free_port()),
+        LOYALTY_DEMO_LIST_PORT=str(free_port()),
         COLUMNS="200",
     )
     proc = await asyncio.create_subprocess_exec(
@@ -68,7 +69,7 @@ async def test_demo_exit_plays_the_story_and_every_outcome_happens(demo_home: Pa
     text = out.decode()
     lines = [line.strip() for line in text.splitlines()]
     assert proc.returncode == 0, text
-    assert "all 16 expected outcomes happened" in lines, text
+    assert "all 17 expected outcomes happened" in lines, text
     for outcome in OUTCOMES:
         assert f"✓ {outcome}" in lines, text
     assert "→ login-2 no_effect" in lines, text

@@ -32,6 +32,7 @@ from rich.live import Live
 from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from examples.marketing_list import MarketingList
 from examples.receiver import WebhookReceiver
 from examples.stories import Journey, Snapshot, Story, missing_outcomes
 from loyalty.errors import UnknownMember
@@ -70,11 +71,13 @@ class Observer:
         pool: asyncpg.Pool,
         client: Client,
         receiver: WebhookReceiver | None,
+        marketing: MarketingList | None = None,
     ) -> None:
         self.story = story
         self.pool = pool
         self.client = client
         self.receiver = receiver
+        self.marketing = marketing
         self._closed: dict[str, str] = {}  # workflow id → final status, never asked again
 
     async def snapshot(self) -> Snapshot:
@@ -82,6 +85,8 @@ class Observer:
         from loyalty.ledger.members import member_view
 
         snap = Snapshot(received=self.receiver.received() if self.receiver else [])
+        if self.marketing is not None:
+            snap.contacts = self.marketing.snapshot()
         programs = sorted({p for p, _ in self.story.members})
         members = [m for _, m in self.story.members]
         async with self.pool.acquire() as conn:
@@ -197,7 +202,23 @@ def render(story: Story, snap: Snapshot) -> Group:
         if not snap.received:
             inbox.add_row("-", "nothing yet", "-", "-", "-")
         parts.append(inbox)
+    if story.list_port is not None:
+        parts.append(_list_table(story, snap))
     return Group(*parts)
+
+
+def _list_table(story: Story, snap: Snapshot) -> Table:
+    """The demo's marketing list: a row per contact of the story's members."""
+    names = sorted({name for fields in snap.contacts.values() for name in fields})
+    table = Table(
+        "alt id", *names,
+        title=f"Marketing list on 127.0.0.1:{story.list_port}, kept by the profile stream",
+    )  # fmt: skip
+    for key, fields in sorted(snap.contacts.items()):
+        table.add_row(key, *("-" if fields.get(n) is None else str(fields[n]) for n in names))
+    if not snap.contacts:
+        table.add_row("nothing yet")
+    return table
 
 
 async def _first_unplayed(pool: asyncpg.Pool, story_for: Callable[[int], Story]) -> Story:
@@ -263,6 +284,7 @@ async def play(
     deadline = time.monotonic() + timeout
     pool = await create_pool(dsn, size=2)
     receiver: WebhookReceiver | None = None
+    marketing: MarketingList | None = None
     try:
         story = await _first_unplayed(pool, story_for)
         if story.webhook_port is not None and story.webhook_secret_env is not None:
@@ -275,7 +297,17 @@ async def play(
                     f"({exc}); set LOYALTY_DEMO_WEBHOOK_PORT to a free port[/]"
                 )
                 receiver = None
-        observer = Observer(story, pool, client, receiver)
+        if story.list_port is not None and story.webhook_secret_env is not None:
+            marketing = MarketingList(os.environ[story.webhook_secret_env], story.list_port)
+            try:
+                marketing.start()
+            except OSError as exc:
+                console.print(
+                    f"[yellow]marketing list: cannot listen on 127.0.0.1:{story.list_port} "
+                    f"({exc}); set LOYALTY_DEMO_LIST_PORT to a free port[/]"
+                )
+                marketing = None
+        observer = Observer(story, pool, client, receiver, marketing)
         link = journeys_link(ui_url, settings.temporal_namespace, story.journeys_query)
         console.rule(f"[bold]{story.title}")
         if link:
@@ -301,6 +333,8 @@ async def play(
     finally:
         if receiver is not None:
             receiver.stop()
+        if marketing is not None:
+            marketing.stop()
         await pool.close()
 
 
