@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import asyncpg
 import pytest
@@ -46,7 +47,15 @@ from loyalty.segments import (
     tier_in,
     tier_not_in,
 )
-from loyalty.segments.membership import install, list_segments, members, recompute, refresh
+from loyalty.segments import membership as segment_membership
+from loyalty.segments.membership import (
+    install,
+    list_segments,
+    member_ranges,
+    members,
+    recompute,
+    refresh,
+)
 from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Tier, TierScheme
 from loyalty.tiers.maintenance import run_maintenance
@@ -240,6 +249,62 @@ async def test_every_condition_against_worked_examples(
     found = await membership(conn)
     assert not any("bob" in found.get(s, []) for s in ("danes", "has-zip", "mailable"))
     assert "bob" in found["rich"]  # the ledger is kept
+
+
+async def test_a_recompute_read_in_member_id_ranges_finds_what_the_writers_kept(
+    database_url: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parallel read of a large program's recompute (one part per member id range),
+    forced on a small one: every member is found once, in its part."""
+    app = LoyaltyApp(programs=[SHOP], segments=EVERY_CONDITION, flows=LISTENING)
+    await prepare_database(database_url, app)
+    await install(conn, app)
+    for i in range(12):
+        member = f"m{i:02d}"
+        # 45 to 540 qualifying and available points: bronze, silver and gold, almost gold,
+        # rich; every other one in Aarhus, every third one without email.
+        profile_fields: dict[str, object] = {"city": "Aarhus" if i % 2 else "Odense"}
+        if i % 3 == 0:
+            profile_fields["consent"] = {"email": False}
+        await apply(
+            conn, buy(member, 45 * (i + 1)), update(member, **profile_fields),
+            deposit(member, i + 1, account="stars"),
+        )  # fmt: skip
+    kept = await membership(conn)
+    assert kept["rich"] == ["m11"]
+    assert kept["almost-gold"] == ["m08", "m09", "m10"]
+    await conn.execute("SET max_parallel_workers_per_gather = 2")
+    monkeypatch.setattr(segment_membership, "PARALLEL_MEMBERS", 0)
+    ranges = await member_ranges(conn, "shop")
+    assert len(ranges) > 2
+    assert (ranges[0][0], ranges[-1][1]) == (None, None)
+    assert all(a[1] == b[0] for a, b in pairwise(ranges))
+    # Everyone new, as at install: the parts find every member of every segment once.
+    await conn.execute("DELETE FROM segment_members WHERE program = 'shop'")
+    found = await recompute(conn, app, "shop", emit=False)
+    assert await membership(conn) == kept
+    assert [(r.segment, r.entered, r.left) for r in found] == [
+        (r.segment, len(kept.get(r.segment, [])), 0) for r in found
+    ]
+    # A change no marking trigger saw (as time changes a window): m11 moved to Berlin; the
+    # refresh finds the departures, derives their events, and leaves the planner's
+    # settings as they were.
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            """UPDATE members SET profile = profile || '{"city": "Berlin"}'
+               WHERE program = 'shop' AND member_id = 'm11'"""
+        )
+    async with conn.transaction():
+        found = await recompute(conn, app, "shop", emit=True)
+        assert await conn.fetchval("SHOW enable_hashjoin") == "on"
+    moved = {r.segment: (r.entered, r.left) for r in found if (r.entered, r.left) != (0, 0)}
+    assert moved == {"aarhus": (0, 1), "danes": (0, 1), "mailable-danes": (0, 1)}
+    assert [c[0] for c in await changes(conn)][-3:] == [  # in the segments' order
+        "segment_left:aarhus:1:m11",
+        "segment_left:danes:1:m11",
+        "segment_left:mailable-danes:1:m11",
+    ]
 
 
 async def test_entering_leaving_and_entering_again_derive_numbered_events(

@@ -109,6 +109,19 @@ def _path(path: str, what: str) -> list[str]:
     return parts
 
 
+# A range of member ids, from the first (included) to the second (excluded); None: open.
+MemberRange = tuple[str | None, str | None]
+
+
+def in_range(column: str, within: MemberRange) -> str:
+    """`` AND column >= low AND column < high`` for the bounds ``within`` has ('' for
+    none): ranges split at the same bounds cover every member id exactly once."""
+    low, high = within
+    return (f" AND {column} >= {literal(low)}" if low is not None else "") + (
+        f" AND {column} < {literal(high)}" if high is not None else ""
+    )
+
+
 @dataclass
 class Query:
     """What a segment's SQL reads: joins on the ``members`` row ``m``, made once each.
@@ -120,10 +133,14 @@ class Query:
     ``inline``: the program's segments by name, when they are evaluated together in one
     statement (`compile_all`): ``in_segment(x)`` is then ``x``'s own condition, the
     membership this very evaluation gives, instead of a read of ``segment_members``.
+
+    ``within``: a range of member ids (`MemberRange`) every source is limited to, so that
+    a full recompute can be split into parts PostgreSQL reads in parallel.
     """
 
     program: _Program
     only: str | None = None
+    within: MemberRange = (None, None)
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Whether the SQL reads now(): the passing of time alone can change the result.
     timed: bool = False
@@ -142,7 +159,9 @@ class Query:
         PostgreSQL can only run as a parameterized index scan per member, whatever its
         statistics say of the rows (a new program has none)."""
         if self.only is None:
-            return f"LEFT JOIN {table} AS {alias} ON {on}"
+            return f"LEFT JOIN {table} AS {alias} ON {on}" + in_range(
+                f"{alias}.member_id", self.within
+            )
         return (
             f"LEFT JOIN LATERAL (SELECT * FROM {table} AS {alias} WHERE {on} LIMIT 1) "
             f"AS {alias} ON true"
@@ -385,6 +404,7 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
             f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_points "
             f"WHERE program = {program} AND currency = {literal(currency)} "
             f"AND earned_at > now() - {_interval(scheme.window)} AND earned_at <= now()"
+            f"{in_range('member_id', q.within)}"
         )
     else:
         year = (
@@ -395,6 +415,7 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
         source = (
             f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_totals "
             f"WHERE program = {program} AND currency = {literal(currency)}{year}"
+            f"{in_range('member_id', q.within)}"
         )
     alias = q.join(
         f"qualifying:{scheme.name}",
@@ -765,10 +786,11 @@ class Segment:
         """The condition as code, for listings."""
         return str(self.where)
 
-    def compile(self, program: _Program) -> Compiled:
+    def compile(self, program: _Program, within: MemberRange = (None, None)) -> Compiled:
         """The condition's SQL over every member of ``program`` (a full recompute; the
-        evaluation of given members is `compile_all`'s)."""
-        q = Query(program)
+        evaluation of given members is `compile_all`'s), or over those whose ids are
+        ``within`` a range (every source read limited to it)."""
+        q = Query(program, within=within)
         condition = self.where.sql(q)
         return Compiled(q.from_clause(), condition, q.timed)
 
