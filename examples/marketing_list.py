@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,8 +68,9 @@ class MarketingList:
         self.refused = 0
         self.duplicates = 0
         self.errors: list[str] = []
-        # The bodies applied, in order.
+        # The bodies applied, in order, and when (unix seconds).
         self.bodies: list[dict[str, Any]] = []
+        self.applied_at: list[float] = []
         # Cleared, requests wait at it before being read (a test holds a batch in flight).
         self.gate = threading.Event()
         self.gate.set()
@@ -112,6 +114,7 @@ class MarketingList:
                 return 200, b'{"duplicate":true}'
             self.keys[key] = records
             self.bodies.append(dict(body))
+            self.applied_at.append(time.time())
             batch = int(body["batch"])  # type: ignore[call-overload]
             rejected = []
             for item in body.get("deletes") or []:  # type: ignore[attr-defined]

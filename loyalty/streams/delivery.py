@@ -43,7 +43,7 @@ from loyalty.messages.providers import (
     sign,
 )
 from loyalty.store.db import Conn
-from loyalty.streams.records import Delivered, Item, plan, read_records
+from loyalty.streams.records import Delivered, Item, Mark, plan, read_records
 from loyalty.streams.spec import ProfileStream
 from loyalty.tiers.schemes import TierScheme
 
@@ -130,16 +130,16 @@ async def build(
     the batch to send; marks of members with nothing to send are settled at once."""
     async with conn.transaction():
         marks = await conn.fetch(
-            """SELECT program, member_id, version, full_record FROM stream_marks
+            """SELECT program, member_id, version, full_record, ctid FROM stream_marks
                WHERE stream = $1 ORDER BY marked_at, program, member_id LIMIT $2""",
             stream.name, limit,
         )  # fmt: skip
         if not marks:
             return Built(None, 0, 0)
-        by_program: dict[str, dict[str, tuple[int, bool]]] = {}
+        by_program: dict[str, dict[str, Mark]] = {}
         for m in marks:
             by_program.setdefault(m["program"], {})[m["member_id"]] = (
-                m["version"], m["full_record"],
+                m["version"], m["full_record"], m["ctid"],
             )  # fmt: skip
         items: list[Item] = []
         for program, marked in sorted(by_program.items()):
@@ -160,7 +160,7 @@ async def build(
             items += plan(stream, program, marked, current, delivered)
         sending = {(i.program, i.member_id) for i in items}
         quiet = [
-            (m["program"], m["member_id"], m["version"])
+            (m["program"], m["member_id"], m["version"], m["ctid"])
             for m in marks
             if (m["program"], m["member_id"]) not in sending
         ]
@@ -181,16 +181,24 @@ async def build(
         return Built(Batch(stream.name, number, key, items, 0), len(marks), len(quiet))
 
 
-async def _settle(conn: Conn, stream: str, marks: Sequence[tuple[str, str, int]]) -> None:
-    """Delete the marks still at the version read; a newer change keeps its mark."""
+async def _settle(
+    conn: Conn, stream: str, marks: Sequence[tuple[str, str, int, tuple[int, int]]]
+) -> None:
+    """Delete the marks still at the version read; a newer change keeps its mark.
+
+    The rows are found by their ``ctid`` (a TID scan): the marks table grows and shrinks
+    faster than the planner's statistics follow, and a join planned for an empty table
+    scanned it once per member.
+    """
     if not marks:
         return
     await conn.execute(
         """DELETE FROM stream_marks AS k
-           USING unnest($2::text[], $3::text[], $4::bigint[]) AS d(program, member_id, version)
-           WHERE k.stream = $1 AND k.program = d.program AND k.member_id = d.member_id
-             AND k.version = d.version""",
+           WHERE k.ctid = ANY($2::tid[]) AND k.stream = $1
+             AND (k.program, k.member_id, k.version) IN (
+                 SELECT * FROM unnest($3::text[], $4::text[], $5::bigint[]))""",
         stream,
+        [tuple(m[3]) for m in marks],
         [m[0] for m in marks],
         [m[1] for m in marks],
         [m[2] for m in marks],
@@ -306,8 +314,10 @@ async def acknowledge(conn: Conn, batch: Batch, answer: Answer) -> Acknowledged:
                 [r for _, r in refused],
                 batch.batch,
             )
-        members = {(i.program, i.member_id): i.version for i in batch.items}
-        await _settle(conn, batch.stream, [(p, m, v) for (p, m), v in sorted(members.items())])
+        members = {(i.program, i.member_id): (i.version, i.mark) for i in batch.items}
+        await _settle(
+            conn, batch.stream, [(p, m, v, t) for (p, m), (v, t) in sorted(members.items())]
+        )
         await conn.execute("DELETE FROM stream_batches WHERE stream = $1", batch.stream)
         await conn.execute(
             """UPDATE streams

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loyalty.store.db import Conn
 from loyalty.streams.spec import ProfileStream, Source, parse_source
-from loyalty.tiers.promotion import measure_sql
+from loyalty.tiers.promotion import WINDOW_START
 from loyalty.tiers.schemes import TierScheme
 
 _MISSING = object()
@@ -36,6 +36,10 @@ class Current:
 
     key: str | None
     fields: dict[str, Any] | None
+
+
+# A member's mark as read: (version, send every field, its row's ctid).
+Mark = tuple[int, bool, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ class Item(BaseModel):
     """One record of a batch, as stored in ``stream_batches`` until it is answered.
 
     ``send`` is what goes out (the fields of an upsert), ``record`` what the destination
-    holds once it is delivered (None after a delete), ``version`` the member's mark read.
+    holds once it is delivered (None after a delete), ``version`` and ``mark`` the
+    version and the row (``ctid``) of the member's mark as read: a change since then
+    rewrites the row, so the mark is deleted only if both still hold.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +64,7 @@ class Item(BaseModel):
     program: str
     member_id: str
     version: int
+    mark: tuple[int, int]
     op: str  # upsert | delete
     key: str
     send: dict[str, Any] | None = None
@@ -110,10 +117,12 @@ async def read_records(
     tiers = await _tiers(conn, program, schemes, ids, sources.values())
     segments: dict[str, set[str]] = {}
     if "segments" in kinds:
+        names = sorted({s.parts[0] for s in sources.values() if s.kind == "segments"})
         for r in await conn.fetch(
             """SELECT member_id, segment FROM segment_members
-               WHERE program = $1 AND member_id = ANY($2::text[]) AND in_segment""",
-            program, ids,
+               WHERE program = $1 AND segment = ANY($3::text[]) AND member_id = ANY($2::text[])
+                 AND in_segment""",
+            program, ids, names,
         ):  # fmt: skip
             segments.setdefault(r["member_id"], set()).add(r["segment"])
     key_source = parse_source(stream.key)
@@ -174,15 +183,17 @@ async def _tiers(
         measures: dict[str, int] = {}
         if parts & {"qualifying", "to_next"}:
             kind, length = scheme.window_sql_args()
-            measure = measure_sql(
-                program="$1", member="i.member_id", currency="$3", at="now()",
-                kind="$4", length="$5",
-            )  # fmt: skip
+            # One aggregate over the members' rows, not a subquery per member: planned on
+            # statistics older than a fast-growing table, the latter scanned it per member.
+            start = WINDOW_START.format(at="now()", kind="$4", length="$5")
             measures = {
                 r["member_id"]: r["measure"]
                 for r in await conn.fetch(
-                    f"""SELECT i.member_id, {measure} AS measure
-                        FROM unnest($2::text[]) AS i(member_id)""",
+                    f"""SELECT q.member_id, sum(q.points)::bigint AS measure
+                        FROM qualifying_points AS q
+                        WHERE q.program = $1 AND q.member_id = ANY($2::text[])
+                          AND q.currency = $3 AND q.earned_at <= now() AND q.earned_at > {start}
+                        GROUP BY q.member_id""",
                     program, ids, scheme.currency or "points", kind, length,
                 )
             }  # fmt: skip
@@ -234,24 +245,24 @@ def _value(
 def plan(
     stream: ProfileStream,
     program: str,
-    marks: Mapping[str, tuple[int, bool]],
+    marks: Mapping[str, Mark],
     current: Mapping[str, Current],
     delivered: Mapping[str, Delivered],
 ) -> list[Item]:
-    """The items to send for the marked members (``marks``: member → (version, full))."""
+    """The items to send for the marked members."""
     items: list[Item] = []
-    for member_id, (version, full) in marks.items():
+    for member_id, (version, full, mark) in marks.items():
         now = current.get(member_id)
         last = delivered.get(member_id)
         if now is None or now.fields is None or now.key is None:
             if last is not None and stream.deletes:
                 items.append(Item(program=program, member_id=member_id, version=version,
-                                  op="delete", key=last.key))  # fmt: skip
+                                  mark=mark, op="delete", key=last.key))  # fmt: skip
             continue
         if last is not None and last.key != now.key:
             if stream.deletes:
                 items.append(Item(program=program, member_id=member_id, version=version,
-                                  op="delete", key=last.key))  # fmt: skip
+                                  mark=mark, op="delete", key=last.key))  # fmt: skip
             last = None
         if last is None or full:
             send = dict(now.fields)
@@ -263,7 +274,7 @@ def plan(
             }
         if send:
             items.append(
-                Item(program=program, member_id=member_id, version=version, op="upsert",
-                     key=now.key, send=send, record=now.fields)
+                Item(program=program, member_id=member_id, version=version, mark=mark,
+                     op="upsert", key=now.key, send=send, record=now.fields)
             )  # fmt: skip
     return items
