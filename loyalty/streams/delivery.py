@@ -34,6 +34,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter
+
 from loyalty.errors import ConfigurationError
 from loyalty.messages.providers import (
     IDEMPOTENCY_HEADER,
@@ -48,6 +50,7 @@ from loyalty.streams.spec import ProfileStream
 from loyalty.tiers.schemes import TierScheme
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+ITEMS = TypeAdapter(list[Item])
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ async def pending(conn: Conn, stream: str) -> Batch | None:
         stream=stream,
         batch=row["batch"],
         idempotency_key=row["idempotency_key"],
-        items=[Item.model_validate(i) for i in row["items"]],
+        items=ITEMS.validate_python(row["items"]),
         attempts=row["attempts"],
     )
 
@@ -176,7 +179,7 @@ async def build(
         await conn.execute(
             """INSERT INTO stream_batches (stream, batch, idempotency_key, items)
                VALUES ($1, $2, $3, $4)""",
-            stream.name, number, key, [i.model_dump(mode="json") for i in items],
+            stream.name, number, key, ITEMS.dump_python(items, mode="json"),
         )  # fmt: skip
         return Built(Batch(stream.name, number, key, items, 0), len(marks), len(quiet))
 
