@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/maintenance.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/segments.py
+	$(BIN)/python bench/streams.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,8 @@ class MarketingList:
         self.requests = 0
         self.refused = 0
         self.duplicates = 0
+        # Upserts that changed nothing the contact held: records sent again needlessly.
+        self.redundant = 0
         self.errors: list[str] = []
         # The bodies applied, in order, and when (unix seconds).
         self.bodies: list[dict[str, Any]] = []
@@ -127,6 +129,8 @@ class MarketingList:
                     rejected.append({"key": item["key"], "reason": reason})
                     continue
                 contact = self.contacts.setdefault(item["key"], Contact())
+                if all(contact.fields.get(k, contact) == v for k, v in item["fields"].items()):
+                    self.redundant += 1
                 contact.fields.update(item["fields"])
                 contact.batches.append(batch)
         if rejected:

@@ -282,6 +282,8 @@ async def test_a_random_load_converges_through_refusals_and_a_restart(
     assert h.failures > 0
     assert h.list.refused > 0
     assert h.list.errors == []  # a key was never sent again with other records
+    assert h.list.duplicates == 0  # a refused or unreachable request applied nothing
+    assert h.list.redundant == 0  # nor was a record sent again under another key
     for key, contact in h.list.contacts.items():
         assert contact.batches == sorted(contact.batches), key  # in order per contact
     assert status.rejected == 0
