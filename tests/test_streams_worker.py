@@ -153,9 +153,13 @@ async def test_streams_on_the_command_line_and_over_http(
             resync = (await http.post("/v1/streams/crm/resync")).json()
             assert resync == {"stream": "crm", "marked": 5}
         await settled(conn)
+        # From the command line it follows the delivery to the end.
+        resynced = await loyalty(env, "streams", "resync", "crm")
+        assert resynced.code == 0, resynced.err
+        assert "stream crm: 5 members sent" in resynced.out
         status_run = await loyalty(env, "streams", "status", "crm", "--json")
         status = json.loads(status_run.out)
-        assert (status["upserts"], status["batches"], status["pending"]) == (11, 3, 0)
+        assert (status["upserts"], status["batches"], status["pending"]) == (16, 4, 0)
         unknown = await loyalty(env, "streams", "status", "nope")
         assert unknown.code == 2
         assert unknown.err.strip().endswith("no stream 'nope'; streams: crm")
