@@ -8,9 +8,10 @@ batches of 1,000) and the marketing list of `examples.marketing_list` in this pr
 0. Seed (not timed against a goal): --members members join with an alt id and an e-mail
    consent (``member_updated``), through the router; the stream's initial load of every
    record is timed and shown (records/s).
-1. Convergence: --changes events of the mixed load of `bench.workloads` (deposits,
-   withdrawals, purchases with and without points, logins) over those members, emitted
-   at once, twice:
+1. Convergence: --changes events over those members, each meant to change a mapped
+   value (purchases, deposits of available and earned points, small withdrawals, e-mail
+   consent switched), emitted at once, twice; the changes counted are the events that
+   changed the member (not refused, not without effect):
    a. live: the stream enabled while the router applies them; from the first emit to
       the list converged (nothing marked, nothing in flight), and the router's own time;
    b. catch-up: the stream disabled while the router applies another --changes events,
@@ -42,6 +43,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.streams_ap
 from bench.emit import DevServer, console, machine
 from bench.ingest_loads import EMIT_CHUNK, wait_settled
 from bench.streams_app import FIELDS
-from bench.workloads import mixed
 from examples.marketing_list import MarketingList
-from loyalty.events import AnyEvent, MemberUpdated, PointsDeposit, Purchase
+from loyalty.events import AnyEvent, MemberUpdated, PointsDeposit, PointsWithdrawal, Purchase
 from loyalty.ledger.members import member_view
 from loyalty.messages.providers import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
 from loyalty.store.db import Conn, Database, connect
@@ -99,15 +100,43 @@ def joins(prefix: str, n: int) -> list[AnyEvent]:
     ]  # fmt: skip
 
 
-def changes(tag: str, n: int, members: int) -> list[AnyEvent]:
-    """The mixed load over members ``cm0``…, with event and order ids of pass ``tag``."""
+def changes(tag: str, n: int, members: int, flip: bool) -> list[AnyEvent]:
+    """``n`` events over members ``cm0``…, each meant to change what the stream maps:
+    purchases (45%), deposits of available and earned points (35%), small withdrawals
+    (10%; refused while the member has nothing yet) and e-mail consent switched to
+    ``flip`` of what the member joined with (10%). Event and order ids of pass ``tag``."""
     found: list[AnyEvent] = []
-    for event in mixed("c", n, members, PROGRAM):
-        update: dict[str, Any] = {"event_id": f"{tag}{event.event_id}"}
-        if isinstance(event, Purchase):
-            update["order_id"] = f"{tag}{event.order_id}"
-        found.append(event.model_copy(update=update))
+    for i in range(n):
+        m = i % members
+        common: dict[str, Any] = {
+            "event_id": f"{tag}-{i}", "member_id": f"cm{m}", "program": PROGRAM
+        }  # fmt: skip
+        roll = (i * 7 + i // members * 3) % 20
+        if roll < 9:
+            found.append(Purchase(**common, order_id=f"{tag}o{i}", amount=Decimal(10 + i % 90),
+                                  currency="EUR"))  # fmt: skip
+        elif roll < 16:
+            kind = "earned" if roll >= 14 else "available"
+            found.append(PointsDeposit(**common, points=20 + i % 80, kind=kind, reason="bonus"))
+        elif roll < 18:
+            found.append(PointsWithdrawal(**common, points=1 + i % 5, kind="available",
+                                          reason="reward"))  # fmt: skip
+        else:
+            joined = m % 3 != 0
+            found.append(MemberUpdated(**common, profile={"consent": {"email": joined ^ flip}}))
     return found
+
+
+async def applied(conn: Conn, tag: str) -> int:
+    """Events of pass ``tag`` that changed the member (not refused, not without effect)."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM events WHERE program = $1 AND event_id LIKE $2
+                 AND status = 'processed' AND outcome IS DISTINCT FROM 'no_effect'""",
+            PROGRAM,
+            f"{tag}-%",
+        )
+    )
 
 
 @dataclass
@@ -131,7 +160,7 @@ async def emit_all(client: LoyaltyClient, events: Iterable[AnyEvent]) -> None:
 async def convergence(
     client: LoyaltyClient, conn: Conn, args: argparse.Namespace
 ) -> tuple[Pass, Pass]:
-    live = changes("a", args.changes, args.members)
+    live = changes("a", args.changes, args.members, flip=True)
     requests0, records0 = await counts(conn)
     with console.status(f"live: {args.changes:,} changes, the stream enabled"):
         started = time.monotonic()
@@ -141,9 +170,10 @@ async def convergence(
         await drained(conn, args.timeout)
         seconds = time.monotonic() - started
     requests1, records1 = await counts(conn)
-    a = Pass("a. live", args.changes, seconds, router, requests1 - requests0, records1 - records0)
+    a = Pass("a. live", await applied(conn, "a"), seconds, router, requests1 - requests0,
+             records1 - records0)  # fmt: skip
 
-    later = changes("b", args.changes, args.members)
+    later = changes("b", args.changes, args.members, flip=False)
     await capture.set_enabled(conn, STREAM, False)
     with console.status(f"catch-up: {args.changes:,} changes, the stream disabled"):
         started = time.monotonic()
@@ -156,9 +186,8 @@ async def convergence(
         await drained(conn, args.timeout)
         seconds = time.monotonic() - started
     requests2, records2 = await counts(conn)
-    b = Pass(
-        "b. catch-up", args.changes, seconds, router, requests2 - requests1, records2 - records1
-    )
+    b = Pass("b. catch-up", await applied(conn, "b"), seconds, router, requests2 - requests1,
+             records2 - records1)  # fmt: skip
     return a, b
 
 
@@ -291,11 +320,11 @@ def report(seed: tuple[int, float], a: Pass, b: Pass, base: float, lag: Lag,
                   f"({members / initial:,.0f}/s, router included)", "", "", "")  # fmt: skip
     for p in (a, b):
         table.add_row(
-            f"{p.name}: {p.changes:,} changes",
+            f"{p.name}: {args.changes:,} events, {p.changes:,} changes",
             f"converged in {p.seconds:.1f} s: {p.rate:,.0f} changes/s (router alone "
             f"{p.router_seconds:.1f} s); {p.records:,} records in {p.requests:,} requests",
-            f"{args.changes / base_rate:.0f} s projected ({base_rate:,.0f} changes/s over "
-            f"{args.sample:,}); {args.changes:,} requests",
+            f"{p.changes / base_rate:.0f} s projected ({base_rate:,.0f} changes/s over "
+            f"{args.sample:,}); {p.changes:,} requests",
             f"{p.rate / base_rate:.1f}x faster, {p.changes / max(1, p.requests):,.0f}x fewer "
             "requests",
             "" if p is a else f"≥ 10,000 changes/s: {met(p.rate >= 10_000)}; ≥ 20x fewer "
