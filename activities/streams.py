@@ -3,9 +3,12 @@
 One run holds the stream's advisory lock on its connection (so an attempt still running
 after its heartbeat timed out cannot send beside its retry), sends the batch in flight
 if there is one, else builds the next from the marks (`loyalty.streams.delivery`), and
-polls for marks when there are none. A failed request is counted in ``streams`` (the
-reason shown by `loyalty streams status`) and raised: Temporal retries the run with
-back-off, and the retry sends the same batch under the same idempotency key.
+polls for marks when there are none. While a batch is sent and its answer recorded, a
+second connection reads and diffs the next one (other members), which is stored once
+the first is answered: still one batch in flight, its reading hidden behind the send.
+A failed request is counted in ``streams`` (the reason shown by `loyalty streams
+status`) and raised: Temporal retries the run with back-off, and the retry sends the
+same batch under the same idempotency key.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from loyalty.streams.delivery import (
     acknowledge,
     build,
     pending,
+    prepare,
     read_answer,
     record_failure,
+    store,
 )
 from loyalty.streams.spec import ProfileStream
 
@@ -97,7 +102,7 @@ class StreamActivities:
         schemes = {p: self.app.programs[p].tier_schemes for p in stream.programs}
         totals = {"batches": 0, "upserts": 0, "deletes": 0, "rejected": 0, "unchanged": 0}
         deadline = time.monotonic() + run.seconds
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, self.pool.acquire() as reader:
             locked = await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))", _LOCK_SPACE, stream.name
             )
@@ -108,22 +113,38 @@ class StreamActivities:
             try:
                 async with _heartbeating(totals):
                     enabled = True
+                    size = stream.destination.batch_size
+                    batch: Batch | None = None
                     while time.monotonic() < deadline:
                         enabled = await self._enabled(conn, stream.name)
                         if not enabled:
+                            batch = None
                             await asyncio.sleep(POLL_SECONDS)
                             continue
-                        batch = await pending(conn, stream.name)
                         if batch is None:
-                            built = await build(
-                                conn, stream, schemes, stream.destination.batch_size
-                            )
+                            batch = await pending(conn, stream.name)
+                        if batch is None:
+                            built = await build(conn, stream, schemes, size)
                             totals["unchanged"] += built.unchanged
                             batch = built.batch
                         if batch is None:
                             await asyncio.sleep(POLL_SECONDS)
                             continue
-                        await self._send(conn, stream, batch, totals)
+                        # The next batch is read beside the one in flight (other members);
+                        # it is stored once this one is answered.
+                        ahead = asyncio.create_task(
+                            prepare(reader, stream, schemes, size, batch.items)
+                        )
+                        try:
+                            await self._send(conn, stream, batch, totals)
+                        except BaseException:
+                            ahead.cancel()
+                            with contextlib.suppress(BaseException):
+                                await ahead
+                            raise
+                        built = await store(conn, stream.name, await ahead)
+                        totals["unchanged"] += built.unchanged
+                        batch = built.batch
                     left, lag = await _backlog(conn, stream.name)
             finally:
                 with contextlib.suppress(Exception):

@@ -123,65 +123,99 @@ class Built:
     unchanged: int
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The next batch's items, read and diffed but not stored yet, and the marks of the
+    members read that have nothing to send (settled when it is stored)."""
+
+    items: list[Item]
+    quiet: list[tuple[str, str, int, tuple[int, int]]]
+    read: int
+
+
+async def prepare(
+    conn: Conn,
+    stream: ProfileStream,
+    schemes: Mapping[str, tuple[TierScheme, ...]],
+    limit: int,
+    busy: Sequence[Item] = (),
+) -> Prepared:
+    """Read up to ``limit`` marked members (oldest first), except those of ``busy`` (the
+    batch in flight), and map and diff them.
+
+    Safe beside the batch in flight: its members are not read, and a mark that changes
+    before `store` keeps its row (its version and ``ctid`` no longer match).
+    """
+    marks = await conn.fetch(
+        """SELECT program, member_id, version, full_record, ctid FROM stream_marks AS k
+           WHERE stream = $1 AND NOT EXISTS (
+               SELECT FROM unnest($3::text[], $4::text[]) AS b(program, member_id)
+               WHERE b.program = k.program AND b.member_id = k.member_id)
+           ORDER BY marked_at, program, member_id LIMIT $2""",
+        stream.name, limit, [i.program for i in busy], [i.member_id for i in busy],
+    )  # fmt: skip
+    by_program: dict[str, dict[str, Mark]] = {}
+    for m in marks:
+        by_program.setdefault(m["program"], {})[m["member_id"]] = (
+            m["version"], m["full_record"], m["ctid"],
+        )  # fmt: skip
+    items: list[Item] = []
+    for program, marked in sorted(by_program.items()):
+        ids = sorted(marked)
+        if program not in schemes:
+            # A program the stream no longer covers: nothing to send for it.
+            current = {}
+        else:
+            current = await read_records(conn, stream, program, schemes[program], ids)
+        delivered = {
+            r["member_id"]: Delivered(key=r["key"], fields=r["fields"])
+            for r in await conn.fetch(
+                """SELECT member_id, key, fields FROM stream_records
+                   WHERE stream = $1 AND program = $2 AND member_id = ANY($3::text[])""",
+                stream.name, program, ids,
+            )
+        }  # fmt: skip
+        items += plan(stream, program, marked, current, delivered)
+    sending = {(i.program, i.member_id) for i in items}
+    quiet = [
+        (m["program"], m["member_id"], m["version"], m["ctid"])
+        for m in marks
+        if (m["program"], m["member_id"]) not in sending
+    ]
+    return Prepared(items, quiet, len(marks))
+
+
+async def store(conn: Conn, stream: str, prepared: Prepared) -> Built:
+    """Settle the quiet marks and store the prepared items as the batch to send."""
+    items = prepared.items
+    async with conn.transaction():
+        await _settle(conn, stream, prepared.quiet)
+        if not items:
+            return Built(None, prepared.read, len(prepared.quiet))
+        number = await conn.fetchval(
+            """UPDATE streams SET next_batch = next_batch + 1 WHERE name = $1
+               RETURNING next_batch - 1""",
+            stream,
+        )
+        key = idempotency_key(stream, number)
+        await conn.execute(
+            """INSERT INTO stream_batches (stream, batch, idempotency_key, items)
+               VALUES ($1, $2, $3, $4)""",
+            stream, number, key, ITEMS.dump_python(items, mode="json"),
+        )  # fmt: skip
+    return Built(Batch(stream, number, key, items, 0), prepared.read, len(prepared.quiet))
+
+
 async def build(
     conn: Conn,
     stream: ProfileStream,
     schemes: Mapping[str, tuple[TierScheme, ...]],
     limit: int,
 ) -> Built:
-    """Read up to ``limit`` marked members (oldest first), map and diff them, and store
-    the batch to send; marks of members with nothing to send are settled at once."""
+    """`prepare` then `store`, in one transaction: the next batch when none is in flight."""
     async with conn.transaction():
-        marks = await conn.fetch(
-            """SELECT program, member_id, version, full_record, ctid FROM stream_marks
-               WHERE stream = $1 ORDER BY marked_at, program, member_id LIMIT $2""",
-            stream.name, limit,
-        )  # fmt: skip
-        if not marks:
-            return Built(None, 0, 0)
-        by_program: dict[str, dict[str, Mark]] = {}
-        for m in marks:
-            by_program.setdefault(m["program"], {})[m["member_id"]] = (
-                m["version"], m["full_record"], m["ctid"],
-            )  # fmt: skip
-        items: list[Item] = []
-        for program, marked in sorted(by_program.items()):
-            ids = sorted(marked)
-            if program not in schemes:
-                # A program the stream no longer covers: nothing to send for it.
-                current = {}
-            else:
-                current = await read_records(conn, stream, program, schemes[program], ids)
-            delivered = {
-                r["member_id"]: Delivered(key=r["key"], fields=r["fields"])
-                for r in await conn.fetch(
-                    """SELECT member_id, key, fields FROM stream_records
-                       WHERE stream = $1 AND program = $2 AND member_id = ANY($3::text[])""",
-                    stream.name, program, ids,
-                )
-            }  # fmt: skip
-            items += plan(stream, program, marked, current, delivered)
-        sending = {(i.program, i.member_id) for i in items}
-        quiet = [
-            (m["program"], m["member_id"], m["version"], m["ctid"])
-            for m in marks
-            if (m["program"], m["member_id"]) not in sending
-        ]
-        await _settle(conn, stream.name, quiet)
-        if not items:
-            return Built(None, len(marks), len(quiet))
-        number = await conn.fetchval(
-            """UPDATE streams SET next_batch = next_batch + 1 WHERE name = $1
-               RETURNING next_batch - 1""",
-            stream.name,
-        )
-        key = idempotency_key(stream.name, number)
-        await conn.execute(
-            """INSERT INTO stream_batches (stream, batch, idempotency_key, items)
-               VALUES ($1, $2, $3, $4)""",
-            stream.name, number, key, ITEMS.dump_python(items, mode="json"),
-        )  # fmt: skip
-        return Built(Batch(stream.name, number, key, items, 0), len(marks), len(quiet))
+        prepared = await prepare(conn, stream, schemes, limit)
+        return await store(conn, stream.name, prepared)
 
 
 async def _settle(
