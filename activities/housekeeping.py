@@ -9,14 +9,14 @@ after the last committed chunk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import heartbeating
 from loyalty.app import LoyaltyApp, Program
 from loyalty.ledger.housekeeping import (
     expire_step,
@@ -33,24 +33,6 @@ from loyalty.store.db import Conn
 
 # How often a step that is one long statement (maturing, expiry) heartbeats meanwhile.
 HEARTBEAT_EVERY = 10.0
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating(details: HousekeepingProgress) -> AsyncIterator[None]:
-    """Heartbeat ``details`` now and every `HEARTBEAT_EVERY` seconds until the block ends."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(details.model_dump(mode="json"))
-            await asyncio.sleep(HEARTBEAT_EVERY)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class HousekeepingActivities:
@@ -100,7 +82,7 @@ class HousekeepingActivities:
         program = self._program(work.program)
         async with self.pool.acquire() as conn:
             run = await start_run(conn, program.name, work.as_of)
-            async with _heartbeating(run):
+            async with heartbeating(lambda: run.model_dump(mode="json"), HEARTBEAT_EVERY):
                 return await step(conn, program, run)
 
     @activity.defn(name="next_housekeeping_at")

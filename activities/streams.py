@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import heartbeating
 from loyalty.app import LoyaltyApp
 from loyalty.messages.providers import Secrets
 from loyalty.models import StreamRunInput, StreamRunResult, StreamTotals
@@ -43,24 +43,6 @@ from loyalty.streams.spec import ProfileStream
 POLL_SECONDS = 0.2
 HEARTBEAT_EVERY = 2.0
 _LOCK_SPACE = 0x53545245  # "STRE": the advisory lock's first key; the second is the name's hash
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating(totals: dict[str, int]) -> AsyncIterator[None]:
-    """Heartbeat the counts so far every `HEARTBEAT_EVERY` seconds until the block ends."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(dict(totals))
-            await asyncio.sleep(HEARTBEAT_EVERY)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class StreamActivities:
@@ -111,7 +93,7 @@ class StreamActivities:
                     f"stream {stream.name}: an earlier attempt still holds it", type="StreamBusy"
                 )
             try:
-                async with _heartbeating(totals):
+                async with heartbeating(lambda: dict(totals), HEARTBEAT_EVERY):
                     enabled = True
                     size = stream.destination.batch_size
                     batch: Batch | None = None

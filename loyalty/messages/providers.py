@@ -77,10 +77,16 @@ class WebhookProvider(BaseModel):
     @field_validator("headers")
     @classmethod
     def _no_reserved(cls, headers: dict[str, str]) -> dict[str, str]:
-        taken = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
-        if taken:
-            raise ValueError(f"headers set by the engine cannot be overridden: {', '.join(taken)}")
-        return headers
+        return unreserved_headers(headers)
+
+
+def unreserved_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` if none of them is one the engine sets on a signed request (a
+    webhook message's or a profile stream's); `ValueError` naming those that are."""
+    taken = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
+    if taken:
+        raise ValueError(f"headers set by the engine cannot be overridden: {', '.join(taken)}")
+    return headers
 
 
 Provider = Annotated[LogProvider | WebhookProvider, Field(discriminator="kind")]

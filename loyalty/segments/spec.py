@@ -43,8 +43,8 @@ MAX_NAME = 64
 BalanceKind = Literal["available", "earned", "debt"]
 
 
-class _Program(Protocol):
-    """What compiling needs of a `loyalty.app.Program`."""
+class ProgramShape(Protocol):
+    """What compiling a segment (or checking a stream) needs of a `loyalty.app.Program`."""
 
     @property
     def name(self) -> str: ...
@@ -138,7 +138,7 @@ class Query:
     a full recompute can be split into parts PostgreSQL reads in parallel.
     """
 
-    program: _Program
+    program: ProgramShape
     only: str | None = None
     within: MemberRange = (None, None)
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -179,7 +179,7 @@ class Query:
         return name or self.program.currencies[0]
 
 
-def _schemes_problem(program: _Program, scheme: str | None) -> list[str]:
+def _schemes_problem(program: ProgramShape, scheme: str | None) -> list[str]:
     names = [s.name for s in program.tier_schemes]
     if not names:
         return [f"program {program.name!r} has no tier scheme"]
@@ -188,7 +188,7 @@ def _schemes_problem(program: _Program, scheme: str | None) -> list[str]:
     return []
 
 
-def _currency_problem(program: _Program, currency: str | None) -> list[str]:
+def _currency_problem(program: ProgramShape, currency: str | None) -> list[str]:
     if currency is not None and currency not in program.currencies:
         return [f"unknown currency {currency!r}; currencies: {', '.join(program.currencies)}"]
     return []
@@ -206,7 +206,7 @@ class Condition:
     def __invert__(self) -> Condition:
         return self.inner if isinstance(self, Not) else Not(self)
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         """What is wrong with the condition in ``program``, whose segments are named."""
         return []
 
@@ -235,7 +235,7 @@ class All(Condition):
 
     items: tuple[Condition, ...]
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         return [p for c in self.items for p in c.problems(program, segments)]
 
     def sql(self, q: Query) -> str:
@@ -254,7 +254,7 @@ class AnyOf(Condition):
 
     items: tuple[Condition, ...]
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         return [p for c in self.items for p in c.problems(program, segments)]
 
     def sql(self, q: Query) -> str:
@@ -273,7 +273,7 @@ class Not(Condition):
 
     inner: Condition
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         return self.inner.problems(program, segments)
 
     def sql(self, q: Query) -> str:
@@ -325,7 +325,7 @@ class Measure:
     def _bound(self, value: object, name: str) -> int:
         return _whole(value, str(self), name)
 
-    def problems(self, program: _Program) -> list[str]:
+    def problems(self, program: ProgramShape) -> list[str]:
         if self.what in ("qualifying_points", "points_to_next_tier"):
             return _schemes_problem(program, self.scheme)
         return _currency_problem(program, self.currency)
@@ -444,7 +444,7 @@ class Range(Condition):
         if self.low is not None and self.high is not None and self.low > self.high:
             raise _fail(what, f"impossible range: {self.low} is above {self.high}")
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         return self.measure.problems(program)
 
     def sql(self, q: Query) -> str:
@@ -507,7 +507,7 @@ class TierIn(Condition):
     tiers: tuple[str, ...]
     scheme: str | None = None
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         found = _schemes_problem(program, self.scheme)
         if found:
             return found
@@ -556,7 +556,7 @@ class Since(Condition):
     value: timedelta | datetime
     currency: str | None = None
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         return _currency_problem(program, self.currency)
 
     def sql(self, q: Query) -> str:
@@ -713,7 +713,7 @@ class InSegment(Condition):
 
     name: str
 
-    def problems(self, program: _Program, segments: set[str]) -> list[str]:
+    def problems(self, program: ProgramShape, segments: set[str]) -> list[str]:
         if self.name not in segments:
             known = ", ".join(sorted(segments)) or "none"
             return [f"in_segment({self.name!r}): unknown segment; segments: {known}"]
@@ -786,7 +786,7 @@ class Segment:
         """The condition as code, for listings."""
         return str(self.where)
 
-    def compile(self, program: _Program, within: MemberRange = (None, None)) -> Compiled:
+    def compile(self, program: ProgramShape, within: MemberRange = (None, None)) -> Compiled:
         """The condition's SQL over every member of ``program`` (a full recompute; the
         evaluation of given members is `compile_all`'s), or over those whose ids are
         ``within`` a range (every source read limited to it)."""
@@ -796,7 +796,7 @@ class Segment:
 
 
 def compile_all(
-    program: _Program, segments: Sequence[Segment], only: str | None
+    program: ProgramShape, segments: Sequence[Segment], only: str | None
 ) -> tuple[str, list[str]]:
     """The program's segments in one evaluation: (the FROM clause, each segment's
     condition in the order given), the joins shared between them and ``in_segment``
@@ -822,7 +822,7 @@ class Compiled:
     timed: bool
 
 
-def check_segments(segments: Sequence[Any], programs: dict[str, _Program]) -> list[str]:
+def check_segments(segments: Sequence[Any], programs: dict[str, ProgramShape]) -> list[str]:
     """Problems of an app's segments, one line each naming the segment."""
     problems: list[str] = []
     by_program: dict[str, list[Segment]] = {}

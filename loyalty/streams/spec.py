@@ -32,19 +32,16 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loyalty.tiers.schemes import TierScheme
+from loyalty.messages.providers import unreserved_headers
+from loyalty.segments.spec import ProgramShape
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 FIELD_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 _PROFILE_PATH = re.compile(r"^profile(\.[A-Za-z0-9_-]+)+$")
-_RESERVED_HEADERS = frozenset(
-    h.lower()
-    for h in ("Idempotency-Key", "X-Loyalty-Signature", "X-Loyalty-Timestamp", "Content-Type")
-)
 # What a source path reads, by its first part: the tables whose changes mark the member.
 _TABLES = {
     "member_id": ("members",),
@@ -66,19 +63,6 @@ SOURCES = (
 )
 TIER_PARTS = ("tier", "qualifying", "to_next", "next_tier")
 BALANCE_PARTS = ("available", "earned", "debt", "lifetime_earned")
-
-
-class _Program(Protocol):
-    """What checking needs of a `loyalty.app.Program`."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def currencies(self) -> tuple[str, ...]: ...
-
-    @property
-    def tier_schemes(self) -> tuple[TierScheme, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -137,10 +121,7 @@ class HttpDestination(BaseModel):
     @field_validator("headers")
     @classmethod
     def _no_reserved(cls, headers: dict[str, str]) -> dict[str, str]:
-        taken = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
-        if taken:
-            raise ValueError(f"headers set by the stream itself: {', '.join(taken)}")
-        return headers
+        return unreserved_headers(headers)
 
 
 class ProfileStream(BaseModel):
@@ -224,7 +205,7 @@ class ProfileStream(BaseModel):
 
 def check_streams(
     streams: Sequence[Any],
-    programs: Mapping[str, _Program],
+    programs: Mapping[str, ProgramShape],
     segments: Mapping[str, Mapping[str, object]],
 ) -> list[str]:
     """Problems of an app's streams, one line each naming the stream and the field."""
@@ -253,7 +234,7 @@ def check_streams(
 
 
 def _source_problem(
-    source: Source, program: _Program, segments: Mapping[str, object]
+    source: Source, program: ProgramShape, segments: Mapping[str, object]
 ) -> str | None:
     schemes = [s.name for s in program.tier_schemes]
     where = f"in program {program.name!r}"
