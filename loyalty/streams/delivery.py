@@ -301,15 +301,9 @@ async def acknowledge(conn: Conn, batch: Batch, answer: Answer) -> Acknowledged:
         upserts = [i for i in done if i.op == "upsert"]
         deletes = [i for i in done if i.op == "delete"]
         # A member whose old key was deleted and new key upserted keeps the upsert's row.
-        gone = [i for i in deletes if (i.program, i.member_id) not in
-                {(u.program, u.member_id) for u in upserts}]  # fmt: skip
-        if gone:
-            await conn.execute(
-                """DELETE FROM stream_records AS r
-                   USING unnest($2::text[], $3::text[]) AS d(program, member_id)
-                   WHERE r.stream = $1 AND r.program = d.program AND r.member_id = d.member_id""",
-                batch.stream, [i.program for i in gone], [i.member_id for i in gone],
-            )  # fmt: skip
+        kept = {(u.program, u.member_id) for u in upserts}
+        gone = [i for i in deletes if (i.program, i.member_id) not in kept]
+        await _delete_members(conn, "stream_records", batch.stream, gone)
         if upserts:
             await conn.execute(
                 """INSERT INTO stream_records
@@ -327,13 +321,7 @@ async def acknowledge(conn: Conn, batch: Batch, answer: Answer) -> Acknowledged:
                 [i.record for i in upserts],
                 batch.batch,
             )
-        if done:
-            await conn.execute(
-                """DELETE FROM stream_rejections AS r
-                   USING unnest($2::text[], $3::text[]) AS d(program, member_id)
-                   WHERE r.stream = $1 AND r.program = d.program AND r.member_id = d.member_id""",
-                batch.stream, [i.program for i in done], [i.member_id for i in done],
-            )  # fmt: skip
+        await _delete_members(conn, "stream_rejections", batch.stream, done)
         if refused:
             await conn.execute(
                 """INSERT INTO stream_rejections (stream, program, member_id, key, reason, batch)
@@ -366,6 +354,18 @@ async def acknowledge(conn: Conn, batch: Batch, answer: Answer) -> Acknowledged:
             batch.stream, len(upserts), len(deletes), len(refused),
         )  # fmt: skip
     return Acknowledged(len(upserts), len(deletes), len(refused))
+
+
+async def _delete_members(conn: Conn, table: str, stream: str, items: Sequence[Item]) -> None:
+    """Delete the stream's rows of ``table`` (records or rejections) for the items' members."""
+    if not items:
+        return
+    await conn.execute(
+        f"""DELETE FROM {table} AS r
+            USING unnest($2::text[], $3::text[]) AS d(program, member_id)
+            WHERE r.stream = $1 AND r.program = d.program AND r.member_id = d.member_id""",
+        stream, [i.program for i in items], [i.member_id for i in items],
+    )  # fmt: skip
 
 
 async def record_failure(conn: Conn, batch: Batch, detail: str) -> None:
