@@ -234,6 +234,17 @@ async def wrong_qualifying_total(conn: Conn) -> None:
     await conn.execute("INSERT INTO qualifying_totals VALUES ('default', 'm1', 'points', 2026, 7)")
 
 
+async def wrong_window_total(conn: Conn) -> None:
+    # A kept rolling window whose sums were never filled, and a sum nobody earned.
+    await conn.execute(
+        "INSERT INTO qualifying_windows VALUES ('default', 'points', interval '30 days', now())"
+    )
+    await conn.execute(
+        """INSERT INTO qualifying_window_totals
+           VALUES ('default', 'points', interval '30 days', 'm9', 7, now(), 'infinity')"""
+    )
+
+
 # Corruption -> {check: [(program, member, currency, kind, expected, found, detail)]}.
 
 
@@ -273,6 +284,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[Conn], Awaitable[None]], dict[str, list[F
         ("default", "m2", "points", "debt", 0, 5, "debt account above 0")]}),
     "qualifying": (wrong_qualifying_total, {"qualifying_totals": [
         ("default", "m1", "points", None, 0, 7, "qualifying points of 2026")]}),
+    "window": (wrong_window_total, {"qualifying_windows": [
+        ("default", "m9", "points", None, 0, 7, "kept sum of the rolling window of 30 days")]}),
     "lifetime": (wrong_lifetime, {"lifetime_earned": [
         ("coffee", "m3", "points", None, 20, None, "awards without a member_currencies row"),
         ("default", "m2", "points", None, 290, 291,

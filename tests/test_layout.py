@@ -56,6 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "loyalty.messages.history",
             "loyalty.router",
             "loyalty.segments.membership",
+            "loyalty.segments.windows",
             "loyalty.streams.capture",
             "loyalty.streams.delivery",
             "loyalty.streams.records",

@@ -23,6 +23,9 @@ one read-only snapshot:
   pay-off, add up to the same). Returns, spends and expiry do not lower it.
 * ``qualifying_totals``: the tier measure's totals per member, currency and year (UTC)
   equal the sum of their ``qualifying_points`` (the fast path measures with them).
+* ``qualifying_windows``: each kept rolling-window sum (``qualifying_window_totals``,
+  which segments' full recomputes read) that is the member's measure now equals the sum
+  of the member's rows in the window; a member with rows in a kept window has a sum.
 
 Each check lists at most ``LISTED`` differences but counts them all.
 
@@ -245,6 +248,33 @@ FROM qualifying_totals AS t
 FULL JOIN sums AS s ON s.program = t.program AND s.member_id = t.member_id
                    AND s.currency = t.currency AND s.year = t.year
 WHERE coalesce(t.points, 0) <> coalesce(s.points, 0)
+ORDER BY 1, 2, 3 LIMIT $1"""),
+    _Check("qualifying_windows", "kept rolling-window measures equal their qualifying points", """
+WITH kept AS (
+    SELECT program, member_id, currency, span, points,
+           valid_from <= now() AND now() < valid_until AS current
+    FROM qualifying_window_totals
+),
+sums AS (
+    SELECT w.program, q.member_id, w.currency, w.span, sum(q.points)::bigint AS points
+    FROM qualifying_windows AS w
+    JOIN qualifying_points AS q
+      ON q.program = w.program AND q.currency = w.currency
+     AND q.earned_at > now() - w.span AND q.earned_at <= now()
+    GROUP BY 1, 2, 3, 4
+)
+SELECT coalesce(k.program, s.program) AS program,
+       coalesce(k.member_id, s.member_id) AS member_id,
+       coalesce(k.currency, s.currency) AS currency,
+       coalesce(s.points, 0) AS expected, k.points AS found,
+       CASE WHEN k.program IS NULL
+            THEN format('no kept sum of the rolling window of %s', s.span)
+            ELSE format('kept sum of the rolling window of %s', k.span) END AS detail,
+       count(*) OVER () AS differences
+FROM kept AS k
+FULL JOIN sums AS s ON s.program = k.program AND s.member_id = k.member_id
+                   AND s.currency = k.currency AND s.span = k.span
+WHERE coalesce(k.current, true) AND coalesce(k.points, 0) <> coalesce(s.points, 0)
 ORDER BY 1, 2, 3 LIMIT $1"""),
 )  # fmt: skip
 

@@ -42,7 +42,6 @@ from datetime import datetime
 from loyalty.app import LoyaltyApp, Program
 from loyalty.flows.spec import flows_by_type
 from loyalty.ingest.derived import MAX_EVENT_ID
-from loyalty.ledger.postings import LEDGER_LOCK
 from loyalty.segments.spec import (
     MemberRange,
     Segment,
@@ -51,6 +50,9 @@ from loyalty.segments.spec import (
     in_range,
     literal,
 )
+from loyalty.segments.windows import keep as keep_windows
+from loyalty.segments.windows import lock_program, windows_read
+from loyalty.segments.windows import refresh as refresh_windows
 from loyalty.store.db import Conn
 from loyalty.triggers import EnteredSegment, LeftSegment
 
@@ -433,6 +435,11 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
         removed = [key for key in have if key not in wanted]
         if not changed and not removed and stored == evaluate:
             return Installed([], [])
+        # The programs recomputed below, locked before the triggers are altered (writers
+        # hold their program's lock, then the tables'): no writer commits a change the
+        # recompute does not see, with the segments as they were.
+        for program_name in sorted({p for p, _ in changed + removed}):
+            await lock_program(conn, program_name)
         for program, name in removed:
             await conn.execute(
                 "DELETE FROM segments WHERE program = $1 AND name = $2", program, name
@@ -468,6 +475,7 @@ async def install(conn: Conn, app: LoyaltyApp) -> Installed:
         }
         await conn.execute(_function(every))
         await _marking(conn, on=bool(every))
+        await keep_windows(conn, app)
         for program_name in sorted({p for p, _ in changed + removed}):
             await recompute(conn, app, program_name, emit=False, locked=False)
     return Installed(sorted(changed), sorted(removed))
@@ -496,7 +504,8 @@ async def recompute(
     Each change is logged in ``segment_changes``; with ``emit`` it also derives its event
     when a flow listens, as an incremental change does. Runs in
     its own transaction (or the caller's), holding the program's ledger lock exclusively
-    unless ``locked`` is False (the caller holds what it needs).
+    unless ``locked`` is False (the caller holds what it needs). The kept sums of the
+    rolling windows the segments read are refreshed first (`loyalty.segments.windows`).
     """
     defined = app.segments.get(program, {})
     chosen = [
@@ -505,10 +514,9 @@ async def recompute(
     found = []
     async with conn.transaction():
         if locked:
-            await conn.execute(
-                f"SELECT pg_advisory_xact_lock({LEDGER_LOCK.format(program='$1')})", program
-            )
+            await lock_program(conn, program)
         pairs = listened(app, program) if emit else None
+        await refresh_windows(conn, program, windows_read(app, program, chosen))
         parts = await member_ranges(conn, program) if chosen else []
         for segment in chosen:
             if len(parts) > 1:

@@ -144,6 +144,9 @@ class Query:
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Whether the SQL reads now(): the passing of time alone can change the result.
     timed: bool = False
+    # The rolling windows (currency, span) whose kept totals a full recompute reads
+    # (`loyalty.segments.windows`).
+    windows: set[tuple[str, timedelta]] = field(default_factory=set)
     inline: dict[str, Condition] | None = None
     inlined: dict[str, str] = field(default_factory=dict)
 
@@ -395,10 +398,38 @@ def _tiers_join(q: Query, scheme: TierScheme) -> str:
 
 
 def _qualifying(q: Query, scheme: TierScheme) -> str:
-    """The scheme's measure now: qualifying points of its currency within its window."""
+    """The scheme's measure now: qualifying points of its currency within its window.
+
+    A full recompute reads a rolling window's sums where they are kept
+    (``qualifying_window_totals``, migration 0025), each member's own rows only where the
+    kept sum is not the measure now; given members sum their rows (a few index entries).
+    """
     currency = q.currency(scheme.currency)
     program = literal(q.program.name)
     q.timed = q.timed or scheme.window != "lifetime"
+    if isinstance(scheme.window, timedelta) and q.only is None:
+        q.windows.add((currency, scheme.window))
+        span = _interval(scheme.window)
+        # Where the kept sum is not the measure now, the member's rows are summed (a
+        # lateral lookup whose condition on the kept row gates it: a correlated subquery
+        # instead would keep the read from running in parallel).
+        stale = "NOT (t.valid_from <= now() AND now() < t.valid_until)"
+        source = (
+            f"SELECT t.member_id, coalesce(x.v, t.points) AS v "
+            f"FROM qualifying_window_totals AS t LEFT JOIN LATERAL ("
+            f"SELECT coalesce(sum(r.points), 0)::bigint AS v FROM qualifying_points AS r "
+            f"WHERE {stale} AND r.program = t.program AND r.member_id = t.member_id "
+            f"AND r.currency = t.currency AND r.earned_at > now() - {span} "
+            f"AND r.earned_at <= now()) AS x ON {stale} "
+            f"WHERE t.program = {program} "
+            f"AND t.currency = {literal(currency)} AND t.span = {span}"
+            f"{in_range('t.member_id', q.within)}"
+        )
+        alias = q.join(
+            f"qualifying:{scheme.name}",
+            lambda a: f"LEFT JOIN ({source}) AS {a} ON {a}.member_id = m.member_id",
+        )
+        return f"coalesce({alias}.v, 0)"
     if isinstance(scheme.window, timedelta):
         source = (
             f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_points "
@@ -792,7 +823,7 @@ class Segment:
         ``within`` a range (every source read limited to it)."""
         q = Query(program, within=within)
         condition = self.where.sql(q)
-        return Compiled(q.from_clause(), condition, q.timed)
+        return Compiled(q.from_clause(), condition, q.timed, frozenset(q.windows))
 
 
 def compile_all(
@@ -815,11 +846,14 @@ class Compiled:
         condition: a boolean expression, never NULL.
         timed: it reads ``now()``: time alone can change it (``older_than``, a rolling or
             calendar-year window), so housekeeping refreshes it on its schedule.
+        windows: the rolling windows (currency, span) whose kept totals it reads
+            (`loyalty.segments.windows`).
     """
 
     source: str
     condition: str
     timed: bool
+    windows: frozenset[tuple[str, timedelta]] = frozenset()
 
 
 def check_segments(segments: Sequence[Any], programs: dict[str, ProgramShape]) -> list[str]:
