@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
@@ -12,6 +13,7 @@ import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
+from loyalty.api.serve import serve_api
 from loyalty.codec import (
     ENCODING,
     KEY_ID,
@@ -22,6 +24,7 @@ from loyalty.codec import (
 )
 from loyalty.errors import CodecError, ConfigurationError, UnknownCodecKey
 from loyalty.settings import Settings
+from loyalty.store.embedded import free_port, port_is_free
 from loyalty.temporal import DATA_CONVERTER, data_converter
 from tests.test_cli import LOYALTY, cli_env
 
@@ -147,3 +150,12 @@ def test_a_bad_key_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) ->
     assert "c2hvcnQ=" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_the_api_refuses_a_broken_keyring_before_it_listens(tmp_path: Path) -> None:
+    (tmp_path / "codec-keyring.json").write_text('{"keys": []}')
+    port = free_port()
+    settings = Settings(LOYALTY_HOME=tmp_path, LOYALTY_API_PORT=port)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"the keyring of `loyalty dev`.*holds no key"):
+        await serve_api(settings, "postgresql://nobody@127.0.0.1:1/none", None, asyncio.Event())
+    assert port_is_free(port)
