@@ -24,8 +24,9 @@ from loyalty.temporal import connect_temporal
 from starter.client import LoyaltyClient
 from tests.conftest import StartWorker, temporal_address
 from tests.privacy_app import app
-from tests.test_api import StartApi, make_key, problem_of, start_api
+from tests.test_api import StartApi, deposit, make_key, problem_of, start_api
 from tests.test_codec import NEW, OLD
+from tests.test_emit_events import execute
 from tests.test_privacy import history_text, journey, result
 
 __all__ = ["start_api"]  # the fixture, imported
@@ -122,6 +123,17 @@ async def test_histories_hold_ciphertext_and_the_codec_endpoint_reads_them(
     assert "thanks" in shown(out)
     code, out, _ = await temporal_show(address, asked)
     assert NAME not in shown(out)
+
+    # A service in another language starts EmitEvents with plain input: accepted; its
+    # result is readable through the codec endpoint only.
+    plain = await execute(settings, "emit-plain", [deposit("x1")])
+    assert plain.code == 0, plain.err
+    assert "accepted" not in shown(json.dumps(plain.result))
+    coded = await execute(settings, "emit-coded", [deposit("x2")], *endpoint)
+    assert coded.code == 0, coded.err
+    assert coded.result == {
+        "results": [{"event_id": "x2", "program": "default", "status": "accepted"}]
+    }
 
     # Rotated: a new key first, the old one kept: the old history still reads, through
     # the endpoint and through a client; new payloads name the new key.
