@@ -158,3 +158,22 @@ class LedgerOutOfStep(LoyaltyError):
 
     Raised before commit, so the transaction rolls back and nothing is written.
     """
+
+
+class CodecError(LoyaltyError):
+    """A Temporal payload cannot be decrypted: its ciphertext or its key is wrong."""
+
+
+class UnknownCodecKey(CodecError):
+    """A payload was encrypted with a key this keyring does not hold.
+
+    Attributes:
+        key_id: the key id written in the payload's metadata.
+    """
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"a payload is encrypted with codec key {key_id!r}, which the keyring does not "
+            "hold; add that key (LOYALTY_CODEC_KEYS or LOYALTY_CODEC_KEYRING) to read it"
+        )
+        self.key_id = key_id

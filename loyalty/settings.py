@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loyalty.codec import parse_keys, read_keyring
 from loyalty.events import DEFAULT_MAX_CLOCK_SKEW
 
 
@@ -109,8 +111,38 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, validation_alias="LOYALTY_API_KEY_CACHE_SECONDS"
     )
 
+    # Payload encryption (`loyalty.codec`): keys as ``id:base64key,...`` or a JSON keyring
+    # file; the first key encrypts, every key decrypts. Neither set: the keyring that
+    # `loyalty dev` wrote under LOYALTY_HOME if there is one, else no encryption.
+    codec_keys: SecretStr | None = Field(None, validation_alias="LOYALTY_CODEC_KEYS")
+    codec_keyring: Path | None = Field(None, validation_alias="LOYALTY_CODEC_KEYRING")
+    # Origins (comma-separated) whose browsers may call the API's codec endpoint: the
+    # Temporal Web UI's. Default: the dev server's UI on LOYALTY_DEV_UI_PORT.
+    codec_cors_origins: str | None = Field(None, validation_alias="LOYALTY_CODEC_CORS_ORIGINS")
+    # Who may call /codec/encode and /codec/decode: a key with the admin scope, or (only
+    # `loyalty dev` sets it, for its Web UI, which cannot send a key) anyone who reaches
+    # the API's address.
+    codec_auth: Literal["admin", "none"] = Field("admin", validation_alias="LOYALTY_CODEC_AUTH")
+
     dev_temporal_port: int = Field(7233, validation_alias="LOYALTY_DEV_TEMPORAL_PORT")
     dev_ui_port: int = Field(8233, validation_alias="LOYALTY_DEV_UI_PORT")
+
+    @model_validator(mode="after")
+    def _check_codec_keys(self) -> Settings:
+        # A ConfigurationError, not a ValueError: pydantic would print the key it holds.
+        if self.codec_keys is not None:
+            parse_keys(self.codec_keys.get_secret_value())
+        if self.codec_keyring is not None:
+            read_keyring(self.codec_keyring)
+        return self
+
+    @property
+    def codec_origins(self) -> list[str]:
+        """The origins allowed to call the codec endpoint from a browser."""
+        if self.codec_cors_origins is not None:
+            return [o.strip() for o in self.codec_cors_origins.split(",") if o.strip()]
+        port = self.dev_ui_port
+        return [f"http://localhost:{port}", f"http://127.0.0.1:{port}"]
 
     @property
     def journey_retention(self) -> timedelta:

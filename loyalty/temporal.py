@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+from loyalty.codec import HOME_KEYRING, EncryptionCodec, Keyring, parse_keys, read_keyring
 from loyalty.errors import ConfigurationError, ServiceUnavailable
 from loyalty.settings import Settings
 
+# The converter without encryption: for test servers and clients that read no payloads.
 DATA_CONVERTER: DataConverter = pydantic_data_converter
 # Seconds to reach the frontend before Temporal counts as unavailable.
 CONNECT_TIMEOUT = 10.0
@@ -36,6 +39,41 @@ FLOW = SearchAttributeKey.for_keyword("LoyaltyFlow")
 PROGRAM = SearchAttributeKey.for_keyword("LoyaltyProgram")
 TRIGGER = SearchAttributeKey.for_keyword("LoyaltyTrigger")
 SEARCH_ATTRIBUTES = (MEMBER_ID, FLOW, PROGRAM, TRIGGER)
+
+
+def keyring(settings: Settings) -> Keyring | None:
+    """The configured codec keys: ``LOYALTY_CODEC_KEYS``, else ``LOYALTY_CODEC_KEYRING``,
+    else the keyring `loyalty dev` wrote under ``LOYALTY_HOME``; None if there is none.
+
+    Raises:
+        ConfigurationError: the keys or the keyring file are unusable (naming the
+            variable or the file, never a key).
+    """
+    if settings.codec_keys is not None:
+        return parse_keys(settings.codec_keys.get_secret_value())
+    if settings.codec_keyring is not None:
+        return read_keyring(settings.codec_keyring)
+    home = settings.home / HOME_KEYRING
+    if home.is_file():
+        return read_keyring(home, "the keyring of `loyalty dev`")
+    return None
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The one data converter: pydantic's, and with a keyring configured, the encryption
+    codec (`loyalty.codec`) with failure messages and stack traces encrypted too.
+
+    Raises:
+        ConfigurationError: the keys are unusable.
+    """
+    keys = keyring(settings)
+    if keys is None:
+        return DATA_CONVERTER
+    return dataclasses.replace(
+        DATA_CONVERTER,
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -77,9 +115,11 @@ async def connect_temporal(settings: Settings, address: str | None = None) -> Cl
 
     Raises:
         ServiceUnavailable: the frontend does not answer (down, unreachable, too slow).
-        ConfigurationError: it refuses the credentials or the namespace.
+        ConfigurationError: it refuses the credentials or the namespace; the codec keys
+            are unusable.
     """
     target = address or settings.effective_temporal_address
+    converter = data_converter(settings)
     api_key = settings.temporal_api_key
     tls = tls_config(settings)
     try:
@@ -87,7 +127,7 @@ async def connect_temporal(settings: Settings, address: str | None = None) -> Cl
             return await Client.connect(
                 target,
                 namespace=settings.temporal_namespace,
-                data_converter=DATA_CONVERTER,
+                data_converter=converter,
                 api_key=api_key.get_secret_value() if api_key else None,
                 tls=tls,
             )

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -172,6 +173,13 @@ async def test_dev_starts_everything_stops_on_ctrl_c_and_keeps_data(
             assert member.json()["balances"]["points"]["available"] == 120
 
         assert await web_ui_status(int(make_run_env["LOYALTY_DEV_UI_PORT"])) < 500
+        # Payloads are encrypted with the key `loyalty dev` wrote under its home (owner
+        # only); its Web UI decodes them through the API's codec endpoint.
+        assert stat.S_IMODE((home / "codec-keyring.json").stat().st_mode) == 0o600
+        async with httpx.AsyncClient() as http:
+            ui = f"http://127.0.0.1:{make_run_env['LOYALTY_DEV_UI_PORT']}"
+            found = (await http.get(f"{ui}/api/v1/settings")).json()
+        assert found["Codec"]["Endpoint"] == f"{api}/codec"
 
         # A second shell on the same home, without --app, sees the demo's app.
         code, out, err = await loyalty(
@@ -189,6 +197,8 @@ async def test_dev_starts_everything_stops_on_ctrl_c_and_keeps_data(
         }
         router = router_workflow_id("loyalty", "default", 0, 1)
         assert routers.get(router) == WorkflowExecutionStatus.RUNNING, routers
+        history = await client.get_workflow_handle(router).fetch_history()
+        assert b"binary/encrypted" in b"".join(e.SerializeToString() for e in history.events)
         listed = await client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace="default")
         )

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
+from loyalty.api.codec import CodecCors, codec_routes
 from loyalty.api.keys import ApiKey, check_key
 from loyalty.api.limits import RateLimiter
 from loyalty.api.problems import (
@@ -44,6 +45,7 @@ from loyalty.api.problems import (
 )
 from loyalty.api.streams import stream_routes
 from loyalty.app import LoyaltyApp
+from loyalty.codec import EncryptionCodec
 from loyalty.errors import (
     EventConflict,
     InvalidEvent,
@@ -61,7 +63,7 @@ from loyalty.models import EmitEventsResult, EmitResult, EventOutcome, MemberVie
 from loyalty.segments import membership as segments
 from loyalty.settings import Settings
 from loyalty.store.db import UNREACHABLE, connect, create_pool, reachable
-from loyalty.temporal import connect_temporal
+from loyalty.temporal import connect_temporal, keyring
 
 log = logging.getLogger("loyalty.api")
 
@@ -372,8 +374,15 @@ def _authorizer(scope: str | None) -> Callable[[Request, Credentials], Awaitable
 Writer = Annotated[ApiKey, Depends(_authorizer("events:write"))]
 Reader = Annotated[ApiKey, Depends(_authorizer("members:read"))]
 AnyKey = Annotated[ApiKey, Depends(_authorizer(None))]
-# Stream control (`loyalty.api.streams`).
+# Stream control (`loyalty.api.streams`) and the codec server (`loyalty.api.codec`).
 ADMIN = Depends(_authorizer("admin"))
+
+
+async def _anyone() -> None:
+    """The codec server's guard with ``LOYALTY_CODEC_AUTH=none``: no key asked."""
+
+
+OPEN = Depends(_anyone)
 
 
 def _own_program(key: ApiKey, program: str) -> None:
@@ -381,21 +390,23 @@ def _own_program(key: ApiKey, program: str) -> None:
         raise ProblemError(403, f"key {key.id} belongs to program {key.program!r}, not {program!r}")
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused with 413 past `MAX_BODY` (before reading it when declared)."""
-    return await _limited_body(request.headers.get("content-length"), request.stream())
+async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The body, refused with 413 past ``limit`` (before reading it when declared)."""
+    return await _limited_body(request.headers.get("content-length"), request.stream(), limit)
 
 
-async def _limited_body(declared: str | None, chunks: AsyncIterator[bytes]) -> bytes:
-    """The chunks of a body joined, refused with 413 past `MAX_BODY`: before reading when
+async def _limited_body(
+    declared: str | None, chunks: AsyncIterator[bytes], limit: int = MAX_BODY
+) -> bytes:
+    """The chunks of a body joined, refused with 413 past ``limit``: before reading when
     the declared ``Content-Length`` says so, else as soon as they grow past it."""
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ProblemError(413, f"the body is {int(declared):,} bytes; at most {MAX_BODY:,}")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProblemError(413, f"the body is {int(declared):,} bytes; at most {limit:,}")
     body = bytearray()
     async for chunk in chunks:
         body += chunk
-        if len(body) > MAX_BODY:
-            raise ProblemError(413, f"the body is over {MAX_BODY:,} bytes")
+        if len(body) > limit:
+            raise ProblemError(413, f"the body is over {limit:,} bytes")
     return bytes(body)
 
 
@@ -538,9 +549,15 @@ def create_api(
     settings: Settings, dsn: str, app: LoyaltyApp | None = None, pool: asyncpg.Pool | None = None
 ) -> FastAPI:
     """The ASGI application; ``app`` (the LoyaltyApp) gives `/v1/flows` its flows. Its
-    lifespan makes the database pool unless given one, and closes it."""
+    lifespan makes the database pool unless given one, and closes it.
+
+    Raises:
+        ConfigurationError: the codec keys are unusable.
+    """
     state = ApiState(settings, dsn, app)
     state.pool = pool
+    keys = keyring(settings)
+    codec = EncryptionCodec(keys) if keys is not None else None
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
@@ -571,6 +588,8 @@ def create_api(
     )
     api.state.api = state
     api.add_middleware(EventsRoute, state=state)
+    # Outermost: it answers the Web UI's preflights before anything asks for a key.
+    api.add_middleware(CodecCors, origins=settings.codec_origins)
 
     @api.exception_handler(ProblemError)
     async def on_problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -784,6 +803,8 @@ def create_api(
         )
 
     api.include_router(stream_routes(state.db, dsn, ADMIN))
+    guard = ADMIN if settings.codec_auth == "admin" else OPEN
+    api.include_router(codec_routes(codec, settings.temporal_namespace, guard, _read_body))
 
     @api.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Health:

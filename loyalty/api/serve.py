@@ -20,6 +20,7 @@ from loyalty.app import LoyaltyApp
 from loyalty.errors import ConfigurationError
 from loyalty.settings import Settings
 from loyalty.store.db import create_pool
+from loyalty.temporal import keyring
 
 
 class _Server(uvicorn.Server):
@@ -75,9 +76,12 @@ async def serve_api(
     neither failure reaches uvicorn, which would end the process.
 
     Raises:
-        ConfigurationError: the address is taken or cannot be bound.
+        ConfigurationError: the address is taken or cannot be bound; the codec keys are
+            unusable.
         ServiceUnavailable: PostgreSQL cannot be reached at start.
     """
+    # Checked before anything is opened: the application reads them when it is made.
+    keyring(settings)
     sock = _listen(settings)
     try:
         pool = await create_pool(dsn, size=settings.database_pool_size, stateless=True)

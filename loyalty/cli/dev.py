@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
@@ -22,10 +23,11 @@ from temporalio.client import Client
 
 from loyalty.app import LoyaltyApp
 from loyalty.cli.kit import problem, stop_on_sigterm
+from loyalty.codec import HOME_KEYRING, write_keyring
 from loyalty.settings import Settings
 from loyalty.store.db import Database
 from loyalty.store.embedded import EmbeddedPostgres, TemporalDevServer
-from loyalty.temporal import connect_temporal
+from loyalty.temporal import connect_temporal, keyring
 
 StoryHook = Callable[[Client, str, str | None], Awaitable[int]]
 """Played once the worker is ready, with the Temporal client, the database DSN and the
@@ -215,12 +217,60 @@ def _print_ready(
         lines.append(f"Loops: {ui_url}/namespaces/{namespace}/workflows?query={loops}")
     if api_url:
         lines.append(f"HTTP API: [link={api_url}]{api_url}[/link]   docs: {api_url}/docs")
+    lines.extend(_codec_lines(settings, ui_url, api_url))
     lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
     lines.append("Stop with Ctrl-C.")
     console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
     # Printed raw, outside the panel, so that it can be copied whole.
     console.print("Try, in another shell:", soft_wrap=True)
     console.print(TRY_COMMAND, soft_wrap=True, markup=False, highlight=False)
+
+
+def _codec_lines(settings: Settings, ui_url: str | None, api_url: str | None) -> list[str]:
+    """Where the payload key is and who decodes with it; never the key."""
+    keys = keyring(settings)
+    if keys is None:
+        return ["Payloads: [bold yellow]not encrypted[/] (no LOYALTY_CODEC_KEYS or _KEYRING)"]
+    if settings.codec_keys is not None:
+        source = "LOYALTY_CODEC_KEYS"
+    else:
+        source = str((settings.codec_keyring or settings.home / HOME_KEYRING).resolve())
+    lines = [f"Payloads encrypted with key {keys.current}: {source}"]
+    if api_url:
+        opened = " (no API key asked on loopback)" if settings.codec_auth == "none" else ""
+        reader = "the Web UI and " if ui_url else ""
+        lines.append(
+            f"Codec endpoint for {reader}temporal --codec-endpoint: {api_url}/codec{opened}"
+        )
+    return lines
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_codec(settings: Settings) -> Settings:
+    """The settings with `loyalty dev`'s payload key: the configured keys, else the
+    keyring under its home, written (mode 0600) on the first start.
+
+    Its Web UI cannot send an API key, so on a loopback API address the codec endpoint
+    asks for none, unless ``LOYALTY_CODEC_AUTH`` says otherwise.
+
+    Raises:
+        ConfigurationError: the configured or stored keys are unusable.
+    """
+    path = settings.home / HOME_KEYRING
+    if settings.codec_keys is None and settings.codec_keyring is None and not path.exists():
+        write_keyring(path)
+    keyring(settings)
+    if "codec_auth" not in settings.model_fields_set and _is_loopback(settings.api_host):
+        settings = settings.model_copy(update={"codec_auth": "none"})
+    return settings
 
 
 async def _play(
@@ -250,9 +300,14 @@ async def run_dev(
     With ``story`` (the demo), play it once the worker is ready; the worker stops when
     the story returns, and the story's result is the exit code.
     """
+    from loyalty.api.serve import api_url
+
     started = time.monotonic()
     _forward_core_logs()
     settings.home.mkdir(parents=True, exist_ok=True)
+    settings = dev_codec(settings)
+    # The port the system picks (0) is known only once the API listens: no codec then.
+    codec_endpoint = f"{api_url(settings)}/codec" if settings.api_port else None
     temporal: TemporalDevServer | None = None
     # `loyalty dev` owns the embedded server even if a client command started it.
     async with Database(settings, take_over=True) as database:
@@ -269,6 +324,7 @@ async def run_dev(
                     settings.dev_temporal_port,
                     settings.dev_ui_port,
                     settings.temporal_namespace,
+                    codec_endpoint,
                 )
                 await temporal.start_and_wait()
                 if temporal.stopped_left_behind is not None:

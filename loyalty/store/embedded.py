@@ -248,11 +248,20 @@ class TemporalDevServer:
     behind by an owner that is gone, and refuses to start beside one whose owner runs.
     """
 
-    def __init__(self, home: Path, port: int, ui_port: int, namespace: str = "default") -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        ui_port: int,
+        namespace: str = "default",
+        codec_endpoint: str | None = None,
+    ) -> None:
         self.home = home.expanduser().resolve()
         self.port = port
         self.ui_port = ui_port
         self.namespace = namespace
+        # The codec server the Web UI decodes payloads with (the API's /codec).
+        self.codec_endpoint = codec_endpoint
         self._process: subprocess.Popen[bytes] | None = None
         self._me: Proc | None = None
         # The pid of a server left behind that the last start stopped.
@@ -334,6 +343,8 @@ class TemporalDevServer:
         ]
         if self.namespace != "default":
             args += ["--namespace", self.namespace]
+        if self.codec_endpoint is not None:
+            args += ["--ui-codec-endpoint", self.codec_endpoint]
         for name in SEARCH_ATTRIBUTE_NAMES:
             args += ["--search-attribute", f"{name}=Keyword"]
         log = (self.home / "temporal.log").open("ab")
