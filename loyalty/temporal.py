@@ -12,6 +12,7 @@ from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from loyalty.errors import ConfigurationError, ServiceUnavailable
+from loyalty.metrics.tracing import tracing_interceptors
 from loyalty.settings import Settings
 
 DATA_CONVERTER: DataConverter = pydantic_data_converter
@@ -90,6 +91,8 @@ async def connect_temporal(settings: Settings, address: str | None = None) -> Cl
                 data_converter=DATA_CONVERTER,
                 api_key=api_key.get_secret_value() if api_key else None,
                 tls=tls,
+                # A worker on this client traces too: the interceptor is for both.
+                interceptors=tracing_interceptors(settings),
             )
     except RPCError as exc:
         if exc.status in REFUSED_STATUSES:
