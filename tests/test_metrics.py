@@ -341,3 +341,38 @@ def test_tracing_is_off_by_default_and_on_with_the_otel_variables() -> None:
     assert not tracing_enabled(
         Settings(OTEL_SDK_DISABLED=True, OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318")
     )
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_traces_with_the_otel_variables(
+    settings_env: dict[str, object], dev_env: WorkflowEnvironment
+) -> None:
+    env = dev_settings(settings_env, OTEL_TRACES_EXPORTER="console")
+    proc = await asyncio.create_subprocess_exec(
+        LOYALTY, "worker", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        emitted = await dev_env.client.execute_workflow(
+            EMIT_EVENTS,
+            {"events": [{"type": "activity", "event_id": "t1", "member_id": "m1",
+                         "name": "web_login"}]},
+            id=f"emit-{uuid.uuid4().hex}", task_queue=env["LOYALTY_TASK_QUEUE"],
+            execution_timeout=timedelta(seconds=60),
+        )  # fmt: skip
+        assert emitted["results"][0]["status"] == "accepted"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    # The console exporter prints each span as JSON, at the latest when the worker stops.
+    spans = set(re.findall(r'"name": "([^"]+)"', out.decode()))
+    # The worker's own client starts the routers, traced from start to run; a workflow
+    # started by an untraced client still has its activities traced.
+    assert spans >= {
+        "StartWorkflow:EventRouter",
+        "RunWorkflow:EventRouter",
+        "RunActivity:route_events",
+        "RunActivity:emit_events",
+    }, err.decode()
