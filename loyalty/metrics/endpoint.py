@@ -90,7 +90,8 @@ async def _refresh(
     settings: Settings, dsn: str, programs: list[str], gauges: database.DatabaseGauges
 ) -> None:
     """Read the database gauges on a timer, on one connection of their own (made again
-    after a failure); a failure keeps the last values, with ``loyalty_database_up`` 0."""
+    after a failure); a failure keeps the last values, with ``loyalty_database_up`` 0,
+    and is logged once per outage."""
     conn = None
     said = False  # one line per outage, not one per reading
     try:
@@ -101,7 +102,9 @@ async def _refresh(
                 gauges.update(await database.read(conn, settings.router_partitions, programs))
                 said = False
             except Exception as exc:
-                if not said:
+                # Before a first reading the process is starting: a database that cannot
+                # be reached is its own error to report, in one line.
+                if not said and gauges.reading is not None:
                     log.warning("metrics: could not read the database gauges: %s", exc)
                     said = True
                 gauges.failed()
