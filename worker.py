@@ -31,9 +31,10 @@ from activities.recurring import RecurringActivities
 from activities.router import InboxListener, RouterActivities
 from activities.streams import StreamActivities
 from loyalty.app import LoyaltyApp
-from loyalty.flows import check_app
+from loyalty.flows import check_app, workflow_name
 from loyalty.flows.schedules import sync_schedules
 from loyalty.messages import load_secrets
+from loyalty.metrics.journeys import JourneyMetrics
 from loyalty.models import (
     HousekeepingLoopInput,
     MaintenanceLoopInput,
@@ -292,7 +293,11 @@ async def run_worker(
                 ProfileStreamWorkflow,
                 *(spec.cls for spec in specs),
             ],
-        )
+            interceptors=[
+                JourneyMetrics({workflow_name(spec.cls) or spec.cls.__name__: spec.name
+                                for spec in specs})
+            ],
+        )  # fmt: skip
         async with worker:
             await start_routers(client, settings, app)
             await start_loops(client, settings, app)

@@ -22,6 +22,7 @@ from loyalty.errors import EventConflict, InvalidEvent
 from loyalty.events import IncomingEvent
 from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, program_problems, read_batch
+from loyalty.metrics.counters import count_accepted
 from loyalty.models import EmitEventsResult
 from loyalty.settings import Settings
 
@@ -88,6 +89,7 @@ class EmitActivities:
                 "retrying", info.workflow_id, info.attempt, exc,
             )  # fmt: skip
             raise database_unavailable(exc) from None
+        count_accepted(events, results)
         return EmitEventsResult.of(results)
 
     def _read(self, payload: RawValue) -> list[IncomingEvent]:

@@ -37,6 +37,7 @@ from loyalty.messages import (
     webhook_body,
 )
 from loyalty.messages.templates import TemplateProblem, context, environment, render
+from loyalty.metrics.counters import MESSAGES
 from loyalty.models import MemberView, MessageReceipt, SendMessageInput
 from loyalty.store.db import Conn
 
@@ -94,6 +95,8 @@ class MessageSender:
             logged = await history.find(conn, key)
             if logged is None:
                 logged = await self._first_attempt(conn, provider, message)
+                if logged.created and logged.status in ("sent", "skipped"):
+                    MESSAGES.labels(message.program, provider.kind, logged.status).inc()
         if logged.status in ("sent", "skipped"):
             return MessageReceipt(
                 message_id=logged.id, idempotency_key=key, duplicate=not logged.created,
@@ -108,7 +111,14 @@ class MessageSender:
                 f"message {key} already failed: {logged.detail}", type="MessageFailed",
                 non_retryable=True,
             )  # fmt: skip
-        return await self._deliver(provider, message, logged)
+        try:
+            receipt = await self._deliver(provider, message, logged)
+        except ApplicationError as exc:
+            if exc.non_retryable:
+                MESSAGES.labels(message.program, provider.kind, "failed").inc()
+            raise
+        MESSAGES.labels(message.program, provider.kind, "sent").inc()
+        return receipt
 
     async def _member(self, conn: Conn, message: SendMessageInput) -> MemberView | None:
         try:
@@ -152,6 +162,7 @@ class MessageSender:
                     await history.record_attempt(
                         conn, message.idempotency_key, attempt, status="failed", error=str(exc)
                     )
+                    MESSAGES.labels(message.program, kind, "failed").inc()
                 raise ApplicationError(str(exc), type="TemplateError", non_retryable=True) from None
         status = "sent" if kind == "log" else "pending"
         logged = await history.open_message(conn, message, provider=kind, status=status, body=body)

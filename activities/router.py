@@ -23,9 +23,10 @@ from activities.outage import DATABASE_DOWN, database_unavailable
 from loyalty.flows.outbox import START_LIMIT, start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
+from loyalty.metrics import counters
 from loyalty.models import RouterProgress, RouteSession
 from loyalty.router import totals
-from loyalty.router.processing import EventProcessor, process_batch
+from loyalty.router.processing import BatchDetail, EventProcessor, process_batch
 from loyalty.settings import Settings
 from loyalty.store.db import connect
 
@@ -175,7 +176,9 @@ class RouterActivities:
                     await asyncio.sleep(linger)
                 outbox.check()
                 seen = self.listener.generation(session.program)
+                detail = BatchDetail()
                 async with self.pool.acquire() as conn:
+                    began = loop.time()
                     batch = await process_batch(
                         conn,
                         self.processor,
@@ -185,7 +188,9 @@ class RouterActivities:
                         batch_size=settings.router_batch_size,
                         max_attempts=settings.event_max_attempts,
                         task_queue=settings.task_queue,
+                        detail=detail,
                     )
+                    _count(session.program, batch, detail, loop.time() - began)
                     retry_at = (
                         None
                         if batch.events
@@ -305,6 +310,21 @@ class _Outbox:
                 on_progress=self._heartbeat,
             )
         return started
+
+
+def _count(program: str, batch: RouterProgress, detail: BatchDetail, seconds: float) -> None:
+    """Add a committed batch to the metrics, in a few calls whatever its size."""
+    if not batch.batches:
+        return
+    counters.count_outcomes(program, detail.outcomes.items())
+    counters.BATCH_EVENTS.labels(program).observe(batch.events)
+    counters.BATCH_SECONDS.labels(program).observe(seconds)
+    if batch.fast_path:
+        counters.FAST_PATH_EVENTS.labels(program).inc(batch.fast_path)
+    if batch.failed_attempts:
+        counters.EVENT_FAILED_ATTEMPTS.labels(program).inc(batch.failed_attempts)
+    if detail.careful:
+        counters.FALLBACKS.labels(program).inc(detail.careful)
 
 
 async def _run_closed(client: Client) -> bool:

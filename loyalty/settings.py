@@ -123,6 +123,30 @@ class Settings(BaseSettings):
     # `loyalty dev` sets it, for its Web UI, which cannot send a key) anyone who reaches
     # the API's address.
     codec_auth: Literal["admin", "none"] = Field("admin", validation_alias="LOYALTY_CODEC_AUTH")
+    # Prometheus metrics (`loyalty.metrics`): the worker's endpoint (also `loyalty dev`'s,
+    # which serves the API's metrics there too), the API's own when it runs alone, and how
+    # often the gauges read from PostgreSQL (backlog, liability, tiers, streams) are
+    # refreshed. Port 0: a port the system chooses. LOYALTY_METRICS=false serves none.
+    metrics: bool = Field(True, validation_alias="LOYALTY_METRICS")
+    metrics_host: str = Field("127.0.0.1", min_length=1, validation_alias="LOYALTY_METRICS_HOST")
+    metrics_port: int = Field(9464, ge=0, le=65_535, validation_alias="LOYALTY_METRICS_PORT")
+    api_metrics_port: int = Field(
+        9465, ge=0, le=65_535, validation_alias="LOYALTY_API_METRICS_PORT"
+    )
+    metrics_refresh_seconds: float = Field(
+        15.0, gt=0, le=3600, validation_alias="LOYALTY_METRICS_REFRESH_SECONDS"
+    )
+
+    # OpenTelemetry tracing (`loyalty.metrics.tracing`): the standard variables.
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str | None = Field(None, validation_alias="OTEL_TRACES_EXPORTER")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_service_name: str = Field("loyalty-flows", validation_alias="OTEL_SERVICE_NAME")
 
     dev_temporal_port: int = Field(7233, validation_alias="LOYALTY_DEV_TEMPORAL_PORT")
     dev_ui_port: int = Field(8233, validation_alias="LOYALTY_DEV_UI_PORT")

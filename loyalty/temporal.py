@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from loyalty.codec import HOME_KEYRING, EncryptionCodec, Keyring, parse_keys, read_keyring
 from loyalty.errors import ConfigurationError, ServiceUnavailable
+from loyalty.metrics.tracing import tracing_interceptors
 from loyalty.settings import Settings
 
 # The converter without encryption: for test servers and clients that read no payloads.
@@ -130,6 +131,8 @@ async def connect_temporal(settings: Settings, address: str | None = None) -> Cl
                 data_converter=converter,
                 api_key=api_key.get_secret_value() if api_key else None,
                 tls=tls,
+                # A worker on this client traces too: the interceptor is for both.
+                interceptors=tracing_interceptors(settings),
             )
     except RPCError as exc:
         if exc.status in REFUSED_STATUSES:

@@ -19,6 +19,7 @@ from loyalty.errors import InvalidEvent
 from loyalty.events import IncomingEvent, Origin, parse_event
 from loyalty.ingest import inbox
 from loyalty.ledger.members import ENTRY_LIMIT, member_programs, member_view
+from loyalty.metrics.counters import count_accepted
 from loyalty.models import EmitResult, EventOutcome, FailedEvent, MemberView
 from loyalty.settings import Settings
 from loyalty.store.db import (
@@ -140,13 +141,16 @@ class LoyaltyClient:
         with reachable(self._database.dsn):
             async with self._pool.acquire() as conn:
                 if size >= len(validated):
-                    return await inbox.insert_events(conn, validated)
+                    results = await inbox.insert_events(conn, validated)
+                    count_accepted(validated, results)
+                    return results
                 # Several statements: an unknown program must refuse all of them, not only
                 # its own, and a conflict found in a late chunk undoes the earlier ones.
                 await inbox.check_programs(conn, {e.program for e in validated})
                 async with conn.transaction():
                     for start in range(0, len(validated), size):
                         results += await inbox.insert_events(conn, validated[start : start + size])
+        count_accepted(validated, results)
         return results
 
     async def outcomes(

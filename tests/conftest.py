@@ -41,6 +41,10 @@ from workflows.maintenance import maintenance_workflow_id
 from workflows.router import router_workflow_id
 
 TEMPLATE = "loyalty_test_template"
+# Every `loyalty worker`, `dev` and `api` a test starts serves its metrics on a port the
+# system chooses: two pytest workers (or a benchmark beside them) never collide on 9464.
+os.environ.setdefault("LOYALTY_METRICS_PORT", "0")
+os.environ.setdefault("LOYALTY_API_METRICS_PORT", "0")
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "loyalty.triggers",
         ),
     ),
-    ("connections", ("loyalty.store", "loyalty.temporal")),
+    ("connections", ("loyalty.store", "loyalty.temporal", "loyalty.metrics")),
     (
         "engine SQL",
         (
@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "loyalty.ingest",
             "loyalty.ledger",
             "loyalty.messages.history",
+            "loyalty.metrics.database",
             "loyalty.router",
             "loyalty.segments.membership",
             "loyalty.segments.windows",
@@ -75,6 +76,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "starter",
             "examples",
             "loyalty.api",
+            "loyalty.metrics.endpoint",
         ),
     ),
     ("top", ("loyalty.cli", "worker")),

@@ -59,6 +59,7 @@ from loyalty.ingest import inbox
 from loyalty.ingest.batch import conflict_problems, parse_batch
 from loyalty.inputs import load_json
 from loyalty.ledger.members import member_view
+from loyalty.metrics.counters import count_accepted
 from loyalty.models import EmitEventsResult, EmitResult, EventOutcome, MemberView
 from loyalty.segments import membership as segments
 from loyalty.settings import Settings
@@ -478,6 +479,7 @@ async def accept_events(state: ApiState, key: ApiKey, body: bytes) -> bytes:
         raise _invalid(lines, f"event ids reused with other content: {reused}") from None
     except InvalidEvent as invalid:
         raise _invalid(invalid.problems) from None
+    count_accepted(events, results)
     # Serialized once, here: returning the model would have FastAPI validate it again.
     return EmitEventsResult.of(results).model_dump_json().encode()
 

@@ -24,6 +24,7 @@ keys_cli = typer.Typer(
 
 async def _serve(settings: Settings, app: LoyaltyApp) -> int:
     from loyalty.api.serve import serve_api
+    from loyalty.metrics.endpoint import serving_metrics
     from loyalty.store.db import Database, prepare_database
 
     async with Database(settings) as database:
@@ -33,14 +34,19 @@ async def _serve(settings: Settings, app: LoyaltyApp) -> int:
         started: asyncio.Future[str] = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        serving = asyncio.create_task(serve_api(settings, database.dsn, app, stop, started))
-        waiting: set[asyncio.Future[Any]] = {serving, started}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if started.done():
-            url = started.result()
-            console.print(f"HTTP API on {url} (docs: {url}/docs); stop with Ctrl-C",
-                          soft_wrap=True)  # fmt: skip
-        await serving
+        async with serving_metrics(
+            settings, port=settings.api_metrics_port, variable="LOYALTY_API_METRICS_PORT"
+        ) as metrics_url:
+            serving = asyncio.create_task(serve_api(settings, database.dsn, app, stop, started))
+            waiting: set[asyncio.Future[Any]] = {serving, started}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if started.done():
+                url = started.result()
+                console.print(f"HTTP API on {url} (docs: {url}/docs); stop with Ctrl-C",
+                              soft_wrap=True)  # fmt: skip
+                if metrics_url:
+                    console.print(f"metrics on {metrics_url}", soft_wrap=True)
+            await serving
     console.print("stopped the HTTP API")
     return 0
 

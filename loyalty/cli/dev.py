@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -24,10 +24,15 @@ from temporalio.client import Client
 from loyalty.app import LoyaltyApp
 from loyalty.cli.kit import problem, stop_on_sigterm
 from loyalty.codec import HOME_KEYRING, write_keyring
+from loyalty.metrics.endpoint import serving_metrics
+from loyalty.metrics.temporal import TemporalMetrics, runtime_with_metrics
 from loyalty.settings import Settings
 from loyalty.store.db import Database
 from loyalty.store.embedded import EmbeddedPostgres, TemporalDevServer
 from loyalty.temporal import connect_temporal, keyring
+
+if TYPE_CHECKING:
+    from temporalio.runtime import LoggingConfig
 
 StoryHook = Callable[[Client, str, str | None], Awaitable[int]]
 """Played once the worker is ready, with the Temporal client, the database DSN and the
@@ -62,8 +67,9 @@ Servers = tuple[TemporalDevServer | None, EmbeddedPostgres | None]
 CORE_LOG = logging.getLogger("loyalty.dev.temporal")
 
 
-def _forward_core_logs() -> None:
-    """Send the Temporal core's log lines through Python logging, to stderr as before.
+def _forward_core_logs(settings: Settings) -> TemporalMetrics | None:
+    """Send the Temporal core's log lines through Python logging, to stderr as before;
+    with metrics on, buffer the SDK's metrics too, for the metrics endpoint (returned).
 
     Once its Temporal dev server has died, `loyalty dev` silences them: the stopping
     worker would otherwise print a warning for each of the retries it makes, for
@@ -82,8 +88,21 @@ def _forward_core_logs() -> None:
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=CORE_LOG),
     )
+    if settings.metrics:
+        return _metered_runtime(logging_config)
     runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
     Runtime.set_default(runtime, error_if_already_set=False)
+    return None
+
+
+def _metered_runtime(logging_config: LoggingConfig | None = None) -> TemporalMetrics:
+    """Make the default Temporal runtime one whose metrics the endpoint serves; must run
+    before any Temporal client exists."""
+    from temporalio.runtime import Runtime
+
+    runtime, buffer = runtime_with_metrics(logging_config)
+    Runtime.set_default(runtime, error_if_already_set=False)
+    return TemporalMetrics(buffer)
 
 
 async def _watch(servers: Servers, stop: asyncio.Event) -> None:
@@ -133,6 +152,31 @@ async def _serve(
     servers: Servers = (None, None),
     *,
     with_api: bool = True,
+    temporal_metrics: TemporalMetrics | None = None,
+) -> int:
+    async with serving_metrics(
+        settings, port=settings.metrics_port, variable="LOYALTY_METRICS_PORT", dsn=dsn,
+        programs=list(app.programs), temporal=temporal_metrics,
+    ) as metrics_url:  # fmt: skip
+        return await _serve_with_metrics(
+            settings, app, dsn, address, console, started, ui_url, story, servers,
+            with_api=with_api, metrics_url=metrics_url,
+        )  # fmt: skip
+
+
+async def _serve_with_metrics(
+    settings: Settings,
+    app: LoyaltyApp,
+    dsn: str,
+    address: str,
+    console: Console,
+    started: float,
+    ui_url: str | None,
+    story: StoryHook | None,
+    servers: Servers,
+    *,
+    with_api: bool,
+    metrics_url: str | None,
 ) -> int:
     from worker import run_worker
 
@@ -152,7 +196,7 @@ async def _serve(
                 task.result()
                 return 1
             api_url = await _start_api(settings, app, dsn, stop, tasks) if with_api else None
-            _print_ready(settings, app, console, started, address, ui_url, api_url)
+            _print_ready(settings, app, console, started, address, ui_url, api_url, metrics_url)
             code = 0
             if story is not None:
                 code = await _play(story(client, dsn, ui_url), task, stop, console)
@@ -202,6 +246,7 @@ def _print_ready(
     address: str,
     ui_url: str | None,
     api_url: str | None = None,
+    metrics_url: str | None = None,
 ) -> None:
     elapsed = time.monotonic() - started
     lines = [
@@ -218,6 +263,8 @@ def _print_ready(
     if api_url:
         lines.append(f"HTTP API: [link={api_url}]{api_url}[/link]   docs: {api_url}/docs")
     lines.extend(_codec_lines(settings, ui_url, api_url))
+    if metrics_url:
+        lines.append(f"Metrics: [link={metrics_url}]{metrics_url}[/link]")
     lines.append(f"Temporal: {address}   data: {settings.home.resolve()}")
     lines.append("Stop with Ctrl-C.")
     console.print(Panel("\n".join(lines), title="loyalty dev", expand=False))
@@ -303,7 +350,7 @@ async def run_dev(
     from loyalty.api.serve import api_url
 
     started = time.monotonic()
-    _forward_core_logs()
+    temporal_metrics = _forward_core_logs(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     settings = dev_codec(settings)
     # The port the system picks (0) is known only once the API listens: no codec then.
@@ -335,7 +382,7 @@ async def run_dev(
                 address, ui_url = temporal.address, temporal.ui_url
             return await _serve(
                 settings, app, database.dsn, address, console, started, ui_url, story,
-                (temporal, embedded),
+                (temporal, embedded), temporal_metrics=temporal_metrics,
             )  # fmt: skip
         finally:
             if temporal is not None:
@@ -349,6 +396,7 @@ async def run_dev(
 
 async def run_worker_only(settings: Settings, app: LoyaltyApp, console: Console) -> int:
     """Run the worker against configured services until a signal."""
+    temporal_metrics = _metered_runtime() if settings.metrics else None
     async with Database(settings) as database:
         return await _serve(
             settings,
@@ -359,4 +407,5 @@ async def run_worker_only(settings: Settings, app: LoyaltyApp, console: Console)
             time.monotonic(),
             None,
             with_api=False,
+            temporal_metrics=temporal_metrics,
         )

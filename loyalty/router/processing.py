@@ -13,6 +13,8 @@ back-off after an unexpected error, ``dead`` after the last allowed attempt.
 from __future__ import annotations
 
 import traceback
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -148,6 +150,20 @@ class EventProcessor:
         return "no_effect"
 
 
+@dataclass
+class BatchDetail:
+    """What committed batches did, for the metrics (`loyalty.metrics.counters`): filled
+    only once a batch committed, so a batch rolled back or redone counts once.
+
+    Attributes:
+        outcomes: finished events by (type, outcome): applied, no_effect, rejected, dead.
+        careful: batches redone one event at a time after their first pass failed.
+    """
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    careful: int = 0
+
+
 class _RedoCarefully(Exception):
     """An event failed in a batch applied without savepoints: redo it with them."""
 
@@ -164,6 +180,7 @@ async def process_batch(
     task_queue: str,
     careful: bool = False,
     use_bulk: bool = True,
+    detail: BatchDetail | None = None,
 ) -> RouterProgress:
     """Claim and apply one batch in one transaction; returns what happened.
 
@@ -181,7 +198,8 @@ async def process_batch(
     In the first pass, the members whose events are all simple (`loyalty.router.bulk`) have
     them applied set-based, in a few statements for the whole batch, before the others'
     events are applied one by one; ``use_bulk=False`` applies every event one by one (to
-    compare the two). The careful pass is always one by one.
+    compare the two). The careful pass is always one by one. ``detail``, when given, gets
+    the committed batch's outcomes by event type.
     """
     try:
         async with conn.transaction():
@@ -197,6 +215,8 @@ async def process_batch(
                 return RouterProgress()
             outcomes: list[dict[str, Any]] = []
             counts = {"applied": 0, "no_effect": 0, "rejected": 0, "failed_attempts": 0, "dead": 0}
+            # Finished events by (type, outcome), for the metrics.
+            kinds: Counter[tuple[str, str]] = Counter()
             # Members whose event failed in this batch: their later events wait, unattempted,
             # so that a member's events are never applied out of order.
             held: set[str] = set()
@@ -251,15 +271,19 @@ async def process_batch(
                 if outcome["status"] == "processed":
                     processed.append((row["id"], event))
                     counts[outcome["outcome"]] += 1
+                    kinds[row["type"], outcome["outcome"]] += 1
                 elif outcome["status"] == "rejected":
                     counts["rejected"] += 1
+                    kinds[row["type"], "rejected"] += 1
                 elif outcome["status"] == "dead":
                     counts["dead"] += 1
+                    kinds[row["type"], "dead"] += 1
                 elif "last_error" in outcome:
                     counts["failed_attempts"] += 1
             for row_id, event, fast in derived_done:
                 processed.append((row_id, event))
                 counts[fast.outcome] += 1
+                kinds[event.type, fast.outcome] += 1
             # A member is enrolled by the first event the engine processes for them; a refused
             # one (a withdrawal for an unknown member) enrols nobody. The fast path enrolled
             # its own members (`loyalty.router.writes`).
@@ -283,13 +307,16 @@ async def process_batch(
             done = RouterProgress(batches=1, events=len(rows) + len(derived_done), **counts)
             await totals.add(conn, program, partitions, partition, done)
             await conn.execute("SELECT pg_notify($1, $2)", PROCESSED_CHANNEL, program)
-        return done
     except _RedoCarefully:
         return await process_batch(
             conn, processor, program=program, partitions=partitions, partition=partition,
             batch_size=batch_size, max_attempts=max_attempts, task_queue=task_queue,
-            careful=True,
+            careful=True, detail=detail,
         )  # fmt: skip
+    if detail is not None:  # committed
+        detail.outcomes.update(kinds)
+        detail.careful += careful
+    return done
 
 
 async def _apply_bulk(
