@@ -401,35 +401,24 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
     """The scheme's measure now: qualifying points of its currency within its window.
 
     A full recompute reads a rolling window's sums where they are kept
-    (``qualifying_window_totals``, migration 0025), each member's own rows only where the
-    kept sum is not the measure now; given members sum their rows (a few index entries).
+    (``qualifying_window_totals``, migration 0025), which `loyalty.segments.membership`'s
+    recompute first makes the measure at its ``now()`` (`loyalty.segments.windows`);
+    given members sum their own rows (a few index entries each).
     """
     currency = q.currency(scheme.currency)
     program = literal(q.program.name)
     q.timed = q.timed or scheme.window != "lifetime"
     if isinstance(scheme.window, timedelta) and q.only is None:
         q.windows.add((currency, scheme.window))
-        span = _interval(scheme.window)
-        # Where the kept sum is not the measure now, the member's rows are summed (a
-        # lateral lookup whose condition on the kept row gates it: a correlated subquery
-        # instead would keep the read from running in parallel).
-        stale = "NOT (t.valid_from <= now() AND now() < t.valid_until)"
-        source = (
-            f"SELECT t.member_id, coalesce(x.v, t.points) AS v "
-            f"FROM qualifying_window_totals AS t LEFT JOIN LATERAL ("
-            f"SELECT coalesce(sum(r.points), 0)::bigint AS v FROM qualifying_points AS r "
-            f"WHERE {stale} AND r.program = t.program AND r.member_id = t.member_id "
-            f"AND r.currency = t.currency AND r.earned_at > now() - {span} "
-            f"AND r.earned_at <= now()) AS x ON {stale} "
-            f"WHERE t.program = {program} "
-            f"AND t.currency = {literal(currency)} AND t.span = {span}"
-            f"{in_range('t.member_id', q.within)}"
-        )
         alias = q.join(
             f"qualifying:{scheme.name}",
-            lambda a: f"LEFT JOIN ({source}) AS {a} ON {a}.member_id = m.member_id",
+            lambda a: (
+                f"LEFT JOIN qualifying_window_totals AS {a} ON {a}.program = m.program "
+                f"AND {a}.currency = {literal(currency)} AND {a}.span = {_interval(scheme.window)} "
+                f"AND {a}.member_id = m.member_id{in_range(f'{a}.member_id', q.within)}"
+            ),
         )
-        return f"coalesce({alias}.v, 0)"
+        return f"coalesce({alias}.points, 0)"
     if isinstance(scheme.window, timedelta):
         source = (
             f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_points "

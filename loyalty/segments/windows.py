@@ -5,12 +5,15 @@ over a rolling window reads each member's sum from ``qualifying_window_totals``
 (migration 0025, which states the invariant) instead of summing the program's
 qualifying points: the sum is kept by a trigger as rows are added, with the span of time
 over which it is the member's measure. Time alone ends that span (the member's earliest
-row leaves the window); the compiled SQL then sums the member's own rows, and `refresh`,
-which every full recompute runs first, puts such members right.
+row leaves the window, or a row dated ahead enters it); `refresh`, which every full
+recompute runs first in its transaction, writes the measure at that transaction's
+``now()`` for every member whose span does not hold then, so the recompute reads the
+measure at its own ``now()`` for everyone. Housekeeping's refresh of timed segments runs
+it regularly, so only the members whose span ended since are summed again.
 
 `keep` (part of `loyalty.segments.membership.install`) keeps the windows the installed
 segments read: a new one is filled from ``qualifying_points``, one no segment reads any
-more is dropped with its sums. Both fill and refresh hold the program's ledger lock
+more is dropped with its sums. Fill and refresh hold the program's ledger lock
 exclusively, as every writer of ``qualifying_points`` holds it shared.
 """
 
@@ -72,18 +75,7 @@ async def keep(conn: Conn, app: LoyaltyApp) -> list[tuple[str, str, timedelta]]:
             currency,
             span,
         )
-        await conn.execute(
-            """INSERT INTO qualifying_window_totals (program, currency, span, member_id, points,
-                                                     valid_from, valid_until)
-               SELECT $1, $2, $3, member_id, sum(points)::bigint,
-                      greatest(max(earned_at), now()), min(earned_at) + $3
-               FROM qualifying_points
-               WHERE program = $1 AND currency = $2 AND earned_at > now() - $3::interval
-               GROUP BY member_id""",
-            program,
-            currency,
-            span,
-        )
+        await _fill(conn, program, currency, span)
     if new:
         # Statistics of the filled sums for the recompute that reads them next (they
         # were those of an empty table).
@@ -91,36 +83,81 @@ async def keep(conn: Conn, app: LoyaltyApp) -> list[tuple[str, str, timedelta]]:
     return new
 
 
+async def _fill(conn: Conn, program: str, currency: str, span: timedelta) -> None:
+    """Every member's measure at now(), for those with a row earned after now() - span."""
+    await conn.execute(
+        f"""INSERT INTO qualifying_window_totals (program, currency, span, member_id, points,
+                                                 valid_from, valid_until)
+            SELECT $1, $2, $3, q.member_id, {_MEASURED}
+            FROM qualifying_points AS q
+            WHERE q.program = $1 AND q.currency = $2 AND q.earned_at > now() - $3::interval
+            GROUP BY q.member_id""",
+        program,
+        currency,
+        span,
+    )
+
+
+# A member's measure at now() over the rows q of the window (those earned after now() -
+# span): points, valid from now until the earliest leaves the window or one dated ahead
+# enters it.
+_MEASURED = """coalesce(sum(q.points) FILTER (WHERE q.earned_at <= now()), 0)::bigint, now(),
+       coalesce(least(min(q.earned_at) FILTER (WHERE q.earned_at <= now()) + $3,
+                      min(q.earned_at) FILTER (WHERE q.earned_at > now())), 'infinity')"""
+
+
 async def refresh(conn: Conn, program: str, windows: Iterable[Window]) -> int:
-    """Recompute the kept sums of ``program`` that are no longer the measure because a
-    row has left the window since; returns how many. Takes the program's ledger lock."""
+    """Write the measure at now() for every member of ``program`` whose kept sum is not
+    the measure then (in the windows given); returns how many. Takes the program's ledger
+    lock. A window filled after now() (by a transaction that committed while this one
+    waited for the lock) is filled again."""
     refreshed = 0
     for currency, span in sorted(windows):
         await lock_program(conn, program)
-        # The stale members first (an index range of valid_until), each summed by its
-        # own index lookups, then their rows updated by key: whatever the statistics
-        # of a table just filled say, no plan reads the window's sums more than once.
+        later = await conn.fetchval(
+            """SELECT filled_at > now() FROM qualifying_windows
+               WHERE program = $1 AND currency = $2 AND span = $3""",
+            program,
+            currency,
+            span,
+        )
+        if later:
+            await conn.execute(
+                """DELETE FROM qualifying_window_totals
+                   WHERE program = $1 AND currency = $2 AND span = $3""",
+                program,
+                currency,
+                span,
+            )
+            await conn.execute(
+                """UPDATE qualifying_windows SET filled_at = now()
+                   WHERE program = $1 AND currency = $2 AND span = $3""",
+                program,
+                currency,
+                span,
+            )
+            await _fill(conn, program, currency, span)
+            continue
+        # The members first (one pass over the window's sums), each summed by its own
+        # index lookups, then their rows updated by key.
         status = await conn.execute(
-            """WITH s AS MATERIALIZED (
-                   SELECT w.member_id, x.points, x.latest, x.earliest
-                   FROM qualifying_window_totals AS w
-                   CROSS JOIN LATERAL (
-                       SELECT coalesce(sum(q.points), 0)::bigint AS points,
-                              max(q.earned_at) AS latest, min(q.earned_at) AS earliest
-                       FROM qualifying_points AS q
-                       WHERE q.program = w.program AND q.member_id = w.member_id
-                         AND q.currency = w.currency AND q.earned_at > now() - $3::interval
-                   ) AS x
-                   WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
-                     AND w.valid_until <= now()
-               )
-               UPDATE qualifying_window_totals AS t
-               SET points = s.points,
-                   valid_from = greatest(now(), coalesce(s.latest, now())),
-                   valid_until = coalesce(s.earliest + $3, 'infinity')
-               FROM s
-               WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
-                 AND t.member_id = s.member_id""",
+            f"""WITH s AS MATERIALIZED (
+                    SELECT w.member_id, x.points, x.valid_from, x.valid_until
+                    FROM qualifying_window_totals AS w
+                    CROSS JOIN LATERAL (
+                        SELECT {_MEASURED}
+                        FROM qualifying_points AS q
+                        WHERE q.program = w.program AND q.member_id = w.member_id
+                          AND q.currency = w.currency AND q.earned_at > now() - $3::interval
+                    ) AS x (points, valid_from, valid_until)
+                    WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
+                      AND NOT (w.valid_from <= now() AND now() < w.valid_until)
+                )
+                UPDATE qualifying_window_totals AS t
+                SET points = s.points, valid_from = s.valid_from, valid_until = s.valid_until
+                FROM s
+                WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
+                  AND t.member_id = s.member_id""",
             program,
             currency,
             span,

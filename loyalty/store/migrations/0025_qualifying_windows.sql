@@ -9,24 +9,22 @@
 --
 -- * qualifying_windows: the (program, currency, span) windows kept, those some installed
 --   segment reads; the worker adds and removes them at install. A new one is filled from
---   qualifying_points then, at `filled_at`: a member without a row had no row in the
---   window at that time, so for them C starts empty at filled_at.
--- * qualifying_window_totals: per member, `points` is the sum of a set C of the member's
---   rows, and the sum is the member's measure at every time t with
---   valid_from <= t < valid_until. When the window is filled or refreshed at time r,
---   C = the rows with earned_at > r - span, valid_from = greatest(r, the latest
---   earned_at in C) and valid_until = the earliest earned_at in C + span ('infinity'
---   when C is empty, -infinity... never: valid_from is then r). Every row added later is
---   added to C by the trigger below, moving valid_from up to its earned_at and
---   valid_until down to its earned_at + span. So at a valid t every row of C is in the
---   window (t - span, t], and every row in that window is in C: a row not in C was
---   earned at or before r - span <= t - span. Outside that span (a row of C has left
---   the window, or one dated ahead has not entered yet) the reader sums the member's
---   rows itself, and the next refresh puts the member right.
+--   qualifying_points at `filled_at`; a member without a row in qualifying_window_totals
+--   then had no row earned after filled_at - span.
+-- * qualifying_window_totals: per member, `points` is the member's measure (the sum of
+--   its rows earned in (t - span, t]) at every time t with valid_from <= t < valid_until.
+--   A fill or refresh at time r writes the measure at r, valid from r until the earliest
+--   row in the window leaves it (its earned_at + span) or a row dated ahead enters it
+--   (its earned_at), whichever comes first ('infinity' if neither).
 --
--- Rows of qualifying_points are only ever added (0019), so the statement trigger keeps C
--- exact. Refreshes and fills hold the program's ledger lock exclusively, as every writer
--- of qualifying_points holds it shared, so none runs beside an insert.
+-- The trigger below keeps that true as rows are added (rows of qualifying_points are only
+-- ever added, 0019). A row earned at e is counted when e <= now(): the measure gains its
+-- points from e on, so the span starts at e at the earliest and ends at e + span at the
+-- latest. A row dated ahead (e > now(), clocks drift) is not counted: the span ends at e
+-- at the latest, and the refresh after e counts it. Time alone ends a span; a full
+-- recompute refreshes every sum whose span does not hold at its now() before it reads
+-- them, in its transaction, holding the program's ledger lock exclusively (every writer
+-- of qualifying_points holds it shared), so what it reads is the measure at its now().
 
 CREATE TABLE qualifying_windows (
     program   text NOT NULL REFERENCES programs (name),
@@ -47,16 +45,16 @@ CREATE TABLE qualifying_window_totals (
     PRIMARY KEY (program, currency, span, member_id),
     FOREIGN KEY (program, currency, span) REFERENCES qualifying_windows ON DELETE CASCADE
 );
--- The members a refresh recomputes: those whose earliest row has left the window.
-CREATE INDEX qualifying_window_totals_until
-    ON qualifying_window_totals (program, currency, span, valid_until);
 
 CREATE FUNCTION qualifying_windows_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO qualifying_window_totals AS t (program, currency, span, member_id, points,
                                                valid_from, valid_until)
-    SELECT n.program, n.currency, w.span, n.member_id, sum(n.points)::bigint,
-           greatest(max(n.earned_at), w.filled_at), min(n.earned_at) + w.span
+    SELECT n.program, n.currency, w.span, n.member_id,
+           coalesce(sum(n.points) FILTER (WHERE n.earned_at <= now()), 0)::bigint,
+           greatest(max(n.earned_at) FILTER (WHERE n.earned_at <= now()), w.filled_at),
+           coalesce(least(min(n.earned_at) FILTER (WHERE n.earned_at <= now()) + w.span,
+                          min(n.earned_at) FILTER (WHERE n.earned_at > now())), 'infinity')
     FROM added AS n
     JOIN qualifying_windows AS w ON w.program = n.program AND w.currency = n.currency
     GROUP BY n.program, n.currency, w.span, w.filled_at, n.member_id
