@@ -409,12 +409,13 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
     program = literal(q.program.name)
     q.timed = q.timed or scheme.window != "lifetime"
     if isinstance(scheme.window, timedelta) and q.only is None:
-        q.windows.add((currency, scheme.window))
+        span = scheme.window
+        q.windows.add((currency, span))
         alias = q.join(
             f"qualifying:{scheme.name}",
             lambda a: (
                 f"LEFT JOIN qualifying_window_totals AS {a} ON {a}.program = m.program "
-                f"AND {a}.currency = {literal(currency)} AND {a}.span = {_interval(scheme.window)} "
+                f"AND {a}.currency = {literal(currency)} AND {a}.span = {_interval(span)} "
                 f"AND {a}.member_id = m.member_id{in_range(f'{a}.member_id', q.within)}"
             ),
         )
