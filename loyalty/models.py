@@ -426,8 +426,8 @@ class HousekeepingProgress(Model):
     """A housekeeping run as far as it got (a row of ``housekeeping_runs``).
 
     ``step`` is the next step to do: mature, expire, remind (``bonus_expiring``, in
-    chunks after the cursor), segments (refresh those that read the clock), prune, then
-    done."""
+    chunks after the cursor), segments (refresh those that read the clock), snapshot (the
+    day's liability, ``liability_snapshots``), prune, then done."""
 
     id: int
     program: str
@@ -435,7 +435,7 @@ class HousekeepingProgress(Model):
     started_at: datetime
     finished_at: datetime | None = None
     duration_seconds: float | None = None
-    step: Literal["mature", "expire", "remind", "segments", "prune", "done"] = "mature"
+    step: Literal["mature", "expire", "remind", "segments", "snapshot", "prune", "done"] = "mature"
     matured_lots: int = 0
     matured_points: int = 0
     expired_lots: int = 0
@@ -446,6 +446,7 @@ class HousekeepingProgress(Model):
     reminders: int = 0
     segments_entered: int = 0
     segments_left: int = 0
+    snapshots: int = 0
     pruned_starts: int = 0
     pruned_signals: int = 0
 
