@@ -151,6 +151,22 @@ class FailedEvent(Model):
     failed_at: datetime
 
 
+class PendingEvent(Model):
+    """An event of the backlog: accepted, not yet processed (``not_before``: waiting for
+    a retry after ``attempts`` failed attempts, the last one's error in ``error``)."""
+
+    program: str
+    event_id: str
+    type: str
+    member_id: str
+    occurred_at: datetime
+    received_at: datetime
+    age_seconds: float
+    attempts: int
+    error: str | None = None
+    not_before: datetime | None = None
+
+
 class Balance(Model):
     """Balances of one currency for one member.
 

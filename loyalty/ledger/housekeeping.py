@@ -51,6 +51,15 @@ async def start_run(conn: Conn, program: str, as_of: datetime) -> HousekeepingPr
     return _progress(row)
 
 
+async def latest_runs(conn: Conn) -> list[HousekeepingProgress]:
+    """The latest run of every program (`loyalty status`)."""
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT ON (program) {_RUN} FROM housekeeping_runs
+            ORDER BY program, started_at DESC, id DESC"""
+    )
+    return [_progress(r) for r in rows]
+
+
 async def _locked(conn: Conn, run: HousekeepingProgress) -> HousekeepingProgress:
     """The run, read again and locked until the end of the transaction."""
     row = await conn.fetchrow(
