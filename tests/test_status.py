@@ -66,6 +66,7 @@ async def test_status_of_a_running_stack_exits_0(
     assert [(h["program"], h["running"]) for h in shown["housekeeping"]] == [
         ("coffee", True), ("default", True),
     ]  # fmt: skip
+    assert shown["routers"][0]["processed"]["events"] == 0
     assert shown["maintenance"] == []  # the test app has no tier scheme
     assert (shown["dead_letters"], shown["streams"], shown["schedules"]) == ([], [], [])
     screen = await loyalty(env, "status")

@@ -184,6 +184,7 @@ async def _answer(down: list[str], service: str, read: Callable[[], Awaitable[T]
 async def _from_database(conn: Conn, settings: Settings) -> dict[str, Any]:
     from loyalty.ingest.inbox import backlog, dead_letters
     from loyalty.ledger.housekeeping import latest_runs as housekeeping_runs
+    from loyalty.router import totals
     from loyalty.streams.capture import list_streams
     from loyalty.tiers.maintenance import latest_runs as maintenance_runs
 
@@ -206,6 +207,9 @@ async def _from_database(conn: Conn, settings: Settings) -> dict[str, Any]:
         for p in programs
         for n in range(settings.router_partitions)
     ]  # fmt: skip
+    for r in routers:
+        done = await totals.read(conn, r["program"], r["partitions"], r["partition"])
+        r["processed"] = done.model_dump()
     kept = {r.program: r for r in await housekeeping_runs(conn)}
     maintained = {(r.program, r.scheme): r for r in await maintenance_runs(conn)}
     return {
@@ -298,11 +302,13 @@ def render(found: dict[str, Any]) -> None:
         console.print("routers, backlog, dead letters, streams, runs: unknown (PostgreSQL down)")
     else:
         routers = Table("program", "partition", "router", "pending", "retrying", "lag",
-                        title="Routers and backlog", title_justify="left")  # fmt: skip
+                        "processed", "dead", title="Routers and backlog",
+                        title_justify="left")  # fmt: skip
         for r in found["routers"]:
             routers.add_row(
                 r["program"], f"{r['partition'] + 1} of {r['partitions']}", _yes(r["running"]),
                 f"{r['pending']:,}", f"{r['retrying']:,}", _seconds(r["lag_seconds"]),
+                f"{r['processed']['events']:,}", f"{r['processed']['dead']:,}",
             )  # fmt: skip
         console.print(routers)
         dead = found["dead_letters"]
