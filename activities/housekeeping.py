@@ -24,6 +24,7 @@ from loyalty.ledger.housekeeping import (
     prune_step,
     remind_step,
     segments_step,
+    snapshot_step,
     start_run,
 )
 from loyalty.ledger.reminders import REMINDER_CHUNK
@@ -62,6 +63,7 @@ class HousekeepingActivities:
             self.expire,
             self.remind,
             self.segments,
+            self.snapshot,
             self.prune,
         ]
 
@@ -139,6 +141,15 @@ class HousekeepingActivities:
         return await self._step(
             work, lambda conn, program, run: segments_step(conn, self.app, program, run)
         )
+
+    @activity.defn(name="housekeeping_snapshot")
+    async def snapshot(self, work: HousekeepingWork) -> HousekeepingProgress:
+        """Record the day's liability per point currency (`snapshot_step`).
+
+        Raises:
+            ApplicationError: ``UnknownProgram`` (non-retryable).
+        """
+        return await self._step(work, snapshot_step)
 
     @activity.defn(name="housekeeping_prune")
     async def prune(self, work: HousekeepingWork) -> HousekeepingProgress:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +25,31 @@ from loyalty.rules import EarnRule, check_rules
 from loyalty.segments.spec import Segment, check_segments
 from loyalty.streams.spec import ProfileStream, check_streams
 from loyalty.tiers.schemes import Schedule, TierScheme, check_schemes
+
+
+class PointValue(BaseModel):
+    """What one point is worth in money: turns the liability into money in `loyalty report`.
+
+    Attributes:
+        amount: money per point, a `Decimal` greater than zero (``Decimal("0.01")``); a
+            float is refused, as everywhere money is handled.
+        currency: the money's ISO 4217 code, three capital letters (``EUR``).
+        points: the program's point currency this values (default: its first currency);
+            other point currencies (``tier_points``) are shown in points only.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    amount: Decimal = Field(gt=0, max_digits=18, decimal_places=8)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    points: CurrencyName | None = None
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        if isinstance(value, float):
+            raise ValueError("give the amount as a Decimal or a string, not a float")
+        return value
 
 
 class Program(BaseModel):
@@ -50,6 +76,8 @@ class Program(BaseModel):
         timezone: the program's IANA time zone (default ``UTC``): it defines the day of
             a ``bonus_expiring`` reminder (one per member, currency and expiry day) and
             where a `loyalty.policies.FixedDate` day ends.
+        point_value: what a point of one currency is worth in money (`PointValue`), for
+            `loyalty report` and ``--history``; none by default (points only).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -64,6 +92,7 @@ class Program(BaseModel):
     housekeeping: Schedule = Schedule()
     messages: Messages = Messages()
     timezone: str = "UTC"
+    point_value: PointValue | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -75,6 +104,9 @@ class Program(BaseModel):
         unknown = sorted(set(self.expiry) - set(self.currencies))
         if unknown:
             raise ValueError(f"expiry names unknown currencies: {', '.join(unknown)}")
+        valued = self.point_value.points if self.point_value else None
+        if valued is not None and valued not in self.currencies:
+            raise ValueError(f"point_value names an unknown currency: {valued}")
         problems = check_rules(self.earn_rules, self.currencies)
         problems += check_schemes(self.tier_schemes, self.currencies)
         if problems:

@@ -151,6 +151,22 @@ class FailedEvent(Model):
     failed_at: datetime
 
 
+class PendingEvent(Model):
+    """An event of the backlog: accepted, not yet processed (``not_before``: waiting for
+    a retry after ``attempts`` failed attempts, the last one's error in ``error``)."""
+
+    program: str
+    event_id: str
+    type: str
+    member_id: str
+    occurred_at: datetime
+    received_at: datetime
+    age_seconds: float
+    attempts: int
+    error: str | None = None
+    not_before: datetime | None = None
+
+
 class Balance(Model):
     """Balances of one currency for one member.
 
@@ -426,8 +442,8 @@ class HousekeepingProgress(Model):
     """A housekeeping run as far as it got (a row of ``housekeeping_runs``).
 
     ``step`` is the next step to do: mature, expire, remind (``bonus_expiring``, in
-    chunks after the cursor), segments (refresh those that read the clock), prune, then
-    done."""
+    chunks after the cursor), segments (refresh those that read the clock), snapshot (the
+    day's liability, ``liability_snapshots``), prune, then done."""
 
     id: int
     program: str
@@ -435,7 +451,7 @@ class HousekeepingProgress(Model):
     started_at: datetime
     finished_at: datetime | None = None
     duration_seconds: float | None = None
-    step: Literal["mature", "expire", "remind", "segments", "prune", "done"] = "mature"
+    step: Literal["mature", "expire", "remind", "segments", "snapshot", "prune", "done"] = "mature"
     matured_lots: int = 0
     matured_points: int = 0
     expired_lots: int = 0
@@ -446,6 +462,7 @@ class HousekeepingProgress(Model):
     reminders: int = 0
     segments_entered: int = 0
     segments_left: int = 0
+    snapshots: int = 0
     pruned_starts: int = 0
     pruned_signals: int = 0
 

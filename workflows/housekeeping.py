@@ -5,7 +5,8 @@ computed by an activity from the worker's app, so a changed schedule applies fro
 next run), then runs the steps of a run at that instant (``as_of``), one activity each:
 maturing earned lots that are due, expiring lots by the expiry policies, writing
 ``bonus_expiring`` reminders (in slices of chunks, one activity per slice; see
-`loyalty.ledger.reminders`), and pruning the journey outboxes. The run is recorded in
+`loyalty.ledger.reminders`), refreshing segments, recording the day's liability
+(`loyalty.ledger.history`), and pruning the journey outboxes. The run is recorded in
 ``housekeeping_runs``; then the loop continues-as-new, so its history stays small
 whatever the number of runs.
 
@@ -46,12 +47,17 @@ HOUSEKEEPING_RETRY_POLICY = RetryPolicy(
     non_retryable_error_types=["UnknownProgram"],
 )
 
-# The activity doing each step, by the run's next step.
+# The activity doing each step, by the run's next step. The order of the steps is the
+# database's (each step's result names the next one), not this code's: a history replays
+# with the results it recorded, so adding a step needs no `workflow.patched`, only the
+# step kept here while a run may still reach it (tests/test_history.py replays a run
+# recorded before the snapshot step).
 _STEPS = {
     "mature": (HousekeepingActivities.mature, STEP_TIMEOUT),
     "expire": (HousekeepingActivities.expire, STEP_TIMEOUT),
     "remind": (HousekeepingActivities.remind, REMIND_SLICE_TIMEOUT),
     "segments": (HousekeepingActivities.segments, STEP_TIMEOUT),
+    "snapshot": (HousekeepingActivities.snapshot, STEP_TIMEOUT),
     "prune": (HousekeepingActivities.prune, STEP_TIMEOUT),
 }
 
@@ -74,6 +80,7 @@ def describe(run: HousekeepingProgress) -> str:
         f"{run.reminders:,} bonus_expiring reminders in {run.chunks} "
         f"chunk{'' if run.chunks == 1 else 's'}, "
         f"segments: {run.segments_entered:,} entered, {run.segments_left:,} left, "
+        f"{run.snapshots:,} liability snapshot{'' if run.snapshots == 1 else 's'}, "
         f"{run.pruned_starts + run.pruned_signals:,} outbox rows pruned"
         + (f"; step {run.step}" if run.finished_at is None else "")
     )

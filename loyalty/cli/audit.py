@@ -1,4 +1,5 @@
-"""`loyalty verify` and `loyalty report`: check the ledger, and what it adds up to."""
+"""`loyalty verify` and `loyalty report`: check the ledger, and what it adds up to (now, and
+day by day with ``--history``: `loyalty.cli.history`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from rich.bar import Bar
 from rich.padding import Padding
 from rich.table import Table
 
+from loyalty.cli.history import charts, money
 from loyalty.cli.kit import console, problem, run, settings_of
 from loyalty.ledger.audit import CheckResult, ProgramReport
+from loyalty.ledger.history import Money
 from loyalty.settings import Settings
 from loyalty.store.db import Conn
 
@@ -77,8 +80,13 @@ def _print_check(check: CheckResult) -> None:
         console.print(f"  … and {check.count - len(rows):,} more")
 
 
-def _program_table(r: ProgramReport) -> Table:
-    """One program and currency: its figures, the charted ones with a bar to scale."""
+def _json(value: Money | None) -> dict[str, str] | None:
+    return None if value is None else value.model_dump(mode="json")
+
+
+def _program_table(r: ProgramReport, worth: Money | None) -> Table:
+    """One program and currency: its figures, the charted ones with a bar to scale, and
+    the outstanding points in money when the program has a point value."""
     scale = max(max(getattr(r, name) for name, _ in CHARTED), 1)
     table = Table("figure", "points", "", title=f"{r.program} · {r.currency}",
                   title_justify="left", caption_justify="left",
@@ -89,6 +97,8 @@ def _program_table(r: ProgramReport) -> Table:
         value = getattr(r, name)
         bar = Bar(scale, 0, max(value, 0), width=BAR_WIDTH, color=colour)
         table.add_row(name.replace("_", " "), f"{value:,}", bar)
+    if worth is not None:
+        table.add_row("outstanding value", money(worth), "")
     table.add_section()
     for name in ("available", "earned", "debt", "forgiven"):
         table.add_row(name, f"{getattr(r, name):,}", "")
@@ -137,17 +147,29 @@ def register(cli: typer.Typer) -> None:
     def report(
         ctx: typer.Context,
         program: Annotated[str | None, typer.Option(help="Only this program.")] = None,
+        history: Annotated[
+            bool,
+            typer.Option(
+                "--history",
+                help="Outstanding points over time, from the daily snapshots housekeeping "
+                "takes, as a chart.",
+            ),
+        ] = False,
+        days: Annotated[
+            int, typer.Option(min=1, help="With --history: the last N UTC days, today included.")
+        ] = 30,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Points issued, redeemed, expired, clawed back and outstanding, per program.
 
         Per program and currency; forgiven points (returns under the forgive policy)
         and what members owe (debt) are shown too. Outstanding is what members hold,
-        less what they owe.
+        less what they owe; a program's point_value shows it in money too. With
+        --history: outstanding per day from the daily snapshots.
         """
-        from pydantic import TypeAdapter
-
         from loyalty.ledger.audit import report as totals
+        from loyalty.ledger.history import history as snapshots
+        from loyalty.ledger.history import point_values
 
         settings = settings_of(ctx)
 
@@ -157,16 +179,42 @@ def register(cli: typer.Typer) -> None:
             ):
                 problem(f"program: unknown program {program!r}")
                 return 2
+            if history:
+                return await _history(conn)
             with console.status("adding up the ledger"):
                 reports = await totals(conn, program)
+                values = await point_values(conn, program)
+            worth = {
+                (r.program, r.currency): values[r.program].of(r.currency, r.outstanding)
+                if r.program in values else None
+                for r in reports
+            }  # fmt: skip
             if as_json:
-                adapter = TypeAdapter(list[ProgramReport])
-                print(adapter.dump_json(reports, indent=2).decode())
+                rows = [
+                    {**r.model_dump(mode="json"), "outstanding_value": _json(worth[key])}
+                    for r in reports
+                    for key in [(r.program, r.currency)]
+                ]
+                print(json.dumps(rows, indent=2))
                 return 0
             for r in reports:
-                console.print(_program_table(r))
+                console.print(_program_table(r, worth[(r.program, r.currency)]))
             if not reports:
                 console.print("no points in the ledger")
+            return 0
+
+        async def _history(conn: Conn) -> int:
+            found = await snapshots(conn, days, program)
+            if as_json:
+                print(json.dumps([s.model_dump(mode="json") for s in found], indent=2))
+                return 0
+            for chart in charts(found):
+                console.print(chart)
+            if not found:
+                console.print(
+                    f"no liability snapshots in the last {days} days: the housekeeping loop "
+                    "takes one a day (loyalty dev, loyalty worker)"
+                )
             return 0
 
         raise typer.Exit(run(_with_conn(settings, work)))

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from loyalty.app import load_app
 from loyalty.cli import (
@@ -24,6 +23,7 @@ from loyalty.cli import (
     schedules,
     schema,
     segments,
+    status,
     streams,
 )
 from loyalty.cli.kit import UNAVAILABLE, app_or_exit, console, problem, run, settings_of
@@ -226,54 +226,28 @@ def emit(
 def events(
     ctx: typer.Context,
     failed: Annotated[bool, typer.Option(help="List dead-lettered events.")] = False,
+    pending: Annotated[
+        bool, typer.Option(help="List the backlog: events not processed yet, oldest first.")
+    ] = False,
     program: Annotated[str | None, typer.Option(help="Only this program.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many events.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """Inspect the inbox: `--failed` lists events that failed every attempt."""
-    from starter.client import LoyaltyClient
+    """Inspect the inbox: `--failed` lists events that failed every attempt, `--pending`
+    the backlog (oldest first, with its age, attempts and last error)."""
+    from loyalty.cli.inbox import print_failed, print_pending
 
     settings = settings_of(ctx)
-    if not failed:
-        problem("say which events to list: --failed")
+    if failed == pending:
+        problem("say which events to list: --failed or --pending")
         raise typer.Exit(2)
-
-    async def go() -> None:
-        async with await LoyaltyClient.connect(settings) as client:
-            rows = await client.failed_events(program)
-        if as_json:
-            for row in rows:
-                print(row.model_dump_json())
-            return
-        table = Table(
-            "program",
-            "event_id",
-            "type",
-            "member",
-            "attempts",
-            "failed at",
-            "error",
-            title="Dead-lettered events",
-        )
-        for r in rows:
-            table.add_row(
-                r.program,
-                r.event_id,
-                r.type,
-                r.member_id,
-                str(r.attempts),
-                r.failed_at.isoformat(timespec="seconds"),
-                r.error,
-            )
-        console.print(table)
-        if not rows:
-            console.print("no failed events")
-
-    run(go())
+    printer = print_failed if failed else print_pending
+    raise typer.Exit(run(printer(settings, program, limit, as_json)))
 
 
 for commands in (
     members, ledger, audit, adjust, flows, maintenance, messages, schema, api, segments,
-    schedules, streams,
+    schedules, streams, status,
 ):  # fmt: skip
     commands.register(cli)
 

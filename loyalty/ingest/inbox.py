@@ -24,7 +24,7 @@ from loyalty.events import (
     occurred_at_sent,
     origin_of,
 )
-from loyalty.models import EmitResult, EventOutcome, FailedEvent
+from loyalty.models import EmitResult, EventOutcome, FailedEvent, PendingEvent
 from loyalty.store.db import Conn
 
 INBOX_CHANNEL = "loyalty_inbox"
@@ -304,6 +304,48 @@ async def fetch_outcomes(
         )
         for r in rows
     }
+
+
+async def pending_events(
+    conn: Conn, program: str | None = None, limit: int = 100
+) -> list[PendingEvent]:
+    """The backlog: pending events, oldest first (the order the routers take them)."""
+    rows = await conn.fetch(
+        """SELECT program, event_id, type, member_id, occurred_at, received_at,
+                  extract(epoch FROM clock_timestamp() - received_at)::float8 AS age_seconds,
+                  attempts, last_error AS error, not_before
+           FROM events
+           WHERE status = 'pending' AND ($1::text IS NULL OR program = $1)
+           ORDER BY id
+           LIMIT $2""",
+        program,
+        limit,
+    )
+    return [PendingEvent(**dict(r)) for r in rows]
+
+
+async def backlog(conn: Conn, partitions: int) -> list[dict[str, Any]]:
+    """Pending events per program and router partition (of ``partitions``): how many,
+    how many wait for a retry, and the age in seconds of the oldest (the lag)."""
+    rows = await conn.fetch(
+        """SELECT program, mod(member_hash, $1) AS partition, count(*) AS pending,
+                  count(*) FILTER (WHERE not_before IS NOT NULL) AS retrying,
+                  extract(epoch FROM clock_timestamp() - min(received_at))::float8
+                      AS lag_seconds
+           FROM events WHERE status = 'pending'
+           GROUP BY 1, 2 ORDER BY 1, 2""",
+        partitions,
+    )
+    return [dict(r) for r in rows]
+
+
+async def dead_letters(conn: Conn) -> list[dict[str, Any]]:
+    """Dead-lettered events per program: how many, and when the latest failed."""
+    rows = await conn.fetch(
+        """SELECT program, count(*) AS dead, max(processed_at) AS last_failed_at
+           FROM events WHERE status = 'dead' GROUP BY program ORDER BY program"""
+    )
+    return [dict(r) for r in rows]
 
 
 async def failed_events(

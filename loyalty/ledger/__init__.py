@@ -5,7 +5,8 @@ the operations on them: `postings` (award, spend, the ledger lock), `returns` (o
 and clawbacks), `maturing` (bulk maturing and expiry), `reminders` (``bonus_expiring``),
 `housekeeping` (the housekeeping loop's recorded steps), `adjust` (adjustment files),
 `watching` (``points_above`` around a change made outside the router),
-`audit` (``loyalty verify`` and ``report``) and `members` (the member view). May import
+`audit` (``loyalty verify`` and ``report``), `history` (the daily liability snapshots and
+a program's point value) and `members` (the member view). May import
 the definitions, `loyalty.store`, the inbox and derived events of `loyalty.ingest`,
 `loyalty.tiers.promotion` and `loyalty.tiers.status` (a return takes back its share of
 the qualifying measure; the member view shows tier status) and `loyalty.flows` (the

@@ -3,7 +3,8 @@
 The housekeeping loop (`workflows.housekeeping`) runs a program's housekeeping at one
 instant, ``as_of``, as ``start_run``, ``mature_step``, ``expire_step``, ``remind_step``
 (``bonus_expiring``, see `loyalty.ledger.reminders`), ``segments_step`` (the segments time
-alone can change, `loyalty.segments.membership.refresh`) and ``prune_step``, recorded in
+alone can change, `loyalty.segments.membership.refresh`), ``snapshot_step`` (the day's
+liability, `loyalty.ledger.history`) and ``prune_step``, recorded in
 ``housekeeping_runs``. Each step's transaction moves the run's ``step`` on with its own
 work, so a step is done once and a stopped run resumes where it was.
 """
@@ -17,6 +18,7 @@ import asyncpg
 from loyalty.app import LoyaltyApp, Program
 from loyalty.flows.retention import prune
 from loyalty.ingest import derived
+from loyalty.ledger.history import take_snapshot
 from loyalty.ledger.maturing import expire_due, mature_due
 from loyalty.ledger.reminders import REMINDER_CHUNK, remind_chunk, reminder_days
 from loyalty.models import HousekeepingProgress
@@ -27,7 +29,7 @@ from loyalty.store.db import Conn
 _RUN = """id, program, as_of, started_at, finished_at,
     extract(epoch FROM duration)::float8 AS duration_seconds, step, matured_lots,
     matured_points, expired_lots, expired_points, cursor_member, cursor_currency, chunks,
-    reminders, segments_entered, segments_left, pruned_starts, pruned_signals"""
+    reminders, segments_entered, segments_left, snapshots, pruned_starts, pruned_signals"""
 
 
 def _progress(row: asyncpg.Record | None) -> HousekeepingProgress:
@@ -47,6 +49,15 @@ async def start_run(conn: Conn, program: str, as_of: datetime) -> HousekeepingPr
         program, as_of,
     )  # fmt: skip
     return _progress(row)
+
+
+async def latest_runs(conn: Conn) -> list[HousekeepingProgress]:
+    """The latest run of every program (`loyalty status`)."""
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT ON (program) {_RUN} FROM housekeeping_runs
+            ORDER BY program, started_at DESC, id DESC"""
+    )
+    return [_progress(r) for r in rows]
 
 
 async def _locked(conn: Conn, run: HousekeepingProgress) -> HousekeepingProgress:
@@ -146,9 +157,23 @@ async def segments_step(
             return run
         done = await segments.refresh(conn, app, program.name)
         return await _advance(
-            conn, run, "prune", segments_entered=sum(r.entered for r in done),
+            conn, run, "snapshot", segments_entered=sum(r.entered for r in done),
             segments_left=sum(r.left for r in done),
         )  # fmt: skip
+
+
+async def snapshot_step(
+    conn: Conn, program: Program, run: HousekeepingProgress
+) -> HousekeepingProgress:
+    """Record the program's liability on the UTC day of the run's ``as_of``
+    (`loyalty.ledger.history.take_snapshot`: an upsert, so a repeated run of the same day
+    rewrites that day's rows), once per run."""
+    async with conn.transaction():
+        run = await _locked(conn, run)
+        if run.step != "snapshot":
+            return run
+        written = await take_snapshot(conn, program.name, run.as_of)
+        return await _advance(conn, run, "prune", snapshots=written)
 
 
 async def prune_step(

@@ -269,6 +269,15 @@ async def run_maintenance(
     return run
 
 
+async def latest_runs(conn: Conn) -> list[MaintenanceProgress]:
+    """The latest run of every program and scheme (`loyalty status`)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (program, scheme) * FROM maintenance_runs
+           ORDER BY program, scheme, started_at DESC, id DESC"""
+    )
+    return [_progress(r) for r in rows]
+
+
 async def history(conn: Conn, program: str, limit: int = 10) -> list[MaintenanceProgress]:
     """The program's latest runs, newest first."""
     rows = await conn.fetch(
