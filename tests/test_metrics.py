@@ -20,11 +20,13 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from loyalty.metrics.tracing import tracing_enabled
 from loyalty.settings import Settings
 from loyalty.store.embedded import free_port
+from loyalty.temporal import data_converter
 from tests.test_api import make_key
 from tests.test_cli import LOYALTY, cli_env, loyalty
 from workflows.emit import EMIT_EVENTS
@@ -209,8 +211,11 @@ async def test_the_endpoint_is_scraped_after_a_load_and_equals_the_database(
                     assert posted.status_code == 202, posted.text
                 single = await http.post("/v1/events", json=events[0], headers=headers)
                 assert single.status_code == 202, single.text
-        # Through the worker's EmitEvents too, as a service on another Temporal SDK would.
-        emitted = await temporal.client.execute_workflow(
+        # Through the worker's EmitEvents too, as a service on another Temporal SDK would
+        # (its result is encrypted with the key `loyalty dev` wrote under its home).
+        home = Settings.model_validate({"LOYALTY_HOME": env["LOYALTY_HOME"]})
+        client = Client(temporal.client.service_client, data_converter=data_converter(home))
+        emitted = await client.execute_workflow(
             EMIT_EVENTS,
             {"events": [{"type": "points_deposit", "event_id": "wf", "member_id": "m99",
                          "points": 5, "kind": "earned", "reason": "from a workflow"}]},
