@@ -138,29 +138,32 @@ async def refresh(conn: Conn, program: str, windows: Iterable[Window]) -> int:
             )
             await _fill(conn, program, currency, span)
             continue
-        # The members first (one pass over the window's sums), each summed by its own
-        # index lookups, then their rows updated by key.
-        status = await conn.execute(
-            f"""WITH s AS MATERIALIZED (
-                    SELECT w.member_id, x.points, x.valid_from, x.valid_until
-                    FROM qualifying_window_totals AS w
-                    CROSS JOIN LATERAL (
-                        SELECT {_MEASURED}
-                        FROM qualifying_points AS q
-                        WHERE q.program = w.program AND q.member_id = w.member_id
-                          AND q.currency = w.currency AND q.earned_at > now() - $3::interval
-                    ) AS x (points, valid_from, valid_until)
-                    WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
-                      AND NOT (w.valid_from <= now() AND now() < w.valid_until)
-                )
-                UPDATE qualifying_window_totals AS t
-                SET points = s.points, valid_from = s.valid_from, valid_until = s.valid_until
-                FROM s
-                WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
-                  AND t.member_id = s.member_id""",
-            program,
-            currency,
-            span,
-        )
-        refreshed += int(status.split()[-1])
+        # The sums whose span ended, then those valid only from after now(), each found
+        # by its index (migration 0025) and summed again by its own index lookups.
+        for stale in ("w.valid_until <= now()", "w.valid_from > now()"):
+            status = await conn.execute(
+                f"""WITH s AS MATERIALIZED (
+                        SELECT w.member_id, x.points, x.valid_from, x.valid_until
+                        FROM qualifying_window_totals AS w
+                        CROSS JOIN LATERAL (
+                            SELECT {_MEASURED}
+                            FROM qualifying_points AS q
+                            WHERE q.program = w.program AND q.member_id = w.member_id
+                              AND q.currency = w.currency
+                              AND q.earned_at > now() - $3::interval
+                        ) AS x (points, valid_from, valid_until)
+                        WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
+                          AND {stale}
+                    )
+                    UPDATE qualifying_window_totals AS t
+                    SET points = s.points, valid_from = s.valid_from,
+                        valid_until = s.valid_until
+                    FROM s
+                    WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
+                      AND t.member_id = s.member_id""",
+                program,
+                currency,
+                span,
+            )
+            refreshed += int(status.split()[-1])
     return refreshed

@@ -46,6 +46,16 @@ CREATE TABLE qualifying_window_totals (
     FOREIGN KEY (program, currency, span) REFERENCES qualifying_windows ON DELETE CASCADE
 );
 
+-- What a refresh looks for: sums whose span ended (a B-tree: valid_until changes only when
+-- a member's first row in the window is added, so most updates stay HOT) and sums valid
+-- only from after the refresh's now(), written by a transaction that began after it (a
+-- BRIN index: valid_from changes at nearly every update, and a summarizing index keeps
+-- those updates HOT; such sums are rare, so nearly every block range is skipped).
+CREATE INDEX qualifying_window_totals_until
+    ON qualifying_window_totals (program, currency, span, valid_until);
+CREATE INDEX qualifying_window_totals_from
+    ON qualifying_window_totals USING brin (valid_from) WITH (autosummarize = on);
+
 CREATE FUNCTION qualifying_windows_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO qualifying_window_totals AS t (program, currency, span, member_id, points,
