@@ -11,13 +11,14 @@
    kept sums (`loyalty.segments.windows`) set back to what a refresh a day ago left
    (rows 365 to 366 days old have left the window since: about 0.5% of the members).
    Then each is recomputed over every member (`loyalty.segments.membership.recompute`,
-   ``emit=False`` as at install: everyone new; it refreshes those sums first), timed,
-   with the CPU seconds of its backend and of the parallel workers of its read
+   ``emit=False`` as at install: everyone new; it sums the aged members' rows itself),
+   timed, with the CPU seconds of its backend and of the parallel workers of its read
    (`server_cpu`). Then 1% of the members change (balance +60, 150 more qualifying
    points; written with the segments' marking triggers off, as time changes a rolling
    window unseen, and the window's own trigger on, as for every writer) and each
    segment is recomputed again with events, as housekeeping's refresh does. Then the
-   window's refresh alone, with nothing to refresh (its pass over the kept sums).
+   window's refresh that housekeeping runs after it (the aged members' sums written
+   again), timed alone.
    Baseline, same run: --sample members spread over the program, their memberships
    deleted, evaluated one by one, one transaction each
    (`loyalty.segments.membership.evaluate(conn, "zeta", [member])`: both segments, as the
@@ -277,9 +278,10 @@ class Recompute:
     first: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     second: dict[str, tuple[float, float, int, int]] = field(default_factory=dict)
     changed: int = 0
-    # Kept window sums a row has left since their refresh (a day ago).
+    # Kept window sums a row has left since their refresh (a day ago), and the refresh.
     stale: int = 0
     refresh_s: float = 0.0
+    refreshed: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
     # "as shipped" and "generic plans": members, seconds, backend CPU seconds.
     baselines: dict[str, tuple[int, float, float]] = field(default_factory=dict)
@@ -417,7 +419,7 @@ async def recompute_phase(pg: EmbeddedPostgres, args: argparse.Namespace) -> Rec
             fig.stale = await conn.fetchval(_STALE, ZETA.name)
             console.print(
                 f"kept window sums as refreshed a day ago: {fig.stale:,} members' earliest "
-                "row has left the window since (the first recompute refreshes them)"
+                "row has left the window since"
             )
             # Everyone new: the recompute below writes every member in a segment.
             await conn.execute("DELETE FROM segment_members WHERE program = $1", ZETA.name)
@@ -457,13 +459,17 @@ async def recompute_phase(pg: EmbeddedPostgres, args: argparse.Namespace) -> Rec
                 f"{seconds:.2f} s (CPU {cpu:.2f} s), {entered:,} entered, {left:,} "
                 f"left, {fig.sizes[name]:,} members; checked"
             )
-        # The refresh each recompute of nudge-silver runs first, alone, when nothing is
-        # left to refresh: the pass over the window's kept sums.
+        # Housekeeping's refresh of the window's kept sums, after its recompute: the
+        # members whose span ended (the day of aging) summed and written again.
         async with conn.transaction():
             started = time.perf_counter()
-            await windows.refresh(conn, ZETA.name, [("points", timedelta(days=365))])
+            fig.refreshed = await windows.refresh(
+                conn, ZETA.name, [("points", timedelta(days=365))]
+            )
             fig.refresh_s = time.perf_counter() - started
-        console.print(f"refresh of the window's sums, none to refresh: {fig.refresh_s:.2f} s")
+        console.print(
+            f"refresh of the window's kept sums: {fig.refreshed:,} members in {fig.refresh_s:.2f} s"
+        )
         if args.explain:
             await explain(conn)
 

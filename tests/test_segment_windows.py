@@ -22,7 +22,7 @@ from loyalty.router.processing import EventProcessor, process_batch
 from loyalty.rules import PerAmount
 from loyalty.segments import Segment, balance, points_to_next_tier, qualifying_points
 from loyalty.segments import membership as segment_membership
-from loyalty.segments.membership import install, recompute
+from loyalty.segments.membership import Recomputed, install, recompute
 from loyalty.segments.windows import keep, refresh
 from loyalty.store.db import Conn, connect, prepare_database
 from loyalty.tiers import Tier, TierScheme
@@ -140,8 +140,8 @@ async def test_kept_sums_hold_until_a_row_leaves_and_refreshes_put_them_right(
         max(0.0, (now + timedelta(seconds=1.6) - datetime.now(UTC)).total_seconds())
     )
     # bob's row has left the window, dan's has entered: neither kept sum holds now. The
-    # recompute (in ranges, as a large program's) refreshes them first, then finds that
-    # bob left and dan entered.
+    # recompute (in ranges, as a large program's) sums their rows itself and finds that
+    # bob left and dan entered; housekeeping's refresh then writes their sums again.
     found = await compare(conn)
     assert (found["bob"], found["dan"]) == ((False, 0), (False, 90))
     await conn.execute("SET max_parallel_workers_per_gather = 2")
@@ -149,6 +149,11 @@ async def test_kept_sums_hold_until_a_row_leaves_and_refreshes_put_them_right(
     done = {r.segment: (r.entered, r.left) for r in await recompute(conn, APP, "brief")}
     assert done == {"qualified": (1, 1), "near": (1, 1)}
     assert await membership(conn) == {"qualified": ["ann", "dan"], "near": ["ann", "dan"]}
+    assert (await compare(conn))["bob"] == (False, 0)
+    assert await segment_membership.refresh(conn, APP, "brief") == [
+        Recomputed("qualified", 0, 0),
+        Recomputed("near", 0, 0),
+    ]
     found = await compare(conn)
     assert (found["bob"], found["dan"]) == ((True, 0), (True, 90))
     # bob earns again: his refreshed sum (0, the window empty) takes the new row.

@@ -52,6 +52,7 @@ from loyalty.segments.spec import (
 )
 from loyalty.segments.windows import keep as keep_windows
 from loyalty.segments.windows import lock_program, windows_read
+from loyalty.segments.windows import refill_later as refill_windows
 from loyalty.segments.windows import refresh as refresh_windows
 from loyalty.store.db import Conn
 from loyalty.triggers import EnteredSegment, LeftSegment
@@ -504,8 +505,7 @@ async def recompute(
     Each change is logged in ``segment_changes``; with ``emit`` it also derives its event
     when a flow listens, as an incremental change does. Runs in
     its own transaction (or the caller's), holding the program's ledger lock exclusively
-    unless ``locked`` is False (the caller holds what it needs). The kept sums of the
-    rolling windows the segments read are refreshed first (`loyalty.segments.windows`).
+    unless ``locked`` is False (the caller holds what it needs).
     """
     defined = app.segments.get(program, {})
     chosen = [
@@ -516,7 +516,7 @@ async def recompute(
         if locked:
             await lock_program(conn, program)
         pairs = listened(app, program) if emit else None
-        await refresh_windows(conn, program, windows_read(app, program, chosen))
+        await refill_windows(conn, program, windows_read(app, program, chosen))
         parts = await member_ranges(conn, program) if chosen else []
         for segment in chosen:
             if len(parts) > 1:
@@ -550,11 +550,19 @@ def timed_segments(app: LoyaltyApp, program: str) -> list[str]:
 
 
 async def refresh(conn: Conn, app: LoyaltyApp, program: str) -> list[Recomputed]:
-    """Recompute, with events, the segments time alone can change (housekeeping's step)."""
+    """Recompute, with events, the segments time alone can change (housekeeping's step),
+    then refresh the kept sums of the rolling windows they read whose span has ended
+    (`loyalty.segments.windows`), so that the next recompute reads them as they are."""
     names = timed_segments(app, program)
     if not names:
         return []
-    return await recompute(conn, app, program, names, emit=True)
+    async with conn.transaction():
+        found = await recompute(conn, app, program, names, emit=True)
+        defined = app.segments.get(program, {})
+        await refresh_windows(
+            conn, program, windows_read(app, program, [defined[n] for n in names])
+        )
+    return found
 
 
 async def evaluate(conn: Conn, program: str, member_ids: Sequence[str]) -> None:

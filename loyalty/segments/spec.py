@@ -401,8 +401,9 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
     """The scheme's measure now: qualifying points of its currency within its window.
 
     A full recompute reads a rolling window's sums where they are kept
-    (``qualifying_window_totals``, migration 0025), which `loyalty.segments.membership`'s
-    recompute first makes the measure at its ``now()`` (`loyalty.segments.windows`);
+    (``qualifying_window_totals``, migration 0025, `loyalty.segments.windows`) and hold
+    at its ``now()``, and sums a member's own rows where the kept sum does not hold (a
+    parallel-safe function: a subquery would keep the read from running in parallel);
     given members sum their own rows (a few index entries each).
     """
     currency = q.currency(scheme.currency)
@@ -419,7 +420,12 @@ def _qualifying(q: Query, scheme: TierScheme) -> str:
                 f"AND {a}.member_id = m.member_id{in_range(f'{a}.member_id', q.within)}"
             ),
         )
-        return f"coalesce({alias}.points, 0)"
+        return (
+            f"(CASE WHEN {alias}.member_id IS NULL THEN 0 "
+            f"WHEN {alias}.valid_from <= now() AND now() < {alias}.valid_until "
+            f"THEN {alias}.points ELSE qualifying_window_sum({alias}.program, "
+            f"{alias}.member_id, {alias}.currency, {alias}.span) END)"
+        )
     if isinstance(scheme.window, timedelta):
         source = (
             f"SELECT member_id, sum(points)::bigint AS v FROM qualifying_points "

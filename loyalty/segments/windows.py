@@ -5,11 +5,10 @@ over a rolling window reads each member's sum from ``qualifying_window_totals``
 (migration 0025, which states the invariant) instead of summing the program's
 qualifying points: the sum is kept by a trigger as rows are added, with the span of time
 over which it is the member's measure. Time alone ends that span (the member's earliest
-row leaves the window, or a row dated ahead enters it); `refresh`, which every full
-recompute runs first in its transaction, writes the measure at that transaction's
-``now()`` for every member whose span does not hold then, so the recompute reads the
-measure at its own ``now()`` for everyone. Housekeeping's refresh of timed segments runs
-it regularly, so only the members whose span ended since are summed again.
+row leaves the window, or a row dated ahead enters it); where it has ended the
+recompute sums that member's rows itself (``qualifying_window_sum``), and `refresh`,
+which housekeeping runs after its recompute of timed segments, writes the measure again
+for those members, so that few are summed at the next recompute.
 
 `keep` (part of `loyalty.segments.membership.install`) keeps the windows the installed
 segments read: a new one is filled from ``qualifying_points``, one no segment reads any
@@ -106,14 +105,12 @@ _MEASURED = """coalesce(sum(q.points) FILTER (WHERE q.earned_at <= now()), 0)::b
                       min(q.earned_at) FILTER (WHERE q.earned_at > now())), 'infinity')"""
 
 
-async def refresh(conn: Conn, program: str, windows: Iterable[Window]) -> int:
-    """Write the measure at now() for every member of ``program`` whose kept sum is not
-    the measure then (in the windows given); returns how many. Takes the program's ledger
-    lock. A window filled after now() (by a transaction that committed while this one
-    waited for the lock) is filled again."""
-    refreshed = 0
+async def refill_later(conn: Conn, program: str, windows: Iterable[Window]) -> None:
+    """Fill again, as of now(), the windows of ``program`` filled after now() (by a
+    transaction that committed while this one waited for the ledger lock): a member
+    without a kept sum had no row in the window at the fill, which says nothing of an
+    earlier now(). Takes the program's ledger lock when there is one."""
     for currency, span in sorted(windows):
-        await lock_program(conn, program)
         later = await conn.fetchval(
             """SELECT filled_at > now() FROM qualifying_windows
                WHERE program = $1 AND currency = $2 AND span = $3""",
@@ -121,49 +118,60 @@ async def refresh(conn: Conn, program: str, windows: Iterable[Window]) -> int:
             currency,
             span,
         )
-        if later:
-            await conn.execute(
-                """DELETE FROM qualifying_window_totals
-                   WHERE program = $1 AND currency = $2 AND span = $3""",
-                program,
-                currency,
-                span,
-            )
-            await conn.execute(
-                """UPDATE qualifying_windows SET filled_at = now()
-                   WHERE program = $1 AND currency = $2 AND span = $3""",
-                program,
-                currency,
-                span,
-            )
-            await _fill(conn, program, currency, span)
+        if not later:
             continue
-        # The sums whose span ended, then those valid only from after now(), each found
-        # by its index (migration 0025) and summed again by its own index lookups.
-        for stale in ("w.valid_until <= now()", "w.valid_from > now()"):
-            status = await conn.execute(
-                f"""WITH s AS MATERIALIZED (
-                        SELECT w.member_id, x.points, x.valid_from, x.valid_until
-                        FROM qualifying_window_totals AS w
-                        CROSS JOIN LATERAL (
-                            SELECT {_MEASURED}
-                            FROM qualifying_points AS q
-                            WHERE q.program = w.program AND q.member_id = w.member_id
-                              AND q.currency = w.currency
-                              AND q.earned_at > now() - $3::interval
-                        ) AS x (points, valid_from, valid_until)
-                        WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
-                          AND {stale}
-                    )
-                    UPDATE qualifying_window_totals AS t
-                    SET points = s.points, valid_from = s.valid_from,
-                        valid_until = s.valid_until
-                    FROM s
-                    WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
-                      AND t.member_id = s.member_id""",
-                program,
-                currency,
-                span,
-            )
-            refreshed += int(status.split()[-1])
+        await lock_program(conn, program)
+        await conn.execute(
+            "DELETE FROM qualifying_window_totals WHERE program = $1 AND currency = $2 "
+            "AND span = $3",
+            program,
+            currency,
+            span,
+        )
+        await conn.execute(
+            "UPDATE qualifying_windows SET filled_at = now() WHERE program = $1 "
+            "AND currency = $2 AND span = $3",
+            program,
+            currency,
+            span,
+        )
+        await _fill(conn, program, currency, span)
+
+
+async def refresh(conn: Conn, program: str, windows: Iterable[Window]) -> int:
+    """Write the measure at now() for every member of ``program`` whose kept sum's span
+    has ended (in the windows given); returns how many. Takes the program's ledger lock.
+
+    (A sum valid only from after now(), written by a transaction that began after this
+    one, holds once its span begins; a recompute sums that member's rows until then.)
+    """
+    refreshed = 0
+    for currency, span in sorted(windows):
+        await lock_program(conn, program)
+        # The members first, found by their index (migration 0025), each summed by its
+        # own index lookups; then their rows updated by key.
+        status = await conn.execute(
+            f"""WITH s AS MATERIALIZED (
+                    SELECT w.member_id, x.points, x.valid_from, x.valid_until
+                    FROM qualifying_window_totals AS w
+                    CROSS JOIN LATERAL (
+                        SELECT {_MEASURED}
+                        FROM qualifying_points AS q
+                        WHERE q.program = w.program AND q.member_id = w.member_id
+                          AND q.currency = w.currency AND q.earned_at > now() - $3::interval
+                    ) AS x (points, valid_from, valid_until)
+                    WHERE w.program = $1 AND w.currency = $2 AND w.span = $3
+                      AND w.valid_until <= now()
+                )
+                UPDATE qualifying_window_totals AS t
+                SET points = s.points, valid_from = s.valid_from, valid_until = s.valid_until
+                FROM s
+                WHERE t.program = $1 AND t.currency = $2 AND t.span = $3
+                  AND t.member_id = s.member_id""",
+            program,
+            currency,
+            span,
+        )
+        refreshed += int(status.split()[-1])
+    await refill_later(conn, program, windows)
     return refreshed

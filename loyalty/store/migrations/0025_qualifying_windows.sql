@@ -21,10 +21,11 @@
 -- ever added, 0019). A row earned at e is counted when e <= now(): the measure gains its
 -- points from e on, so the span starts at e at the earliest and ends at e + span at the
 -- latest. A row dated ahead (e > now(), clocks drift) is not counted: the span ends at e
--- at the latest, and the refresh after e counts it. Time alone ends a span; a full
--- recompute refreshes every sum whose span does not hold at its now() before it reads
--- them, in its transaction, holding the program's ledger lock exclusively (every writer
--- of qualifying_points holds it shared), so what it reads is the measure at its now().
+-- at the latest, and the refresh after e counts it. Time alone ends a span: a full
+-- recompute reads a kept sum where it holds at its now() and sums the member's rows
+-- (qualifying_window_sum) where it does not; housekeeping refreshes the sums whose span
+-- has ended, holding the program's ledger lock exclusively (every writer of
+-- qualifying_points holds it shared).
 
 CREATE TABLE qualifying_windows (
     program   text NOT NULL REFERENCES programs (name),
@@ -46,15 +47,21 @@ CREATE TABLE qualifying_window_totals (
     FOREIGN KEY (program, currency, span) REFERENCES qualifying_windows ON DELETE CASCADE
 );
 
--- What a refresh looks for: sums whose span ended (a B-tree: valid_until changes only when
--- a member's first row in the window is added, so most updates stay HOT) and sums valid
--- only from after the refresh's now(), written by a transaction that began after it (a
--- BRIN index: valid_from changes at nearly every update, and a summarizing index keeps
--- those updates HOT; such sums are rare, so nearly every block range is skipped).
+-- The sums whose span has ended, for a refresh (valid_until changes only when a member's
+-- first row in the window is added, so most updates stay HOT).
 CREATE INDEX qualifying_window_totals_until
     ON qualifying_window_totals (program, currency, span, valid_until);
-CREATE INDEX qualifying_window_totals_from
-    ON qualifying_window_totals USING brin (valid_from) WITH (autosummarize = on);
+
+-- A member's measure now from its own rows, where a kept sum does not hold now. A
+-- function (not a subquery) so that a full recompute calling it still reads in parallel.
+CREATE FUNCTION qualifying_window_sum(p text, member text, cur text, span interval)
+RETURNS bigint LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN (SELECT coalesce(sum(points), 0)::bigint FROM qualifying_points
+            WHERE program = p AND member_id = member AND currency = cur
+              AND earned_at > now() - span AND earned_at <= now());
+END
+$$;
 
 CREATE FUNCTION qualifying_windows_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
