@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError
 
 from activities.outage import DATABASE_DOWN, database_unavailable
+from loyalty.errors import ServiceUnavailable
 from loyalty.flows.outbox import START_LIMIT, start_journeys
 from loyalty.flows.signals import send_signals
 from loyalty.ingest.inbox import INBOX_CHANNEL, next_retry_at
@@ -179,17 +180,26 @@ class RouterActivities:
                 detail = BatchDetail()
                 async with self.pool.acquire() as conn:
                     began = loop.time()
-                    batch = await process_batch(
-                        conn,
-                        self.processor,
-                        program=session.program,
-                        partitions=session.partitions,
-                        partition=session.partition,
-                        batch_size=settings.router_batch_size,
-                        max_attempts=settings.event_max_attempts,
-                        task_queue=settings.task_queue,
-                        detail=detail,
-                    )
+                    try:
+                        batch = await process_batch(
+                            conn,
+                            self.processor,
+                            program=session.program,
+                            partitions=session.partitions,
+                            partition=session.partition,
+                            batch_size=settings.router_batch_size,
+                            max_attempts=settings.event_max_attempts,
+                            task_queue=settings.task_queue,
+                            detail=detail,
+                        )
+                    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                        # The server went away in the middle of the batch: asyncpg then
+                        # reports the connection's state, not a connection error.
+                        if not conn.is_closed():
+                            raise
+                        raise ServiceUnavailable(
+                            "PostgreSQL", f"the connection closed during a batch: {exc}"
+                        ) from None
                     _count(session.program, batch, detail, loop.time() - began)
                     retry_at = (
                         None
