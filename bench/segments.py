@@ -118,7 +118,7 @@ APPS = {"none": "bench.segments_app:plain", "five": "bench.segments_app:segmente
         "recurring": "bench.segments_app:recurring"}  # fmt: skip
 ORDER = ("none", "five", "five", "none")  # phase 2's runs, one program of PHASES each
 # The segments' functions, timed by PostgreSQL (pg_stat_user_functions) in phase 2.
-FUNCTIONS = ("segments_mark", "segments_settle", "segments_evaluate")
+FUNCTIONS = ("segments_mark", "segments_settle", "segments_evaluate", "qualifying_windows_add")
 
 # Member i of n: 'z' and seven digits; h(k) is a hash of i per purpose k. Member i's
 # qualifying points within the window add up to its measure, 3 + h(11) % 7997, so its
