@@ -154,63 +154,43 @@ async def _serve(
     with_api: bool = True,
     temporal_metrics: TemporalMetrics | None = None,
 ) -> int:
+    from worker import run_worker
+
     async with serving_metrics(
         settings, port=settings.metrics_port, variable="LOYALTY_METRICS_PORT", dsn=dsn,
         programs=list(app.programs), temporal=temporal_metrics,
     ) as metrics_url:  # fmt: skip
-        return await _serve_with_metrics(
-            settings, app, dsn, address, console, started, ui_url, story, servers,
-            with_api=with_api, metrics_url=metrics_url,
-        )  # fmt: skip
-
-
-async def _serve_with_metrics(
-    settings: Settings,
-    app: LoyaltyApp,
-    dsn: str,
-    address: str,
-    console: Console,
-    started: float,
-    ui_url: str | None,
-    story: StoryHook | None,
-    servers: Servers,
-    *,
-    with_api: bool,
-    metrics_url: str | None,
-) -> int:
-    from worker import run_worker
-
-    client = await connect_temporal(settings, address)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    died = asyncio.create_task(_watch(servers, stop))
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        with _stop_on_signals(stop):
-            work = run_worker(settings, app, client, dsn, stop, ready)
-            task = asyncio.create_task(_worker(work, died))
-            waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if task.done():
-                task.result()
-                return 1
-            api_url = await _start_api(settings, app, dsn, stop, tasks) if with_api else None
-            _print_ready(settings, app, console, started, address, ui_url, api_url, metrics_url)
-            code = 0
-            if story is not None:
-                code = await _play(story(client, dsn, ui_url), task, stop, console)
-            await task
-    finally:
-        stop.set()
-        died.cancel()
-        for api in tasks:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await api
-    if died.done() and not died.cancelled():
-        return 1
-    console.print("stopped the worker")
-    return code
+        client = await connect_temporal(settings, address)
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        died = asyncio.create_task(_watch(servers, stop))
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            with _stop_on_signals(stop):
+                work = run_worker(settings, app, client, dsn, stop, ready)
+                task = asyncio.create_task(_worker(work, died))
+                waiter = asyncio.create_task(ready.wait())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if task.done():
+                    task.result()
+                    return 1
+                api_url = await _start_api(settings, app, dsn, stop, tasks) if with_api else None
+                _print_ready(settings, app, console, started, address, ui_url, api_url, metrics_url)
+                code = 0
+                if story is not None:
+                    code = await _play(story(client, dsn, ui_url), task, stop, console)
+                await task
+        finally:
+            stop.set()
+            died.cancel()
+            for api in tasks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await api
+        if died.done() and not died.cancelled():
+            return 1
+        console.print("stopped the worker")
+        return code
 
 
 async def _start_api(

@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from loyalty.ingest.inbox import backlog
 from loyalty.store.db import Conn
 
 Labels = tuple[str, ...]
 
-_BACKLOG = """
-SELECT program, mod(member_hash, $1)::int AS partition, count(*) AS n,
-       coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8 AS age
-FROM events WHERE status = 'pending' GROUP BY 1, 2
-"""
 _LIABILITY = """
 SELECT program, currency, sum(balance)::bigint AS points
 FROM accounts WHERE kind IN ('available', 'earned') GROUP BY 1, 2
@@ -88,9 +84,9 @@ async def read(conn: Conn, partitions: int, programs: list[str]) -> Reading:
         for partition in range(partitions):
             reading.backlog[program, str(partition)] = 0
             reading.oldest[program, str(partition)] = 0
-    for r in await conn.fetch(_BACKLOG, partitions):
-        labels = (r["program"], str(r["partition"]))
-        reading.backlog[labels], reading.oldest[labels] = r["n"], r["age"]
+    for part in await backlog(conn, partitions):
+        labels = (part["program"], str(part["partition"]))
+        reading.backlog[labels], reading.oldest[labels] = part["pending"], part["lag_seconds"]
     for r in await conn.fetch(_LIABILITY):
         reading.liability[r["program"], r["currency"]] = r["points"]
     for r in await conn.fetch(_TIERS):
